@@ -1,0 +1,1 @@
+"""Exporting frozen deblurring networks (ONNX, TensorRT, Torch-TensorRT, TorchScript)."""

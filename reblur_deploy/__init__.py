@@ -1,0 +1,28 @@
+"""reblur-deploy: deblurring with the reblurring losses and test-time adaptation of
+Nah et al., "Clean Images are Hard to Reblur" (ICLR 2022), ready to deploy."""
+
+from ._version import __version__
+from .errors import (
+    ConfigError,
+    DependencyError,
+    InputError,
+    NotAvailableError,
+    ReblurError,
+    WeightsError,
+)
+from .pipeline import Deblurrer
+from .weights import LoadedWeights, load_weights, save_weights
+
+__all__ = [
+    "ConfigError",
+    "Deblurrer",
+    "DependencyError",
+    "InputError",
+    "LoadedWeights",
+    "NotAvailableError",
+    "ReblurError",
+    "WeightsError",
+    "__version__",
+    "load_weights",
+    "save_weights",
+]

@@ -1,0 +1,1 @@
+"""Console scripts. Each is thin: parse options, call the library, print."""

@@ -1,0 +1,5 @@
+"""`reblur-bench`: benchmarking."""
+
+from .common import placeholder
+
+main = placeholder("reblur-bench", "benchmarking")

@@ -1,0 +1,244 @@
+"""Deblurrer: the one object a program needs to deblur images.
+
+Everything between a user's pixels and a network lives here: dtype and colour conversion, the
+[0, 1] float32 NCHW model boundary, padding to the network's ``size_divisor`` and cropping back,
+batching, and clamping. Networks never see anything else.
+
+Input conventions (returned in the same kind):
+
+* ``H×W×3`` uint8 or uint16 RGB numpy arrays. 16-bit stays 16-bit (scaled by 1/65535 in and
+  ×65535 out, so no precision is thrown away before the network).
+* ``H×W`` or ``H×W×1`` grayscale: deblurred as three equal channels, returned as the mean of the
+  three output channels, in the input's shape.
+* ``H×W×4`` RGBA: RGB deblurred, alpha passed through unchanged.
+* ``N×3×H×W`` float tensors in [0, 1] on any device: returned on that device with that dtype.
+* a list of arrays: processed in batches of ``batch_size``, returned as a list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, InputError, NotAvailableError, WeightsError
+from .weights import LoadedWeights, load_weights
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}  # fmt: skip
+RANGE_TOLERANCE = 1e-3  # tensors this far outside [0, 1] are clamped; further out is an error
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` takes CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"invalid device {device!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but this torch build sees no CUDA GPU")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConfigError(f"unsupported dtype {dtype!r}; choose fp32, fp16 or bf16")
+
+
+def default_weights(device: torch.device) -> str:
+    """The bundled model a device gets when the user names none."""
+    return "unet-reblur" if device.type == "cuda" else "unet-lite"
+
+
+@dataclass
+class _Layout:
+    """How an array was given, so the output can be returned in the same form."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    alpha: np.ndarray | None = None
+
+
+def array_to_tensor(image: np.ndarray) -> tuple[torch.Tensor, _Layout]:
+    """An H×W[×C] uint8/uint16 array → a 1×3×H×W float32 tensor in [0, 1] and its layout."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"expected a numpy array or a torch tensor, got {type(image).__name__}")
+    if image.dtype == np.uint8:
+        scale = 255.0
+    elif image.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        raise InputError(
+            f"unsupported array dtype {image.dtype}; pass uint8 or uint16 images, "
+            "or an N×3×H×W float tensor in [0, 1]"
+        )
+    layout = _Layout(image.shape, image.dtype)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise InputError(
+            f"expected an H×W, H×W×1 (gray), H×W×3 (RGB) or H×W×4 (RGBA) image, "
+            f"got shape {image.shape}"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"empty image (shape {image.shape})")
+    if image.shape[2] == 4:
+        layout.alpha = image[..., 3].copy()
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb).astype(np.float32) / scale)
+    return tensor.permute(2, 0, 1).unsqueeze(0), layout
+
+
+def tensor_to_array(tensor: torch.Tensor, layout: _Layout) -> np.ndarray:
+    """The inverse of ``array_to_tensor`` for one 3×H×W output in [0, 1]."""
+    scale = 255.0 if layout.dtype == np.uint8 else 65535.0
+    rgb = tensor.detach().float().cpu().permute(1, 2, 0).numpy()
+    if len(layout.shape) == 2 or layout.shape[2] == 1:  # grayscale in, grayscale out
+        rgb = rgb.mean(axis=2, keepdims=True)
+    out = np.rint(np.clip(rgb, 0.0, 1.0) * scale).astype(layout.dtype)
+    if layout.alpha is not None:
+        out = np.concatenate([out, layout.alpha[..., None]], axis=2)
+    return out.reshape(layout.shape)
+
+
+def check_tensor(batch: torch.Tensor) -> torch.Tensor:
+    """Validate an N×3×H×W float batch in [0, 1]; return it clamped to exactly [0, 1]."""
+    if batch.dim() != 4 or batch.shape[1] != 3:
+        raise InputError(f"expected an N×3×H×W RGB tensor, got shape {tuple(batch.shape)}")
+    if not batch.is_floating_point():
+        raise InputError(f"expected a float tensor in [0, 1], got dtype {batch.dtype}")
+    if batch.numel() == 0:
+        raise InputError(f"empty tensor (shape {tuple(batch.shape)})")
+    if not torch.isfinite(batch).all():
+        raise InputError("the input tensor holds NaN or infinite values")
+    lo, hi = batch.min().item(), batch.max().item()
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise InputError(
+            f"tensor values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; "
+            "divide 8-bit values by 255"
+        )
+    return batch.clamp(0.0, 1.0)
+
+
+def pad_to_multiple(batch: torch.Tensor, divisor: int) -> tuple[torch.Tensor, int, int]:
+    """Pad H and W at the bottom/right up to multiples of ``divisor``.
+
+    Reflect padding continues the image without a hard edge the network would try to deblur;
+    an image too small to reflect (a side no longer than the pad) is padded by replication.
+    """
+    h, w = batch.shape[-2:]
+    ph, pw = -h % divisor, -w % divisor
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        batch = F.pad(batch, (0, pw, 0, ph), mode=mode)
+    return batch, h, w
+
+
+class Deblurrer:
+    """Deblur images with a trained deblurring module.
+
+    ``weights``: a weight file path, a bundled model name, what ``load_weights`` returned, a dict
+    ``{"deblur": md, "reblur": mr}`` of modules (moved to ``device``/``dtype`` in place), or None
+    for the bundled default of the device. ``device``: ``"auto"`` (CUDA when present), ``"cpu"``,
+    ``"cuda:1"``, ... ``dtype``: the networks' compute precision (fp32, fp16, bf16); pixels go in
+    and out as described in the module docstring whatever it is.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | LoadedWeights | dict[str, nn.Module | None] | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "fp32",
+        tta_steps: int = 0,
+        batch_size: int = 4,
+    ):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.batch_size = batch_size
+        if weights is None:
+            weights = default_weights(self.device)
+        if isinstance(weights, (str, os.PathLike)):
+            weights = load_weights(weights)
+        if isinstance(weights, LoadedWeights):
+            self.metadata = weights.metadata
+            modules = {"deblur": weights.deblur, "reblur": weights.reblur}
+        elif isinstance(weights, dict):
+            self.metadata = {}
+            modules = weights
+        else:
+            raise ConfigError(
+                "weights must be a path, a bundled model name, load_weights(...) or "
+                f"{{'deblur': module, 'reblur': module}}, got {type(weights).__name__}"
+            )
+        if not isinstance(modules.get("deblur"), nn.Module):
+            raise WeightsError("the weights hold no deblurring module")
+        self.deblur = modules["deblur"].to(self.device, self.dtype).eval()
+        reblur = modules.get("reblur")
+        self.reblur = reblur.to(self.device, self.dtype).eval() if reblur is not None else None
+        self.size_divisor = int(getattr(self.deblur, "size_divisor", 1))
+        if tta_steps < 0:
+            raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
+        if tta_steps:
+            raise NotAvailableError("test-time adaptation is not available in this release yet")
+        self.tta_steps = tta_steps
+
+    def __call__(self, images):
+        """Deblur an array, a list of arrays or an N×3×H×W tensor; returns the same kind."""
+        if isinstance(images, torch.Tensor):
+            return self.run_tensor(images)
+        if isinstance(images, np.ndarray):
+            return self.run_arrays([images])[0]
+        if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+            return self.run_arrays(list(images))
+        raise InputError(
+            f"expected a numpy image, a list of them or a tensor, got {type(images).__name__}"
+        )
+
+    def run_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """N×3×H×W float in [0, 1] → the same, on the input's device and dtype."""
+        batch = check_tensor(batch)
+        outputs = [
+            self._infer(chunk).to(batch.device, batch.dtype)
+            for chunk in batch.split(self.batch_size)
+        ]
+        return torch.cat(outputs)
+
+    def run_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Arrays → arrays; images of equal size share batches."""
+        converted = [array_to_tensor(image) for image in images]
+        results: list[np.ndarray | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, (tensor, _) in enumerate(converted):
+            by_size.setdefault(tuple(tensor.shape[-2:]), []).append(i)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                out = self._infer(torch.cat([converted[i][0] for i in chunk]))
+                for i, y in zip(chunk, out, strict=True):
+                    results[i] = tensor_to_array(y, converted[i][1])
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model boundary: float32 NCHW in [0, 1] → float32 NCHW in [0, 1] on the device."""
+        padded, h, w = pad_to_multiple(batch.to(self.device, torch.float32), self.size_divisor)
+        out = self.deblur(padded.to(self.dtype)).float()[..., :h, :w]
+        # A diverged network must not leak NaN pixels into anyone's pipeline.
+        if not torch.isfinite(out).all():
+            raise InputError("the network produced NaN or infinite values (diverged weights?)")
+        return out.clamp_(0.0, 1.0)

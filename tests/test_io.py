@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from reblur_deploy import InputError
+from reblur_deploy.io import read_image, write_image
+
+
+def test_real_images_read_as_rgb(data_dir):
+    import cv2
+
+    path = data_dir / "gopro" / "sharp" / "sharp_00.png"
+    image = read_image(path)
+    assert image.shape == (720, 1280, 3) and image.dtype == np.uint8
+    assert np.array_equal(image, cv2.imread(str(path))[..., ::-1])  # RGB, not BGR
+    tif = read_image(data_dir / "real_blur_noGT" / "pietro.tif")
+    assert tif.ndim in (2, 3) and tif.dtype in (np.uint8, np.uint16)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3),
+        (np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000),
+        np.arange(4 * 5 * 4, dtype=np.uint8).reshape(4, 5, 4),
+        np.arange(20, dtype=np.uint8).reshape(4, 5),
+    ],
+    ids=["rgb8", "rgb16", "rgba", "gray"],
+)
+def test_png_round_trip_keeps_depth_channels_and_order(tmp_path, image):
+    path = write_image(tmp_path / "x.png", image)
+    assert np.array_equal(read_image(path), image)
+
+
+def test_existing_outputs_are_not_overwritten(tmp_path):
+    path = tmp_path / "x.png"
+    write_image(path, np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(InputError, match="refusing to overwrite"):
+        write_image(path, np.full((2, 2, 3), 255, np.uint8))
+    assert read_image(path).max() == 0
+    write_image(path, np.full((2, 2, 3), 255, np.uint8), overwrite=True)
+    assert read_image(path).min() == 255
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_unreadable_files_get_clear_errors(tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(InputError, match="cannot decode"):
+        read_image(corrupt)
+    with pytest.raises(InputError, match="cannot read"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(InputError, match="unsupported image suffix"):
+        write_image(tmp_path / "x.gif", np.zeros((2, 2, 3), np.uint8))

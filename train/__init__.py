@@ -1,0 +1,1 @@
+"""Training the deblurring/reblurring pair: ``python -m train.main``."""
