@@ -10,6 +10,8 @@ from .errors import (
     ReblurError,
     WeightsError,
 )
+from .histmatch import match_histograms
+from .losses import blur_score
 from .pipeline import Deblurrer
 from .weights import LoadedWeights, load_weights, save_weights
 
@@ -23,6 +25,8 @@ __all__ = [
     "ReblurError",
     "WeightsError",
     "__version__",
+    "blur_score",
     "load_weights",
+    "match_histograms",
     "save_weights",
 ]

@@ -17,16 +17,18 @@ Input conventions (returned in the same kind):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, InputError, NotAvailableError, WeightsError
+from .errors import ConfigError, InputError, WeightsError
+from .padding import pad_to_multiple
+from .tta import TestTimeAdapter, TTAConfig
 from .weights import LoadedWeights, load_weights
 
 DTYPES = {
@@ -133,28 +135,22 @@ def check_tensor(batch: torch.Tensor) -> torch.Tensor:
     return batch.clamp(0.0, 1.0)
 
 
-def pad_to_multiple(batch: torch.Tensor, divisor: int) -> tuple[torch.Tensor, int, int]:
-    """Pad H and W at the bottom/right up to multiples of ``divisor``.
-
-    Reflect padding continues the image without a hard edge the network would try to deblur;
-    an image too small to reflect (a side no longer than the pad) is padded by replication.
-    """
-    h, w = batch.shape[-2:]
-    ph, pw = -h % divisor, -w % divisor
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        batch = F.pad(batch, (0, pw, 0, ph), mode=mode)
-    return batch, h, w
-
-
 class Deblurrer:
-    """Deblur images with a trained deblurring module.
+    """Deblur images with a trained deblurring module, optionally with test-time adaptation.
 
     ``weights``: a weight file path, a bundled model name, what ``load_weights`` returned, a dict
-    ``{"deblur": md, "reblur": mr}`` of modules (moved to ``device``/``dtype`` in place), or None
-    for the bundled default of the device. ``device``: ``"auto"`` (CUDA when present), ``"cpu"``,
-    ``"cuda:1"``, ... ``dtype``: the networks' compute precision (fp32, fp16, bf16); pixels go in
-    and out as described in the module docstring whatever it is.
+    ``{"deblur": md, "reblur": mr}`` of modules (moved to ``device`` in place), or None for the
+    bundled default of the device. ``device``: ``"auto"`` (CUDA when present), ``"cpu"``,
+    ``"cuda:1"``, ... ``dtype``: compute precision of the forward passes (fp32, fp16, bf16,
+    by autocast; the weights stay float32 so that TTA's small steps are not lost).
+
+    ``tta_steps`` > 0 adapts the deblurring module to every image (Algorithm A of the paper,
+    see ``reblur_deploy.tta``); the weights must hold a reblurring module. The ``tta_*`` options
+    select the variants: ``tta_crop``/``tta_crops`` (adapt on random crops), ``tta_tol`` (early
+    stop), ``tta_carry`` (video: keep adapted weights across calls, ``tta_carry`` steps per frame
+    after the first; ``reset()`` starts a new video), ``tta_joint`` (one adaptation per batch).
+
+    Not thread-safe: TTA changes the module's weights while it runs. Use one Deblurrer per thread.
     """
 
     def __init__(
@@ -164,6 +160,13 @@ class Deblurrer:
         dtype: str | torch.dtype = "fp32",
         tta_steps: int = 0,
         batch_size: int = 4,
+        *,
+        tta_lr: float = 3e-6,
+        tta_crop: int | None = None,
+        tta_crops: int = 4,
+        tta_tol: float | None = None,
+        tta_carry: int | None = None,
+        tta_joint: bool = False,
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
@@ -187,15 +190,30 @@ class Deblurrer:
             )
         if not isinstance(modules.get("deblur"), nn.Module):
             raise WeightsError("the weights hold no deblurring module")
-        self.deblur = modules["deblur"].to(self.device, self.dtype).eval()
+        self.deblur = modules["deblur"].to(self.device, torch.float32).eval()
         reblur = modules.get("reblur")
-        self.reblur = reblur.to(self.device, self.dtype).eval() if reblur is not None else None
+        self.reblur = reblur.to(self.device, torch.float32).eval() if reblur is not None else None
         self.size_divisor = int(getattr(self.deblur, "size_divisor", 1))
+
         if tta_steps < 0:
             raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
-        if tta_steps:
-            raise NotAvailableError("test-time adaptation is not available in this release yet")
         self.tta_steps = tta_steps
+        self.adapter: TestTimeAdapter | None = None
+        if tta_steps or tta_carry:
+            if self.reblur is None:
+                raise WeightsError(
+                    "test-time adaptation needs a reblurring module, and these weights hold "
+                    "only a deblurring module; use weights trained with the reblurring loss"
+                )
+            amp = None if self.dtype == torch.float32 else self.dtype
+            config = TTAConfig(tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry,
+                               joint=tta_joint, amp_dtype=amp)  # fmt: skip
+            self.adapter = TestTimeAdapter(self.deblur, self.reblur, config)
+
+    def reset(self) -> None:
+        """Forget what TTA carried over from earlier frames (start of a new video)."""
+        if self.adapter is not None:
+            self.adapter.reset()
 
     def __call__(self, images):
         """Deblur an array, a list of arrays or an N×3×H×W tensor; returns the same kind."""
@@ -233,12 +251,21 @@ class Deblurrer:
                     results[i] = tensor_to_array(y, converted[i][1])
         return results  # type: ignore[return-value]
 
-    @torch.inference_mode()
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
         """The model boundary: float32 NCHW in [0, 1] → float32 NCHW in [0, 1] on the device."""
-        padded, h, w = pad_to_multiple(batch.to(self.device, torch.float32), self.size_divisor)
-        out = self.deblur(padded.to(self.dtype)).float()[..., :h, :w]
+        batch = batch.to(self.device, torch.float32)
+        if self.adapter is not None:
+            out = self.adapter(batch)
+        else:
+            padded, h, w = pad_to_multiple(batch, self.size_divisor)
+            with torch.inference_mode(), self._autocast():
+                out = self.deblur(padded).float()[..., :h, :w]
         # A diverged network must not leak NaN pixels into anyone's pipeline.
         if not torch.isfinite(out).all():
             raise InputError("the network produced NaN or infinite values (diverged weights?)")
-        return out.clamp_(0.0, 1.0)
+        return out.clamp(0.0, 1.0)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reblur_deploy import ConfigError, Deblurrer, InputError, NotAvailableError, save_weights
+from reblur_deploy import ConfigError, Deblurrer, InputError, WeightsError, save_weights
 from reblur_deploy.io import read_image
 from reblur_deploy.models import build
 
@@ -94,8 +94,10 @@ def test_bad_options_get_clear_errors(small_unet, small_reblur):
         Deblurrer(modules, dtype="int8")
     with pytest.raises(ConfigError, match="weights must be"):
         Deblurrer(42)
-    with pytest.raises(NotAvailableError, match="test-time adaptation"):
-        Deblurrer(modules, tta_steps=5)
+    with pytest.raises(WeightsError, match="needs a reblurring module"):
+        Deblurrer({"deblur": small_unet}, tta_steps=5)
+    with pytest.raises(ConfigError, match="tta_steps"):
+        Deblurrer(modules, tta_steps=-1)
 
 
 def test_a_diverged_network_never_leaks_nan_pixels(small_unet):
@@ -109,5 +111,5 @@ def test_bf16_compute_stays_close_to_fp32(gopro, small_unet):
     crop = gopro[:64, :64]
     fp32 = Deblurrer({"deblur": small_unet}, device="cpu")(crop).astype(int)
     bf16 = Deblurrer({"deblur": small_unet}, device="cpu", dtype="bf16")(crop).astype(int)
-    assert small_unet.head.weight.dtype == torch.bfloat16
+    assert small_unet.head.weight.dtype == torch.float32  # autocast; weights stay fp32 for TTA
     assert np.abs(bf16 - fp32).max() <= 4 and not np.array_equal(bf16, fp32)

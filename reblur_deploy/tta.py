@@ -1,0 +1,259 @@
+"""Test-time adaptation (TTA): Algorithm A of Nah et al., ICLR 2022, and its practical variants.
+
+Algorithm A, for one blurry image B, deblurring module MD and frozen reblurring module MR::
+
+    L0 = MD(B)
+    repeat N times:  loss = mean |MR(MD(B)) − MD(B)*|   (* = without gradient)
+                     Adam step (lr 3e-6) on MD's parameters only
+    LN = MD(B);  return match_histograms(LN, L0)
+
+MD is then restored, so one image never influences the next. The step-1 forward pass is MD(B)
+with the initial weights, so L0 costs nothing extra.
+
+Variants (all off by default, so the defaults are Algorithm A):
+
+* ``crop_size``/``n_crops``: each step adapts on ``n_crops`` random crops instead of the whole
+  frame; the whole frame is inferred twice without gradient (L0 and LN). The backward pass, the
+  expensive and memory-hungry part, then scales with the crops, not the frame.
+* ``tol``: early stop when the loss improves by less than this relative amount in a step.
+* ``carry_steps`` (video): keep the adapted weights from frame to frame; after a reset (the
+  first frame or a scene cut) a frame gets ``steps`` steps, every other frame ``carry_steps``.
+  A scene cut is detected when the colour-histogram distance between consecutive frames exceeds
+  ``scene_cut`` (see ``histogram_distance``).
+* ``amp_dtype``: autocast precision of the forward passes (e.g. torch.bfloat16 on CUDA); the
+  weights and Adam stay in float32, since steps of 3e-6 vanish in 16-bit weights.
+
+Batches: images are adapted independently by default (each from the original weights), so a
+result never depends on what else is in the batch; ``joint=True`` adapts once on the whole
+batch (N× cheaper, results then depend on the batch).
+
+Safety: a non-finite loss or output stops adaptation; the last finite full-frame output (L0 at
+worst) is returned with a warning, and the weights are reset. The weight file is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, InputError
+from .histmatch import match_histograms
+from .losses import self_supervised_loss
+from .padding import pad_to_multiple
+
+SCENE_CUT_BINS = 32
+
+
+@dataclass
+class TTAConfig:
+    steps: int = 5
+    lr: float = 3e-6
+    crop_size: int | None = None
+    n_crops: int = 4
+    tol: float | None = None
+    carry_steps: int | None = None
+    scene_cut: float = 0.3
+    joint: bool = False
+    amp_dtype: torch.dtype | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 0 or self.lr <= 0 or self.n_crops < 1:
+            raise ConfigError("TTA needs steps ≥ 0, lr > 0 and n_crops ≥ 1")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ConfigError(f"TTA crop size must be ≥ 1, got {self.crop_size}")
+        if self.carry_steps is not None and self.carry_steps < 0:
+            raise ConfigError(f"TTA carry steps must be ≥ 0, got {self.carry_steps}")
+        if self.tol is not None and self.tol < 0:
+            raise ConfigError(f"TTA tolerance must be ≥ 0, got {self.tol}")
+
+
+@dataclass
+class TTAStats:
+    """What the last adaptation did (one entry per adapted image, or one for a joint batch)."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[list[float]] = field(default_factory=list)
+    scene_cuts: int = 0
+    fell_back: bool = False
+
+
+def histogram_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Colour-histogram distance of two 3×H×W images in [0, 1]: half the L1 distance of their
+    normalised 32-bin per-channel histograms, averaged over channels (0 = same, 1 = disjoint).
+
+    Within one shot, consecutive frames stay below about 0.1; a cut to another scene usually
+    exceeds 0.3, the default threshold.
+    """
+    ha = torch.stack([torch.histc(c.float(), SCENE_CUT_BINS, 0, 1) for c in a]) / a[0].numel()
+    hb = torch.stack([torch.histc(c.float(), SCENE_CUT_BINS, 0, 1) for c in b]) / b[0].numel()
+    return 0.5 * (ha - hb).abs().sum(1).mean().item()
+
+
+class TestTimeAdapter:
+    """Adapts MD to images with a frozen MR; keeps the original weights to restore them.
+
+    Call it on N×3×H×W float tensors in [0, 1] (any H×W: padded to MD's size_divisor here).
+    Without ``carry_steps`` every call starts from the original weights; with it, calls are
+    consecutive video frames and ``reset()`` starts a new video.
+    """
+
+    __test__ = False  # not a pytest class, whatever its name
+
+    def __init__(self, md: nn.Module, mr: nn.Module, config: TTAConfig | None = None):
+        self.md, self.mr = md, mr
+        self.config = config or TTAConfig()
+        self.stats = TTAStats()
+        self._original = {k: v.detach().clone() for k, v in md.state_dict().items()}
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._previous_frame: torch.Tensor | None = None
+        self._generator = torch.Generator().manual_seed(self.config.seed)
+
+    def reset(self) -> None:
+        """Restore MD's original weights (bit-exactly) and forget the optimizer state."""
+        with torch.no_grad():
+            for key, value in self.md.state_dict().items():
+                value.copy_(self._original[key])
+        self._optimizer = None
+        self._previous_frame = None
+
+    def __call__(self, blurry: torch.Tensor) -> torch.Tensor:
+        self.stats = TTAStats()
+        padded, h, w = pad_to_multiple(blurry, getattr(self.md, "size_divisor", 1))
+        if self.config.carry_steps is not None:
+            out = torch.cat([self._adapt_frame(frame[None]) for frame in padded])
+        elif self.config.joint:
+            out = self._adapt(padded, self.config.steps, restore=True)
+        else:
+            out = torch.cat([self._adapt(x[None], self.config.steps, True) for x in padded])
+        return out[..., :h, :w]
+
+    def _adapt_frame(self, frame: torch.Tensor) -> torch.Tensor:
+        """Carry-over: continue from the previous frame's weights unless the scene changed."""
+        previous, self._previous_frame = self._previous_frame, frame
+        if (
+            previous is not None
+            and histogram_distance(previous[0], frame[0]) > self.config.scene_cut
+        ):
+            self.stats.scene_cuts += 1
+            previous = None
+        if previous is None:
+            self.reset()
+            self._previous_frame = frame
+            return self._adapt(frame, self.config.steps, restore=False)
+        return self._adapt(frame, self.config.carry_steps or 0, restore=False)
+
+    def _autocast(self, device: torch.device):
+        if self.config.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.config.amp_dtype)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast(x.device):
+            return self.md(x).float()
+
+    def _random_crops(self, x: torch.Tensor) -> torch.Tensor:
+        """``n_crops`` random crops per image, at multiples of MD's size_divisor."""
+        divisor = getattr(self.md, "size_divisor", 1)
+        h, w = x.shape[-2:]
+        ch = max(divisor, min(h, self.config.crop_size) // divisor * divisor)
+        cw = max(divisor, min(w, self.config.crop_size) // divisor * divisor)
+        crops = []
+        for _ in range(self.config.n_crops):
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=self._generator))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=self._generator))
+            crops.append(x[..., top : top + ch, left : left + cw])
+        return torch.cat(crops)
+
+    def _adapt(self, blurry: torch.Tensor, steps: int, restore: bool) -> torch.Tensor:
+        """Algorithm A (with the configured variants) on one image or a joint batch."""
+        config = self.config
+        crop = config.crop_size is not None
+        if restore or self._optimizer is None:
+            self._optimizer = torch.optim.Adam(self.md.parameters(), lr=config.lr)
+        losses: list[float] = []
+        failure = None
+        with _frozen(self.mr), torch.inference_mode(False), torch.enable_grad():
+            initial = None  # L0
+            if crop or steps == 0:
+                with torch.no_grad():
+                    initial = self._forward(blurry)
+            latest = initial  # the newest full-frame output of the current weights
+            for _ in range(steps):
+                output = self._forward(self._random_crops(blurry) if crop else blurry)
+                if not crop:
+                    initial = output.detach() if initial is None else initial
+                    latest = output.detach()
+                loss = self_supervised_loss(self.mr, output)
+                if not (torch.isfinite(loss) and torch.isfinite(output).all()):
+                    failure = f"a non-finite {'loss' if torch.isfinite(output).all() else 'output'}"
+                    break
+                losses.append(loss.item())
+                if config.tol is not None and _converged(losses, config.tol):
+                    break  # in full-frame mode ``latest`` is already this step's output
+                self._optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self._optimizer.step()
+                latest = None  # the weights changed
+            if latest is None and failure is None:
+                with torch.no_grad():
+                    latest = self._forward(blurry)  # LN
+                if not torch.isfinite(latest).all():
+                    failure = "a non-finite output after the last step"
+        if initial is None or not torch.isfinite(initial).all():
+            raise InputError("the network produced NaN or infinite values (diverged weights?)")
+        if failure is not None:
+            warnings.warn(
+                f"TTA stopped after {len(losses)} step(s): {failure}; "
+                "returning the last finite result and resetting the weights",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.stats.fell_back = True
+            latest = latest if latest is not None and torch.isfinite(latest).all() else initial
+            restore = True
+        self.stats.steps.append(len(losses))
+        self.stats.losses.append(losses)
+        if restore:
+            self.reset()
+        if latest is initial:
+            return initial.clamp(0, 1)
+        return match_histograms(latest, initial).clamp_(0, 1)
+
+
+def _converged(losses: list[float], tol: float) -> bool:
+    """The last step improved the loss by less than ``tol`` (relative)."""
+    return len(losses) > 1 and losses[-2] - losses[-1] < tol * losses[-2]
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module):
+    """No gradients for ``module``'s parameters (they still flow through it), restored after."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def adapt(
+    blurry: torch.Tensor,
+    md: nn.Module,
+    mr: nn.Module,
+    steps: int = 5,
+    lr: float = 3e-6,
+    **options,
+) -> torch.Tensor:
+    """Algorithm A on an N×3×H×W batch in [0, 1]; returns the adapted, histogram-matched images.
+
+    MD's weights are restored afterwards. ``options`` are the other fields of ``TTAConfig``
+    (``crop_size``, ``n_crops``, ``tol``, ``joint``, ``amp_dtype``, ``seed``).
+    """
+    return TestTimeAdapter(md, mr, TTAConfig(steps=steps, lr=lr, **options))(blurry)

@@ -1,0 +1,180 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from reblur_deploy import Deblurrer, blur_score, losses
+from reblur_deploy.io import read_image
+from reblur_deploy.models import build
+from reblur_deploy.tta import TestTimeAdapter, TTAConfig, adapt, histogram_distance
+
+from .conftest import randomized
+
+
+def as_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(scope="module")
+def frame(data_dir):
+    return as_tensor(read_image(data_dir / "gopro" / "blur" / "blur_00.png")[300:364, 500:580])
+
+
+@pytest.fixture
+def md():
+    return randomized(build("unet", widths=(8, 12, 16), n_blocks=1))
+
+
+@pytest.fixture
+def mr():
+    return randomized(build("reblur", n_blocks=1, width=8), seed=1)
+
+
+def snapshot(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def same_weights(module, saved):
+    return all(torch.equal(v, saved[k]) for k, v in module.state_dict().items())
+
+
+def test_algorithm_a_lowers_the_self_supervised_loss(frame, md, mr):
+    """Five steps lower |MR(MD(B)) − L*| with the target L* = L0 held, the objective Algorithm A
+    descends. (Recomputing L* from the adapted output moves the target too; with a random MR,
+    which has not learnt to leave sharp images alone, that loss may go either way.)"""
+    with torch.no_grad():
+        initial = md(frame)
+        before = losses.l1(mr(initial), initial).item()
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=5, carry_steps=0))  # keeps the weights
+    adapter(frame)
+    with torch.no_grad():
+        after = losses.l1(mr(md(frame)), initial).item()
+    assert adapter.stats.steps == [5]
+    assert adapter.stats.losses[0][0] == pytest.approx(before, rel=1e-5)
+    assert after < 0.99 * before
+
+
+def test_weights_are_restored_bit_exactly_and_mr_stays_frozen(frame, md, mr):
+    md_saved, mr_saved = snapshot(md), snapshot(mr)
+    out = adapt(frame, md, mr, steps=5)
+    assert same_weights(md, md_saved) and same_weights(mr, mr_saved)
+    assert all(p.requires_grad for p in mr.parameters())
+    assert all(p.grad is None for p in mr.parameters())
+    assert out.shape == frame.shape and torch.isfinite(out).all()
+
+
+def test_output_has_the_histogram_of_the_initial_output(frame, md, mr):
+    with torch.no_grad():
+        initial = md(frame).clamp(0, 1)
+    out = adapt(frame, md, mr, steps=5, lr=1e-3)  # a large step makes a visible change
+    assert not torch.equal(out, initial)
+    # Same values per channel, up to the few ties in the adapted output that quantile mapping
+    # resolves by interpolation.
+    sorted_out, sorted_initial = out.flatten(2).sort().values, initial.flatten(2).sort().values
+    assert (sorted_out - sorted_initial).abs().max() < 2e-3
+    assert (sorted_out == sorted_initial).float().mean() > 0.99
+
+
+def test_batch_images_are_adapted_independently(frame, md, mr):
+    other = frame.flip(-1)
+    batch = adapt(torch.cat([frame, other]), md, mr, steps=2, lr=1e-4)
+    torch.testing.assert_close(batch[:1], adapt(frame, md, mr, steps=2, lr=1e-4))
+    torch.testing.assert_close(batch[1:], adapt(other, md, mr, steps=2, lr=1e-4))
+    joint = TestTimeAdapter(md, mr, TTAConfig(steps=2, lr=1e-4, joint=True))
+    assert joint(torch.cat([frame, other])).shape == (2, 3, 64, 80)
+    assert joint.stats.steps == [2]
+
+
+def test_crop_tta_adapts_on_crops_and_infers_the_whole_frame(frame, md, mr):
+    saved = snapshot(md)
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, crop_size=32, n_crops=2, lr=1e-3))
+    seen = []
+    hook = md.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    out = adapter(frame[..., :63, :77])  # odd sizes are padded to the divisor
+    hook.remove()
+    assert out.shape == (1, 3, 63, 77)
+    assert seen == [(1, 3, 64, 80)] + [(2, 3, 32, 32)] * 3 + [(1, 3, 64, 80)]
+    assert same_weights(md, saved)
+
+
+def test_early_stop(frame, md, mr):
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=10, tol=1.0))  # any gain is "too small"
+    adapter(frame)
+    assert adapter.stats.steps == [2]
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=4, tol=0.0))
+    adapter(frame)
+    assert len(adapter.stats.losses[0]) in range(2, 5)
+
+
+def test_scene_cut_threshold_on_real_frames(data_dir):
+    clip = sorted((data_dir / "gopro_clip_noGT").glob("*.png"))
+    a, b = (as_tensor(read_image(p))[0] for p in clip[:2])
+    other = as_tensor(read_image(data_dir / "gopro" / "blur" / "461_blur.png"))[0]
+    assert histogram_distance(a, a) == 0
+    assert histogram_distance(a, b) < 0.1 < 0.3 < histogram_distance(a, other)
+
+
+def test_carry_over_keeps_weights_within_a_shot_and_resets_at_a_cut(frame, md, mr):
+    saved = snapshot(md)
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry_steps=1, lr=1e-4))
+    shot = [frame, frame.roll(1, -1), frame.roll(2, -1)]
+    for x in shot:
+        adapter(x)
+    assert not same_weights(md, saved)  # carried, not restored
+    cut = 1 - frame  # a synthetic cut: the negative of the frame
+    outs = []
+    for x in [*shot[:1], cut]:
+        outs.append(adapter(x))
+    assert adapter.stats.scene_cuts == 1 and adapter.stats.steps == [3]
+    adapter.reset()
+    assert same_weights(md, saved)
+    fresh = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry_steps=1, lr=1e-4))
+    torch.testing.assert_close(outs[-1], fresh(cut))  # after a cut: as if the video started there
+
+
+def test_carry_over_costs_carry_steps_per_frame(frame, md, mr):
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry_steps=1))
+    history = []
+    for shift in range(3):
+        adapter(frame.roll(shift, -1))
+        history += adapter.stats.steps
+    assert history == [3, 1, 1]
+
+
+def test_nan_guard_returns_the_initial_output(frame, md, mr):
+    with torch.no_grad():
+        initial = md(frame).clamp(0, 1)
+        mr.tail.bias[0] = float("nan")
+    saved = snapshot(md)
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        out = adapt(frame, md, mr, steps=5)
+    assert torch.equal(out, initial) and same_weights(md, saved)
+
+
+def test_deblurrer_runs_tta_and_leaves_the_weights_alone(frame, md, mr):
+    saved = snapshot(md)
+    image = (frame[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    plain = Deblurrer({"deblur": md, "reblur": mr}, device="cpu")(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adapted = Deblurrer({"deblur": md, "reblur": mr}, device="cpu", tta_steps=3, tta_lr=1e-3)(
+            image
+        )
+    assert adapted.shape == image.shape and adapted.dtype == np.uint8
+    assert not np.array_equal(adapted, plain)
+    assert same_weights(md, saved)
+
+
+def test_bf16_autocast_keeps_fp32_weights(frame, md, mr):
+    out = adapt(frame, md, mr, steps=2, amp_dtype=torch.bfloat16)
+    assert out.dtype == torch.float32 and md.head.weight.dtype == torch.float32
+
+
+def test_blur_score_is_the_per_image_self_supervised_loss(frame, mr):
+    batch = torch.cat([frame, frame.flip(-2)])
+    scores = blur_score(batch, mr)
+    assert scores.shape == (2,) and (scores > 0).all()
+    with torch.no_grad():
+        assert scores[0] == pytest.approx(losses.self_supervised_loss(mr, frame).item(), rel=1e-5)
+    assert blur_score(batch, build("reblur")).abs().max() == 0  # an identity MR sees no blur
