@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,7 @@ from torch import nn
 
 from .errors import ConfigError, InputError, WeightsError
 from .padding import pad_to_multiple
+from .tiling import run_tiled
 from .tta import TestTimeAdapter, TTAConfig
 from .weights import LoadedWeights, load_weights
 
@@ -116,6 +119,14 @@ def tensor_to_array(tensor: torch.Tensor, layout: _Layout) -> np.ndarray:
     return out.reshape(layout.shape)
 
 
+def swap_red_blue(image: np.ndarray) -> np.ndarray:
+    """RGB(A) ↔ BGR(A); gray images are returned as they are."""
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        order = [2, 1, 0, 3][: image.shape[2]]
+        return image[..., order]
+    return image
+
+
 def check_tensor(batch: torch.Tensor) -> torch.Tensor:
     """Validate an N×3×H×W float batch in [0, 1]; return it clamped to exactly [0, 1]."""
     if batch.dim() != 4 or batch.shape[1] != 3:
@@ -150,7 +161,14 @@ class Deblurrer:
     stop), ``tta_carry`` (video: keep adapted weights across calls, ``tta_carry`` steps per frame
     after the first; ``reset()`` starts a new video), ``tta_joint`` (one adaptation per batch).
 
-    Not thread-safe: TTA changes the module's weights while it runs. Use one Deblurrer per thread.
+    ``tile``/``tile_overlap``: process frames in overlapping tiles of this size (bounds memory;
+    use an overlap of at least the network's receptive field for seamless results). With TTA,
+    tiling implies crop TTA on tiles of the same size unless ``tta_crop`` is given.
+
+    ``color``: channel order of array inputs and outputs, ``"rgb"`` or ``"bgr"`` (OpenCV).
+
+    Thread-safe: calls are serialised by a lock (TTA changes the module's weights while it
+    runs). For parallelism use one Deblurrer per device or thread.
     """
 
     def __init__(
@@ -167,6 +185,9 @@ class Deblurrer:
         tta_tol: float | None = None,
         tta_carry: int | None = None,
         tta_joint: bool = False,
+        tile: int | None = None,
+        tile_overlap: int = 64,
+        color: str = "rgb",
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
@@ -194,6 +215,15 @@ class Deblurrer:
         reblur = modules.get("reblur")
         self.reblur = reblur.to(self.device, torch.float32).eval() if reblur is not None else None
         self.size_divisor = int(getattr(self.deblur, "size_divisor", 1))
+        if color not in ("rgb", "bgr"):
+            raise ConfigError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        self.color = color
+        if tile is not None and tile < self.size_divisor:
+            raise ConfigError(f"tile must be at least {self.size_divisor}, got {tile}")
+        if not 0 <= tile_overlap < (tile or tile_overlap + 1):
+            raise ConfigError(f"tile overlap must be in [0, tile), got {tile_overlap}")
+        self.tile, self.tile_overlap = tile, tile_overlap
+        self._lock = threading.Lock()
 
         if tta_steps < 0:
             raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
@@ -206,9 +236,10 @@ class Deblurrer:
                     "only a deblurring module; use weights trained with the reblurring loss"
                 )
             amp = None if self.dtype == torch.float32 else self.dtype
-            config = TTAConfig(tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry,
+            crop = tta_crop if tta_crop is not None else tile  # whole-frame steps would not fit
+            config = TTAConfig(tta_steps, tta_lr, crop, tta_crops, tta_tol, tta_carry,
                                joint=tta_joint, amp_dtype=amp)  # fmt: skip
-            self.adapter = TestTimeAdapter(self.deblur, self.reblur, config)
+            self.adapter = TestTimeAdapter(self.deblur, self.reblur, config, self._forward)
 
     def reset(self) -> None:
         """Forget what TTA carried over from earlier frames (start of a new video)."""
@@ -238,6 +269,13 @@ class Deblurrer:
 
     def run_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Arrays → arrays; images of equal size share batches."""
+        if self.color == "bgr":
+            return [
+                swap_red_blue(y) for y in self.run_arrays_rgb([swap_red_blue(x) for x in images])
+            ]
+        return self.run_arrays_rgb(images)
+
+    def run_arrays_rgb(self, images: list[np.ndarray]) -> list[np.ndarray]:
         converted = [array_to_tensor(image) for image in images]
         results: list[np.ndarray | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
@@ -251,20 +289,56 @@ class Deblurrer:
                     results[i] = tensor_to_array(y, converted[i][1])
         return results  # type: ignore[return-value]
 
+    def stream(
+        self, frames: Iterable[np.ndarray], latency: float | None = None
+    ) -> Iterator[np.ndarray]:
+        """Deblur an iterable of frames (a camera, a decoder), yielding results in order.
+
+        Frames are batched for throughput: a batch is run when it holds ``batch_size`` frames or,
+        with ``latency`` (seconds), as soon as its oldest frame has waited that long (checked
+        as frames arrive; ``latency=0`` runs every frame at once, the lowest delay). The models
+        stay resident; with ``tta_carry`` the adapted weights follow the stream.
+        """
+        buffer: list[np.ndarray] = []
+        oldest = 0.0
+        for frame in frames:
+            if not buffer:
+                oldest = time.perf_counter()
+            buffer.append(frame)
+            waited = time.perf_counter() - oldest
+            if len(buffer) >= self.batch_size or (latency is not None and waited >= latency):
+                yield from self.run_arrays(buffer)
+                buffer = []
+        if buffer:
+            yield from self.run_arrays(buffer)
+
     def _autocast(self):
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """One gradient-free pass of MD over whole frames (tiled when asked), any H×W."""
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return self.deblur(x).float()
+
+        if self.tile is not None:
+            return run_tiled(forward, batch, self.tile, self.tile_overlap, self.size_divisor,
+                             self.batch_size)  # fmt: skip
+        padded, h, w = pad_to_multiple(batch, self.size_divisor)
+        return forward(padded)[..., :h, :w]
+
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
         """The model boundary: float32 NCHW in [0, 1] → float32 NCHW in [0, 1] on the device."""
         batch = batch.to(self.device, torch.float32)
-        if self.adapter is not None:
-            out = self.adapter(batch)
-        else:
-            padded, h, w = pad_to_multiple(batch, self.size_divisor)
-            with torch.inference_mode(), self._autocast():
-                out = self.deblur(padded).float()[..., :h, :w]
+        with self._lock:
+            if self.adapter is not None:
+                out = self.adapter(batch)
+            else:
+                with torch.inference_mode():
+                    out = self._forward(batch)
         # A diverged network must not leak NaN pixels into anyone's pipeline.
         if not torch.isfinite(out).all():
             raise InputError("the network produced NaN or infinite values (diverged weights?)")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -104,8 +105,16 @@ class TestTimeAdapter:
 
     __test__ = False  # not a pytest class, whatever its name
 
-    def __init__(self, md: nn.Module, mr: nn.Module, config: TTAConfig | None = None):
+    def __init__(
+        self,
+        md: nn.Module,
+        mr: nn.Module,
+        config: TTAConfig | None = None,
+        full_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.md, self.mr = md, mr
+        # The gradient-free whole-frame passes (L0 in crop mode, LN); the pipeline tiles them.
+        self._full_forward = full_forward or self._forward
         self.config = config or TTAConfig()
         self.stats = TTAStats()
         self._original = {k: v.detach().clone() for k, v in md.state_dict().items()}
@@ -181,7 +190,7 @@ class TestTimeAdapter:
             initial = None  # L0
             if crop or steps == 0:
                 with torch.no_grad():
-                    initial = self._forward(blurry)
+                    initial = self._full_forward(blurry)
             latest = initial  # the newest full-frame output of the current weights
             for _ in range(steps):
                 output = self._forward(self._random_crops(blurry) if crop else blurry)
@@ -201,7 +210,7 @@ class TestTimeAdapter:
                 latest = None  # the weights changed
             if latest is None and failure is None:
                 with torch.no_grad():
-                    latest = self._forward(blurry)  # LN
+                    latest = self._full_forward(blurry)  # LN
                 if not torch.isfinite(latest).all():
                     failure = "a non-finite output after the last step"
         if initial is None or not torch.isfinite(initial).all():
