@@ -1,0 +1,681 @@
+"""Video files ↔ RGB frames (PyAV / FFmpeg underneath).
+
+Reading: :func:`probe_video` describes a file, :func:`read_frames` yields its frames as H×W×3
+uint8 RGB arrays with their index, time stamp and time in seconds.
+
+Writing: :class:`VideoWriter` encodes RGB frames and copies the audio of another file unchanged.
+Defaults and what they mean:
+
+* Codec per container: ``.mp4`` / ``.mov`` / ``.mkv`` → H.264 (libx264), ``.webm`` → VP9
+  (libvpx-vp9), ``.avi`` → MPEG-4 part 2 (``mpeg4``, the AVI muxer's own default and what AVI
+  players expect). ``codec=`` picks any other encoder of the FFmpeg build.
+* Quality: ``crf=18`` (constant quality, 0 = lossless, 51 = worst). For x264 18 is the usual
+  "visually near-lossless" setting: compression artefacts are hard to see at normal viewing, so
+  the deblurred detail survives. The same number goes to the other constant-quality encoders
+  (x265, VP9, AV1; high quality there too); ``mpeg4`` gets a fixed quantiser
+  ``max(2, round(crf / 9))`` (2 at crf 18). ``preset`` is x264's speed/size trade-off.
+* Pixels: 4:2:0 (``yuv420p``), what every player decodes. 4:2:0 needs an even width and height;
+  an odd-sized video is written 4:4:4 (``yuv444p``, x264's High 4:4:4 profile), which some
+  hardware players (browsers, phones) cannot play. Crop to an even size for those.
+* Colours: with ``color_from=`` (a :class:`VideoInfo`) the output gets the input's colour tags
+  (matrix, primaries, transfer, range) and RGB is converted to YUV with the input's matrix and
+  range, i.e. exactly the inverse of how :func:`read_frames` decoded the input, so colours do not
+  shift. Without it the output is tagged BT.709, limited range (HD video, sRGB-like images).
+  AVI with a codec that cannot carry tags (``mpeg4``) is written untagged BT.601, which is what
+  decoders assume there.
+* Time stamps: ``write(rgb, pts)`` takes ``pts`` in ``time_base`` units (``Frame.pts`` when the
+  writer gets the input's ``time_base``); the output starts at 0: the first frame's pts is
+  subtracted from all of them, so a whole video (starting at 0, as nearly all do) keeps its time
+  stamps exactly and a cut keeps its frame spacing. ``pts=None`` numbers frames at ``1 / fps``.
+* Audio: the audio streams of ``audio_from`` are remuxed packet by packet (no re-encoding, the
+  bytes are unchanged). Packets that start in ``[audio_start, audio_end)`` seconds (the input's
+  time line) are kept and shifted by ``audio_start``. By default both follow the video:
+  ``audio_start`` = time of the first frame written, ``audio_end`` = end of the last frame
+  written, so a frame range cut out of a video keeps the audio in sync with no arithmetic by the
+  caller. Packet granularity: for AAC ≈ 21 ms at 48 kHz. Encoder priming packets (negative time
+  stamps, AAC) are kept in MP4/MOV (their edit list hides them) and dropped in MKV/WebM/AVI,
+  which would otherwise delay every stream, video included.
+* Rotation: the display rotation (``VideoInfo.rotation``) is stored as the stream's display
+  matrix; frames themselves are never rotated. AVI cannot store it (a warning says so).
+* Safety: the file is written as ``.<name>.<random>.part<suffix>`` in the target folder and
+  renamed when complete; an exception (also Ctrl-C) inside ``with VideoWriter(...)`` deletes it
+  and leaves nothing under the final name. Existing outputs are refused unless
+  ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..errors import ConfigError, InputError, ReblurError
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+#: Encoder used when ``codec`` is not given, per output suffix.
+DEFAULT_CODECS = {
+    ".mp4": "libx264",
+    ".mov": "libx264",
+    ".mkv": "libx264",
+    ".webm": "libvpx-vp9",
+    ".avi": "mpeg4",
+}
+
+_MUXERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+# Encoders with a constant-quality "crf" option, and those that also take x264-style presets.
+_CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"}
+_PRESET_CODECS = {"libx264", "libx264rgb", "libx265"}
+# Encoders whose bitstream carries colour tags itself (needed where the container has none: AVI).
+_TAGGED_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"}
+_X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+_HARDWARE = ("nvenc", "qsv", "vaapi", "amf", "videotoolbox", "v4l2m2m", "vulkan", "mf")
+_VPX_SPEED = {
+    "ultrafast": 8,
+    "superfast": 7,
+    "veryfast": 6,
+    "faster": 5,
+    "fast": 4,
+    "medium": 3,
+    "slow": 2,
+    "slower": 1,
+    "veryslow": 0,
+}
+# FFmpeg's AVColorSpace (frame and stream tags) → swscale matrix (SWS_CS_*) for RGB → YUV.
+_SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+_UNSPECIFIED = 2  # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC _UNSPECIFIED
+_RANGE_LIMITED, _RANGE_FULL = 1, 2
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """True when the file name has a video suffix (the contents are not looked at)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe_video` finds out about the first video stream of a file."""
+
+    path: Path
+    width: int
+    height: int
+    fps: Fraction  # average frame rate
+    time_base: Fraction  # of the video stream: Frame.pts × time_base = seconds
+    frames: int | None  # the container's frame count, None where it has none (mkv, webm)
+    rotation: int  # display rotation, degrees counter-clockwise (as VideoFrame.rotation)
+    codec: str
+    has_audio: bool
+    duration: float | None = None  # seconds, None if unknown
+    # Colour tags of the first frame (FFmpeg enum values; 2 = unspecified, range 0 = unspecified).
+    colorspace: int = _UNSPECIFIED
+    color_primaries: int = _UNSPECIFIED
+    color_trc: int = _UNSPECIFIED
+    color_range: int = 0
+
+
+@dataclass
+class Frame:
+    """One decoded frame: H×W×3 uint8 RGB, its index in the file, time stamp and seconds."""
+
+    rgb: np.ndarray
+    index: int
+    pts: int | None  # in the stream's time_base; None if the file has none
+    time: float  # seconds (pts × time_base, or index / fps without pts)
+
+
+def _reason(error: BaseException) -> str:
+    """The one-line human part of an FFmpeg / OS error."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return " ".join(str(text).split())
+
+
+def _open_input(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise InputError(f"cannot read {path}: no such file")
+    if path.is_dir():
+        raise InputError(f"cannot read {path}: it is a folder, not a video file")
+    try:
+        return av.open(str(path), "r")
+    except av.error.PermissionError:
+        raise InputError(f"cannot read {path}: permission denied") from None
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise InputError(
+            f"cannot decode {path}: not a media file, or a corrupt one ({_reason(e)})"
+        ) from None
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise InputError(f"{path} has no video stream")
+    return container.streams.video[0]
+
+
+def _frame_rate(stream, path: Path) -> Fraction:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate)
+    raise InputError(f"{path}: the video stream has no frame rate")
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Describe the first video stream of ``path`` (decodes one frame for rotation and colours).
+
+    Raises :class:`InputError` (one line naming the file) for a missing or unreadable file, one
+    that is not a media file or is corrupt, one without a video stream or without video frames.
+    """
+    path = Path(path)
+    container = _open_input(path)
+    try:
+        stream = _video_stream(container, path)
+        fps = _frame_rate(stream, path)
+        first = None
+        try:
+            for packet in container.demux(stream):
+                decoded = packet.decode()
+                if decoded:  # the flush packet at the end drains a decoder holding frames
+                    first = decoded[0]
+                    break
+        except (av.FFmpegError, OSError) as e:
+            raise InputError(f"cannot decode {path} at frame 0: {_reason(e)}") from None
+        if first is None:
+            raise InputError(f"{path} has no video frames")
+        duration = None
+        if stream.duration is not None and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        return VideoInfo(
+            path=path,
+            width=stream.codec_context.width or first.width,
+            height=stream.codec_context.height or first.height,
+            fps=fps,
+            time_base=Fraction(stream.time_base),
+            frames=stream.frames or None,
+            rotation=int(first.rotation),
+            codec=stream.codec_context.codec.canonical_name,  # "h264", not the decoder's name
+            has_audio=bool(container.streams.audio),
+            duration=duration,
+            colorspace=int(first.colorspace),
+            color_primaries=int(first.color_primaries),
+            color_trc=int(first.color_trc),
+            color_range=int(first.color_range),
+        )
+    finally:
+        container.close()
+
+
+def read_frames(path: str | os.PathLike, start: int = 0, end: int | None = None) -> Iterator[Frame]:
+    """Decode the frames ``[start, end)`` (by index, 0-based) of the first video stream.
+
+    The file is opened (and checked) when this is called; frames are decoded lazily. Frames
+    before ``start`` are decoded (inter-frame codecs need them) but not converted to RGB.
+    ``end`` past the last frame just stops at the end, like slicing. Raises :class:`InputError`
+    for unusable files, a decode error (naming the frame index), a file without frames or a
+    ``start`` past its end.
+    """
+    if start < 0 or (end is not None and end <= start):
+        raise ConfigError(f"invalid frame range [{start}, {end}): need 0 <= start < end")
+    path = Path(path)
+    container = _open_input(path)
+    try:
+        stream = _video_stream(container, path)
+        fps = _frame_rate(stream, path)
+        stream.thread_type = "AUTO"
+    except BaseException:
+        container.close()
+        raise
+    return _frames(container, stream, path, fps, start, end)
+
+
+def _decoded(container, stream, path: Path, counter: list[int]):
+    """Yield av.VideoFrames; FFmpeg errors become InputError naming the frame index.
+
+    A truncated file mostly just ends early (FFmpeg logs "partial file" and reports the end of
+    the file): a packet the demuxer flags as corrupt, or fewer packets than the file's index
+    (MP4/MOV/AVI list every packet up front) is reported as an error after the frames that
+    could be decoded.
+    """
+    packets = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.is_corrupt:  # cut short by the end of the file, or damaged
+                yield from stream.decode(None)  # the frames complete before the damage
+                raise InputError(
+                    f"cannot decode {path} at frame {counter[0]}: truncated or corrupt data"
+                )
+            packets += packet.size > 0  # not the flush packet at the end
+            yield from packet.decode()  # the flush packet at the end drains the decoder
+    except (av.FFmpegError, OSError) as e:
+        raise InputError(f"cannot decode {path} at frame {counter[0]}: {_reason(e)}") from None
+    indexed = len(stream.index_entries)
+    if packets < indexed:
+        raise InputError(
+            f"cannot decode {path} at frame {counter[0]}: the file is truncated "
+            f"({packets} of {indexed} video packets present)"
+        )
+
+
+def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int | None):
+    time_base = stream.time_base
+    counter = [0]  # index of the next frame, shared with _decoded for its error messages
+    try:
+        for av_frame in _decoded(container, stream, path, counter):
+            index = counter[0]
+            counter[0] += 1
+            if index < start:
+                continue
+            try:
+                rgb = av_frame.to_ndarray(format="rgb24")
+            except (av.FFmpegError, ValueError) as e:
+                raise InputError(f"cannot decode {path} at frame {index}: {_reason(e)}") from None
+            pts = av_frame.pts
+            time = float(pts * time_base) if pts is not None and time_base else index / fps
+            yield Frame(rgb=rgb, index=index, pts=pts, time=time)
+            if end is not None and index + 1 >= end:
+                return
+        if counter[0] == 0:
+            raise InputError(f"{path} has no video frames")
+        if counter[0] <= start:
+            raise InputError(f"{path} has {counter[0]} video frames: start={start} is past the end")
+    finally:
+        container.close()
+
+
+def _as_fraction(value, what: str) -> Fraction:
+    try:
+        fraction = Fraction(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if isinstance(value, float):
+        fraction = fraction.limit_denominator(1001)  # 29.97 → 2997/100, 30000/1001 stays
+    if fraction <= 0:
+        raise ConfigError(f"{what} must be positive, got {value!r}")
+    return fraction
+
+
+def _encoder(codec: str) -> av.Codec:
+    try:
+        encoder = av.Codec(codec, "w")
+    except (ValueError, av.FFmpegError):
+        raise InputError(
+            f"video encoder {codec!r} is not available in this FFmpeg build "
+            f"(FFmpeg {av.ffmpeg_version_info}); try libx264"
+        ) from None
+    if encoder.type != "video":
+        raise ConfigError(f"{codec!r} is an {encoder.type} encoder, not a video one")
+    return encoder
+
+
+class VideoWriter:
+    """Encode RGB frames into a video file, optionally with the audio of another file.
+
+    ::
+
+        info = probe_video(src)
+        with VideoWriter(dst, info.fps, info.width, info.height, time_base=info.time_base,
+                         rotation=info.rotation, audio_from=src, color_from=info) as out:
+            for frame in read_frames(src, start, end):
+                out.write(process(frame.rgb), frame.pts)
+
+    See the module docstring for codecs, quality, pixel formats, colours, time stamps and audio.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps,
+        width: int,
+        height: int,
+        *,
+        time_base=None,
+        rotation: int = 0,
+        codec: str | None = None,
+        crf: int = 18,
+        preset: str = "medium",
+        audio_from: str | os.PathLike | None = None,
+        audio_start: float | None = None,
+        audio_end: float | None = None,
+        color_from: VideoInfo | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.frames_written = 0
+        self._out = None
+        self._audio_in = None
+        self._tmp: Path | None = None
+        self._done = False
+        suffix = self.path.suffix.lower()
+        if suffix not in VIDEO_SUFFIXES:
+            raise InputError(
+                f"{self.path}: unsupported video suffix (use one of {', '.join(VIDEO_SUFFIXES)})"
+            )
+        if self.path.exists() and not overwrite:
+            raise InputError(f"{self.path} exists; refusing to overwrite it (use --overwrite)")
+        if not (isinstance(width, int | np.integer) and isinstance(height, int | np.integer)):
+            raise ConfigError(f"width and height must be integers, got {width!r}, {height!r}")
+        if width <= 0 or height <= 0:
+            raise ConfigError(f"invalid video size {width}×{height}")
+        self.width, self.height = int(width), int(height)
+        self.fps = _as_fraction(fps, "fps")
+        self.time_base = _as_fraction(time_base, "time_base") if time_base else 1 / self.fps
+        self.overwrite = overwrite
+        if audio_start is not None and audio_end is not None and audio_end <= audio_start:
+            raise ConfigError(f"empty audio span [{audio_start}, {audio_end}) seconds")
+        self._audio_start = None if audio_start is None else Fraction(audio_start)
+        self._audio_end = None if audio_end is None else Fraction(audio_end)
+
+        self.codec = codec or DEFAULT_CODECS[suffix]
+        if self.codec in _PRESET_CODECS and preset not in _X264_PRESETS:
+            raise ConfigError(f"unknown preset {preset!r} (use one of {', '.join(_X264_PRESETS)})")
+        encoder = _encoder(self.codec)
+        odd = self.width % 2 or self.height % 2
+        self.pix_fmt = "yuv444p" if odd else "yuv420p"
+        formats = {f.name for f in encoder.video_formats or ()}
+        if formats and self.pix_fmt not in formats:
+            need = "an even width and height" if odd else "a pixel format other than yuv420p"
+            raise ConfigError(
+                f"encoder {self.codec!r} needs {need} ({self.width}×{self.height} given); "
+                "use libx264 or another size"
+            )
+        # The encoder's time base: the caller's, except where the format cannot hold it.
+        self._enc_tb = self.time_base
+        if suffix == ".avi" or (self.codec == "mpeg4" and self.time_base.denominator > 65535):
+            self._enc_tb = 1 / self.fps  # AVI is constant-rate; MPEG-4 caps the denominator
+
+        # Colour tags and the RGB → YUV conversion that matches them.
+        if color_from is None:
+            tags = (1, 1, 1, _RANGE_LIMITED)  # BT.709 matrix, primaries, transfer; TV range
+        else:
+            c = color_from
+            tags = (c.colorspace, c.color_primaries, c.color_trc, c.color_range)
+        if suffix == ".avi" and self.codec not in _TAGGED_CODECS:
+            # Neither AVI nor e.g. MPEG-4 part 2 can carry colour tags; decoders then assume
+            # BT.601 limited range, so convert with that (tags only describe what is stored).
+            tags = (_UNSPECIFIED, _UNSPECIFIED, _UNSPECIFIED, 0)
+        self._colorspace, self._primaries, self._trc, self._range = (int(t) for t in tags)
+        self._sws_matrix = _SWS_MATRIX.get(self._colorspace)  # None: swscale's default (601)
+        self._sws_range = _RANGE_FULL if self._range == _RANGE_FULL else _RANGE_LIMITED
+
+        audio_streams = []
+        if audio_from is not None:
+            audio_path = Path(audio_from)
+            self._audio_in = _open_input(audio_path)
+            audio_streams = list(self._audio_in.streams.audio)
+            if not audio_streams:
+                self._audio_in.close()
+                self._audio_in = None
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(
+                f".{self.path.stem}.{secrets.token_hex(4)}.part{self.path.suffix}"
+            )
+            with open(tmp, "xb"):  # fail early (permissions, read-only folder), umask perms
+                pass
+            self._tmp = tmp
+        except OSError as e:
+            self._close_audio_in()
+            raise ReblurError(f"cannot write {self.path}: {_reason(e)}") from None
+
+        try:
+            self._open_output(suffix, crf, preset, rotation, audio_streams)
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _open_output(self, suffix, crf, preset, rotation, audio_streams) -> None:
+        options = {"movflags": "+faststart"} if suffix in (".mp4", ".mov") else {}
+        try:
+            self._out = av.open(str(self._tmp), "w", format=_MUXERS[suffix], options=options)
+            stream = self._out.add_stream(self.codec, rate=self.fps)
+        except ValueError as e:  # the muxer refuses the codec
+            raise ConfigError(f"{self.path}: {_reason(e)}") from None
+        except (av.FFmpegError, OSError) as e:
+            raise ReblurError(f"cannot write {self.path}: {_reason(e)}") from None
+        ctx = stream.codec_context
+        ctx.width, ctx.height, ctx.pix_fmt = self.width, self.height, self.pix_fmt
+        ctx.time_base = self._enc_tb
+        stream.time_base = self._enc_tb
+        ctx.colorspace, ctx.color_primaries = self._colorspace, self._primaries
+        ctx.color_trc, ctx.color_range = self._trc, self._range
+        ctx.options = self._encoder_options(crf, preset)
+        if suffix == ".avi":
+            ctx.max_b_frames = 0  # AVI stores no presentation time stamps
+        if rotation % 360:
+            if suffix == ".avi":
+                warnings.warn(
+                    f"{self.path}: AVI cannot store the display rotation ({rotation}°); "
+                    "the video will play unrotated",
+                    stacklevel=3,
+                )
+            else:
+                stream.set_display_rotation(rotation)
+        try:
+            ctx.open()
+        except (av.FFmpegError, OSError, ValueError) as e:
+            hint = ""
+            if any(f"_{hw}" in self.codec for hw in _HARDWARE):
+                hint = " (a hardware encoder: it needs its device and driver on this machine)"
+            raise InputError(
+                f"cannot open video encoder {self.codec!r}: {_reason(e)}{hint}"
+            ) from None
+        self._video = stream
+
+        self._audio_map = {}
+        for template in audio_streams:
+            try:
+                out_stream = self._out.add_stream_from_template(template)
+            except ValueError:
+                raise ConfigError(
+                    f"{self.path}: a {suffix} file cannot hold the {template.codec_context.name} "
+                    f"audio of {Path(self._audio_in.name)}; choose another container (.mkv)"
+                ) from None
+            out_stream.metadata.update(template.metadata)
+            self._audio_map[template.index] = out_stream
+        # MP4/MOV hide audio priming (negative time stamps) with an edit list.
+        self._negative_ts_ok = suffix in (".mp4", ".mov")
+        if audio_streams:
+            self._audio_packets = self._audio_in.demux(*audio_streams)
+            self._audio_pending = None
+            self._audio_shift: dict[int, int] = {}
+            self._audio_past_end: set[int] = set()
+
+    def _encoder_options(self, crf: int, preset: str) -> dict[str, str]:
+        options: dict[str, str] = {}
+        if self.codec in _CRF_CODECS:
+            options["crf"] = str(crf)
+        if self.codec in _PRESET_CODECS:
+            options["preset"] = preset
+        if self.codec == "libx265":
+            options["x265-params"] = "log-level=error"
+        if self.codec == "libvpx-vp9":
+            options["row-mt"] = "1"
+            options["cpu-used"] = str(_VPX_SPEED.get(preset, 3))
+        if self.codec == "mpeg4":
+            options["flags"] = "+qscale"
+            options["global_quality"] = str(max(2, round(crf / 9)) * 118)  # × FF_QP2LAMBDA
+        return options
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, rgb: np.ndarray, pts: int | None = None) -> None:
+        """Encode one H×W×3 uint8 RGB frame; ``pts`` in ``time_base`` units (see module doc)."""
+        if self._done or self._out is None:
+            raise ReblurError(f"cannot write {self.path}: the writer is closed")
+        shape = (self.height, self.width, 3)
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.shape != shape:
+            got = f"{rgb.shape} {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb)
+            raise InputError(
+                f"frame {self.frames_written} for {self.path}: expected a "
+                f"{self.height}×{self.width}×3 uint8 RGB array, got {got}"
+            )
+        if pts is None:
+            pts = round(self.frames_written / self.fps / self.time_base)
+        pts = int(pts)
+        if self.frames_written == 0:
+            self._pts0 = pts
+            self._last_pts = None
+            if self._audio_start is None:
+                self._audio_start = pts * self.time_base
+        elif pts <= self._last_pts:
+            raise InputError(
+                f"frame {self.frames_written} for {self.path}: "
+                f"pts {pts} is not after the previous {self._last_pts}"
+            )
+        self._last_pts = pts
+        rel = (pts - self._pts0) * self.time_base  # seconds since the first frame
+        enc_pts = round(rel / self._enc_tb)
+        if self.frames_written and enc_pts <= self._last_enc_pts:
+            enc_pts = self._last_enc_pts + 1  # rounding to a coarser (AVI) clock
+        self._last_enc_pts = enc_pts
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = frame.reformat(
+            format=self.pix_fmt,
+            dst_colorspace=self._sws_matrix,
+            dst_color_range=self._sws_range,
+        )
+        frame.pts = enc_pts
+        frame.time_base = self._enc_tb
+        try:
+            self._out.mux(self._video.encode(frame))
+            self._mux_audio(until=rel)
+        except BaseException as e:
+            self._fail(e)
+        self.frames_written += 1
+
+    def _fail(self, error: BaseException):
+        """Delete the temporary file; re-raise write errors as one-line ReblurErrors."""
+        self.abort()
+        if isinstance(error, av.FFmpegError | OSError):
+            raise ReblurError(f"cannot write {self.path}: {_reason(error)}") from None
+        raise error
+
+    # -- audio ---------------------------------------------------------------------------------
+
+    def _next_audio_packet(self):
+        if self._audio_pending is not None:
+            packet, self._audio_pending = self._audio_pending, None
+            return packet
+        for packet in self._audio_packets:
+            if packet.dts is not None and packet.pts is not None:
+                return packet
+        return None
+
+    def _mux_audio(self, until: Fraction | None) -> None:
+        """Copy the audio packets that start before ``until`` seconds of output time (all up to
+        the audio end when None), restamped onto the output's time line."""
+        if self._audio_in is None:
+            return
+        end = self._audio_end  # input time line
+        if end is None and until is None:
+            end = self._audio_start + (self._last_pts - self._pts0) * self.time_base + 1 / self.fps
+        past_end = self._audio_past_end  # streams that reached `end`: nothing more to copy
+        while len(past_end) < len(self._audio_map):
+            try:
+                packet = self._next_audio_packet()
+            except av.FFmpegError as e:
+                name = Path(self._audio_in.name)
+                raise InputError(f"cannot read the audio of {name}: {_reason(e)}") from None
+            if packet is None:
+                break
+            index, tb = packet.stream.index, packet.stream.time_base
+            time = packet.pts * tb  # input time line
+            if until is not None and time - self._audio_start >= until:
+                self._audio_pending = packet  # not due yet
+                break
+            if end is not None and time >= end:
+                past_end.add(index)
+                continue
+            if self._audio_start > 0 and time < self._audio_start - tb / 2:
+                continue  # before the span (with no cut at the start, priming packets stay)
+            shift = self._audio_shift.setdefault(index, round(self._audio_start / tb))
+            if packet.pts < shift and not self._negative_ts_ok:
+                continue  # encoder priming: MKV/WebM/AVI would shift every stream to keep it
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = self._audio_map[index]
+            self._out.mux(packet)
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def close(self) -> Path:
+        """Flush the encoder, copy the remaining audio, finish the file and rename it."""
+        if self._done:
+            if self._tmp is None and self.path.exists():
+                return self.path
+            raise ReblurError(f"cannot write {self.path}: the writer was aborted")
+        if self.frames_written == 0:
+            self.abort()
+            raise ReblurError(f"cannot write {self.path}: no frames were written")
+        try:
+            self._out.mux(self._video.encode(None))
+            self._mux_audio(until=None)
+            self._out.close()
+            self._close_audio_in()
+            if self.path.exists() and not self.overwrite:
+                self.abort()
+                raise InputError(f"{self.path} exists; refusing to overwrite it (use --overwrite)")
+            os.replace(self._tmp, self.path)
+        except BaseException as e:
+            self._fail(e)
+        self._tmp = None
+        self._done = True
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and delete the temporary file; nothing is left under the final name."""
+        self._done = True
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # first: finishing an unlinked file is quick (no faststart pass)
+        if self._out is not None:
+            out, self._out = self._out, None
+            with contextlib.suppress(Exception):
+                out.close()
+        self._close_audio_in()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _close_audio_in(self) -> None:
+        if self._audio_in is not None:
+            audio_in, self._audio_in = self._audio_in, None
+            with contextlib.suppress(Exception):
+                audio_in.close()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            with contextlib.suppress(Exception):
+                self.abort()

@@ -1,0 +1,314 @@
+"""What ``reblur-run`` does, callable from Python: find the inputs, plan where every output
+goes, deblur, and write each result atomically, one bad input never stopping the others.
+
+Outputs: with ``output`` unset, ``photo.png`` → ``photo_deblurred.png`` beside it and a folder
+``shots/`` → ``shots_deblurred/`` beside it (same file names inside). ``output`` names a file
+(one input), a folder (any number of inputs; same file names inside), or a video file when the
+input is a folder of frames. Existing outputs are refused unless ``overwrite``; an input is
+never overwritten, whatever the options.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, InputError, ReblurError
+from .io import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    VideoWriter,
+    is_video,
+    probe_video,
+    read_frames,
+    read_image,
+    write_image,
+)
+from .losses import blur_score
+from .pipeline import Deblurrer, array_to_tensor
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class Job:
+    """One output: an image, a video, or a video made from a folder of frames."""
+
+    kind: str  # "image" | "video" | "frames"
+    sources: list[Path]
+    target: Path
+    frames: int = 1
+
+
+@dataclass
+class RunOptions:
+    output: str | None = None
+    overwrite: bool = False
+    side_by_side: bool = False
+    start: int = 0
+    end: int | None = None
+    fps: float = 30.0
+    codec: str | None = None
+    crf: int = 18
+    preset: str = "medium"
+    shard: tuple[int, int] = (0, 1)
+    report: str | None = None
+
+
+@dataclass
+class Summary:
+    items: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    report: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _media_in(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
+    )
+
+
+def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
+    """Turn paths, folders and globs into jobs with checked, unique output paths."""
+    specs = list(specs)
+    if not specs:
+        raise ConfigError("no input given")
+    output = Path(options.output) if options.output else None
+    into_folder = output is not None and (output.is_dir() or options.output.endswith(os.sep))
+    jobs: list[Job] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            if output is not None and is_video(output) and len(specs) == 1:
+                frames = [p for p in _media_in(path) if p.suffix.lower() in IMAGE_SUFFIXES]
+                if not frames:
+                    raise InputError(f"{path} holds no image frames to make {output} from")
+                jobs.append(Job("frames", frames, output, len(frames)))
+                continue
+            folder = output if output is not None else path.with_name(f"{path.name}_deblurred")
+            media = _media_in(path)
+            if not media:
+                raise InputError(f"{path} holds no images or videos")
+            jobs += [_job(p, folder / p.name) for p in media]
+        elif path.is_file():
+            if output is None:
+                target = path.with_name(f"{path.stem}_deblurred{path.suffix}")
+            elif into_folder or len(specs) > 1:
+                target = output / path.name
+            else:
+                target = output
+            jobs.append(_job(path, target))
+        elif GLOB_CHARS & set(spec):
+            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec)))
+            matches = [
+                p
+                for p in matches
+                if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
+            ]
+            if not matches:
+                raise InputError(f"no images or videos match {spec!r}")
+            for p in matches:
+                name = f"{p.stem}_deblurred{p.suffix}"
+                jobs.append(_job(p, output / p.name if output else p.with_name(name)))
+        else:
+            raise InputError(f"no such file or folder: {spec}")
+    if output is not None and not is_video(output) and len(jobs) > 1 and output.is_file():
+        raise ConfigError(f"{output} is a file, but there are {len(jobs)} outputs: name a folder")
+    _check_targets(jobs, options.overwrite)
+    index, count = options.shard
+    return jobs[index::count]
+
+
+def _job(source: Path, target: Path) -> Job:
+    if source.suffix.lower() in VIDEO_SUFFIXES:
+        return Job("video", [source], target, 0)
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        return Job("image", [source], target, 1)
+    raise InputError(f"{source}: not a supported image or video file")
+
+
+def _check_targets(jobs: list[Job], overwrite: bool) -> None:
+    inputs = {p.resolve() for job in jobs for p in job.sources}
+    seen: set[Path] = set()
+    for job in jobs:
+        target = job.target.resolve()
+        if target in inputs:
+            raise ConfigError(f"{job.target} is an input; refusing to overwrite an input")
+        if target in seen:
+            raise ConfigError(f"two inputs would both be written to {job.target}")
+        seen.add(target)
+        if job.target.exists() and not overwrite:
+            raise ConfigError(f"{job.target} exists; refusing to overwrite it (use --overwrite)")
+        expected_video = job.kind in ("video", "frames")
+        if is_video(job.target) != expected_video:
+            kind = "a video" if expected_video else "an image"
+            raise ConfigError(f"{job.target}: the output of {job.sources[0].name} must be {kind}")
+
+
+def run_jobs(
+    deblurrer: Deblurrer,
+    jobs: list[Job],
+    options: RunOptions,
+    progress: Callable[[int], None] = lambda n: None,
+    log: Callable[[str], None] = print,
+) -> Summary:
+    """Process every job; failures are logged and collected, not raised (but Ctrl-C is)."""
+    runner = _Runner(deblurrer, options, progress, log)
+    start = time.perf_counter()
+    for job in jobs:
+        deblurrer.reset()  # TTA carry-over never crosses from one input to the next
+        try:
+            runner.summary.frames += runner.run(job)
+            runner.summary.items += 1
+        except ReblurError as e:
+            runner.summary.failed.append((str(job.sources[0]), str(e)))
+            log(f"error: {e}")
+    runner.summary.seconds = time.perf_counter() - start
+    if options.report:
+        _write_report(Path(options.report), runner.summary)
+    return runner.summary
+
+
+class _Runner:
+    def __init__(self, deblurrer: Deblurrer, options: RunOptions, progress, log):
+        self.deblurrer, self.options = deblurrer, options
+        self.progress, self.log = progress, log
+        self.summary = Summary()
+
+    def run(self, job: Job) -> int:
+        source, options = job.sources[0], self.options
+        if job.kind == "image":
+            image = read_image(source)
+            start = time.perf_counter()
+            (out,) = self.deblur([image])
+            seconds = time.perf_counter() - start
+            write_image(job.target, self.combine(image, out), overwrite=options.overwrite)
+            self.record(source, 0, image, out, seconds)
+            self.progress(1)
+            return 1
+        if job.kind == "frames":
+            first = read_image(source)
+            if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
+                raise InputError(
+                    f"{source}: video frames must be 8-bit RGB, got {first.shape} {first.dtype}"
+                )
+            fps = Fraction(options.fps).limit_denominator(1001)
+            h, w = first.shape[:2]
+            writer = self.writer(job.target, fps, w, h)
+            frames = ((i, read_image(p), None) for i, p in enumerate(job.sources))
+            return self.encode_all(job, frames, writer)
+        info = probe_video(source)
+        # Audio follows the frames actually written (start/end range included); colours keep
+        # the input's matrix and range so that nothing shifts.
+        writer = self.writer(
+            job.target, info.fps, info.width, info.height, time_base=info.time_base,
+            rotation=info.rotation, audio_from=source if info.has_audio else None, color_from=info,
+        )  # fmt: skip
+        frames = ((f.index, f.rgb, f.pts) for f in read_frames(source, options.start, options.end))
+        return self.encode_all(job, frames, writer)
+
+    def writer(self, target: Path, fps: Fraction, width: int, height: int, **kwargs) -> VideoWriter:
+        o = self.options
+        width *= 2 if o.side_by_side else 1
+        return VideoWriter(target, fps, width, height, codec=o.codec, crf=o.crf, preset=o.preset,
+                           overwrite=o.overwrite, **kwargs)  # fmt: skip
+
+    def encode_all(self, job: Job, frames, writer: VideoWriter) -> int:
+        """Deblur (index, rgb, pts) frames in batches and encode them in order; the writer
+        renames its file only when everything succeeded."""
+        done, batch = 0, []
+        try:
+            with writer:
+                for item in frames:
+                    batch.append(item)
+                    if len(batch) == self.deblurrer.batch_size:
+                        done += self.encode(job.sources[0], batch, writer)
+                        batch = []
+                if batch:
+                    done += self.encode(job.sources[0], batch, writer)
+                if done == 0:
+                    raise InputError(f"{job.sources[0]}: no frames in the requested range")
+        except KeyboardInterrupt:
+            self.log(f"interrupted after {done} frame(s) of {job.sources[0]}; "
+                     f"nothing was written to {job.target}")  # fmt: skip
+            raise
+        return done
+
+    def encode(self, source: Path, batch: list[tuple], writer: VideoWriter) -> int:
+        images = [item[1] for item in batch]
+        start = time.perf_counter()
+        outputs = self.deblur(images)
+        seconds = (time.perf_counter() - start) / len(batch)
+        for (index, image, pts), out in zip(batch, outputs, strict=True):
+            writer.write(self.combine(image, out), pts)
+            self.record(source, index, image, out, seconds)
+        self.progress(len(batch))
+        return len(batch)
+
+    def deblur(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the Deblurrer; on GPU out-of-memory, retry with (smaller) tiles and say so."""
+        deblurrer = self.deblurrer
+        while True:
+            try:
+                return deblurrer(images)
+            except torch.OutOfMemoryError:
+                if deblurrer.tile is not None and deblurrer.tile <= 128:
+                    raise ReblurError("out of GPU memory even with 128 px tiles") from None
+                deblurrer.tile = 512 if deblurrer.tile is None else deblurrer.tile // 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.log(f"out of GPU memory: retrying with --tile {deblurrer.tile}")
+
+    def combine(self, image: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return np.concatenate([image, out], axis=1) if self.options.side_by_side else out
+
+    def record(self, source: Path, index: int, image, out, seconds: float) -> None:
+        if not self.options.report:
+            return
+        entry: dict[str, Any] = {"input": str(source), "frame": index, "seconds": round(seconds, 4)}
+        mr = self.deblurrer.reblur
+        for key, array in (("blur_before", image), ("blur_after", out)):
+            entry[key] = (
+                None if mr is None else round(blur_score(array_to_tensor(array)[0], mr).item(), 6)
+            )
+        self.summary.report.append(entry)
+
+
+def _write_report(path: Path, summary: Summary) -> None:
+    data = {
+        "items": summary.items,
+        "frames": summary.frames,
+        "seconds": round(summary.seconds, 3),
+        "failed": [{"input": i, "error": e} for i, e in summary.failed],
+        "per_frame": summary.report,
+    }
+    tmp = path.with_name(f".{path.name}.part")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def count_frames(job: Job, options: RunOptions) -> int | None:
+    """Frames a job will produce, for progress bars (None when a video cannot say)."""
+    if job.kind != "video":
+        return job.frames
+    try:
+        total = probe_video(job.sources[0]).frames
+    except ReblurError:
+        return None  # reported properly when the job runs
+    if total is None:
+        return None
+    end = total if options.end is None else min(options.end, total)
+    return max(0, end - options.start)

@@ -1,0 +1,188 @@
+"""`reblur-run` end to end, as a real subprocess, on real images and real encoded video."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from reblur_deploy import save_weights
+from reblur_deploy.io import probe_video, read_image, write_image
+from reblur_deploy.models import build
+
+from .conftest import randomized
+from .test_video import audio_packets, make_video
+
+RUN = str(Path(sys.executable).parent / "reblur-run")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    md = randomized(build("unet", widths=(8, 12, 16), n_blocks=1))
+    mr = randomized(build("reblur", n_blocks=1, width=8), seed=1)
+    return str(
+        save_weights(
+            tmp_path_factory.mktemp("w") / "small.safetensors", {"deblur": md, "reblur": mr}
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def crop(data_dir):
+    return read_image(data_dir / "gopro" / "blur" / "blur_01.png")[200:296, 300:428]  # 96×128
+
+
+def run(*args, check=True):
+    result = subprocess.run([RUN, *map(str, args)], capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def test_a_folder_of_mixed_images_keeps_each_format(tmp_path, weights, crop):
+    src = tmp_path / "shots"
+    images = {
+        "rgb.png": crop,
+        "deep.png": crop.astype(np.uint16) * 257,
+        "alpha.png": np.dstack([crop, np.full(crop.shape[:2], 200, np.uint8)]),
+        "gray.png": crop[..., 1],
+        "photo.jpg": crop,
+    }
+    for name, image in images.items():
+        write_image(src / name, image)
+    result = run(src, "--weights", weights, "--report", tmp_path / "report.json")
+    out = tmp_path / "shots_deblurred"
+    for name, image in images.items():
+        got = read_image(out / name)
+        assert got.shape == image.shape and got.dtype == image.dtype, name
+    assert np.array_equal(read_image(out / "alpha.png")[..., 3], images["alpha.png"][..., 3])
+    assert "5 item(s), 5 frame(s)" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["per_frame"]) == 5 and report["failed"] == []
+    assert all(e["blur_before"] is not None and e["seconds"] >= 0 for e in report["per_frame"])
+
+
+def test_outputs_and_inputs_are_never_overwritten(tmp_path, weights, crop):
+    image = write_image(tmp_path / "a.png", crop)
+    run(image, "--weights", weights)
+    target = tmp_path / "a_deblurred.png"
+    before = target.read_bytes()
+    refused = run(image, "--weights", weights, check=False)
+    assert refused.returncode == 1 and "exists" in refused.stderr
+    assert target.read_bytes() == before
+    for args in (["-o", image], ["-o", image, "--overwrite"]):
+        result = run(image, "--weights", weights, *args, check=False)
+        assert result.returncode == 1 and "refusing to overwrite an input" in result.stderr
+    assert np.array_equal(read_image(image), crop)
+    run(image, "--weights", weights, "--overwrite", "--side-by-side")
+    assert read_image(target).shape == (96, 256, 3)
+
+
+def test_one_bad_file_is_reported_and_the_others_done(tmp_path, weights, crop):
+    for name in ("a.png", "c.png"):
+        write_image(tmp_path / "in" / name, crop)
+    (tmp_path / "in" / "b.png").write_bytes(b"not a png")
+    result = run(tmp_path / "in", "-o", tmp_path / "out", "--weights", weights, "-q", check=False)
+    assert result.returncode == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "b.png" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_glob_and_shards(tmp_path, weights, crop):
+    for i in range(4):
+        write_image(tmp_path / f"f{i}.png", crop)
+    run(str(tmp_path / "f*.png"), "--weights", weights, "--shard", "1/2", "-q")
+    assert sorted(p.name for p in tmp_path.glob("*_deblurred.png")) == [
+        "f1_deblurred.png",
+        "f3_deblurred.png",
+    ]
+
+
+def test_bad_options_and_weights_are_one_line_errors(tmp_path, crop):
+    image = write_image(tmp_path / "a.png", crop)
+    for args, message in [
+        ([image, "--weights", tmp_path / "none.safetensors"], "no weight file"),
+        ([tmp_path / "missing.png"], "no such file"),
+        ([image, "--shard", "3/2"], "--shard"),
+    ]:
+        result = run(*args, check=False)
+        assert result.returncode != 0 and message in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("clip") / "clip.mp4")  # 30 frames, AAC audio
+
+
+def test_video_keeps_frames_time_stamps_and_audio_with_tta(tmp_path, weights, clip):
+    out = tmp_path / "out.mp4"
+    result = run(clip, "--weights", weights, "--tta", "2", "-o", out)
+    src, dst = probe_video(clip), probe_video(out)
+    assert (dst.frames, dst.fps, dst.width, dst.height) == (30, src.fps, src.width, src.height)
+    assert audio_packets(out) == audio_packets(clip)
+    with av.open(str(clip)) as a, av.open(str(out)) as b:
+        times_a = [f.time for f in a.decode(video=0)]
+        times_b = [f.time for f in b.decode(video=0)]
+    assert times_a == pytest.approx(times_b, abs=1e-6)
+    assert "1 item(s), 30 frame(s)" in result.stdout
+
+
+def test_video_frame_range(tmp_path, weights, clip):
+    out = tmp_path / "range.mp4"
+    run(clip, "--weights", weights, "--start", "10", "--end", "20", "-o", out, "-q")
+    assert probe_video(out).frames == 10
+
+
+def test_a_folder_of_frames_becomes_a_video(tmp_path, weights, data_dir):
+    frames = sorted((data_dir / "gopro_clip_noGT").glob("*.png"))[:6]
+    for path in frames:
+        write_image(tmp_path / "frames" / path.name, read_image(path)[:96, :128])
+    run(tmp_path / "frames", "--fps", "25", "-o", tmp_path / "clip.mp4", "--weights", weights)
+    info = probe_video(tmp_path / "clip.mp4")
+    assert (info.frames, info.fps, info.width, info.height) == (6, 25, 128, 96)
+
+
+def test_a_corrupt_video_is_a_one_line_error(tmp_path, weights):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(4000))
+    result = run(bad, "--weights", weights, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "bad.mp4" in result.stderr
+    assert not (tmp_path / "bad_deblurred.mp4").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_an_interrupted_run_leaves_nothing_under_the_final_name(tmp_path, weights, sig):
+    long_clip = make_video(tmp_path / "long.mp4", n=300, audio=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [
+        long_clip,
+        "--weights",
+        weights,
+        "--tta",
+        "20",
+        "--batch-size",
+        "1",
+        "-o",
+        out / "x.mp4",
+    ]
+    process = subprocess.Popen(
+        [RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not list(out.iterdir()) and time.monotonic() < deadline:  # wait for the temporary file
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted after" in stderr and "nothing was written" in stderr
+    assert list(out.iterdir()) == []
