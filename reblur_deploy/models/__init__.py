@@ -6,12 +6,14 @@ from torch import nn
 
 from ..errors import ConfigError
 from .blocks import ResBlock
+from .dhn import DHN
 from .reblur import Reblur
+from .srn import SRN
 from .unet import UNet
 
 # name -> class; every class takes the paper's hyper-parameters as keyword arguments,
 # stores them in ``.config`` (so weight files can rebuild it) and has ``.size_divisor``.
-MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "reblur": Reblur}
+MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "srn": SRN, "dhn": DHN, "reblur": Reblur}
 
 
 def build(name: str, **config) -> nn.Module:
@@ -36,4 +38,4 @@ def name_of(model: nn.Module) -> str:
     raise ConfigError(f"{type(model).__name__} is not a reblur-deploy network")
 
 
-__all__ = ["MODELS", "Reblur", "ResBlock", "UNet", "build", "name_of"]
+__all__ = ["DHN", "MODELS", "SRN", "Reblur", "ResBlock", "UNet", "build", "name_of"]

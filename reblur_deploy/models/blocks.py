@@ -15,9 +15,18 @@ def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> n
 
 def up_conv(in_channels: int, out_channels: int, kernel: int = 3) -> nn.ConvTranspose2d:
     """A stride-2 transposed conv that exactly doubles H and W (the inverse of ``conv(stride=2)``
-    on even sizes)."""
+    on even sizes), for odd and even kernels alike.
+
+    Odd kernels (the U-Net's 3×3) pad k // 2 and add one output row/column; even kernels (the
+    4×4 of SRN and DMPHN) pad k / 2 − 1 and add none: both give an output of exactly 2H × 2W.
+    """
     return nn.ConvTranspose2d(
-        in_channels, out_channels, kernel, stride=2, padding=kernel // 2, output_padding=1
+        in_channels,
+        out_channels,
+        kernel,
+        stride=2,
+        padding=(kernel - 1) // 2,
+        output_padding=kernel % 2,
     )
 
 
