@@ -1,0 +1,680 @@
+"""Evaluation as the paper reports it: LPIPS, NIQE, PSNR, SSIM, blur score and time per image.
+
+Two ways in, both callable from Python (``reblur-eval`` only parses options and prints):
+
+* ``evaluate_folders(pred, gt)``: metrics of images that already exist. Files are matched by
+  their path relative to each folder: the same path under ``gt``, else the path with every
+  ``blur`` replaced by ``sharp`` (``blur_00.png`` ↔ ``sharp_00.png``,
+  ``461_blur.png`` ↔ ``461_sharp.png``). A file without a partner, on either side, is an error
+  naming it. Without ``gt`` only the no-reference columns (NIQE, blur score) are measured.
+* ``evaluate_model(weights, "paired:DIR" | "images:DIR", tta=(0, 5, 10))``: runs the deblurring
+  module with each number of test-time adaptation steps and measures its outputs: one row per
+  setting, like the paper's Table 2 / Table G. ``paired:DIR`` takes ``DIR/blur`` and
+  ``DIR/sharp`` (or, GOPRO_Large style, ``DIR/<sequence>/blur`` and ``DIR/<sequence>/sharp``);
+  ``images:DIR`` takes every image under ``DIR`` and has no ground truth.
+
+Both return a ``Report`` (``.markdown()``, ``.csv()``, ``.json()``, ``.write(path)``), and
+``plot_report`` draws PSNR against NIQE and LPIPS across the TTA steps (Figures B and C).
+A column that cannot be measured says "n/a" and the report's ``notes`` say why in one line each.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import io
+import json
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ._version import __version__
+from .errors import ConfigError, DependencyError, InputError, ReblurError
+from .io import IMAGE_SUFFIXES, read_image
+from .metrics import niqe, psnr, ssim
+from .metrics.lpips import backbone_hint, find_backbone, load_lpips, to_tensor
+from .pipeline import Deblurrer
+from .weights import resolve as resolve_weights
+
+# column key → (header, format); the order is the table's
+COLUMNS: dict[str, tuple[str, str]] = {
+    "lpips": ("LPIPS↓", "{:.4f}"),
+    "niqe": ("NIQE↓", "{:.3f}"),
+    "psnr": ("PSNR↑", "{:.2f}"),
+    "ssim": ("SSIM↑", "{:.4f}"),
+    "blur_score": ("blur score↓", "{:.5f}"),
+    "seconds": ("s/img", "{:.3f}"),
+}
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image to measure (``source``) and its ground truth (None without one)."""
+
+    name: str
+    source: Path
+    gt: Path | None = None
+
+
+def list_images(folder: str | os.PathLike) -> dict[str, Path]:
+    """Images under ``folder`` (recursively, hidden files skipped) by relative POSIX path."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder")
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            found[rel.as_posix()] = path
+    return found
+
+
+def partner_name(name: str, gt_names: Iterable[str]) -> str | None:
+    """The ground-truth name of ``name``: itself, else with every 'blur' replaced by 'sharp'."""
+    names = set(gt_names)
+    for candidate in (name, name.replace("blur", "sharp")):
+        if candidate in names:
+            return candidate
+    return None
+
+
+def match_pairs(pred: str | os.PathLike, gt: str | os.PathLike) -> list[Pair]:
+    """Pair every image under ``pred`` with its partner under ``gt`` (rule: ``partner_name``)."""
+    preds, gts = list_images(pred), list_images(gt)
+    if not preds:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {pred}")
+    pairs, used = [], set()
+    for name, path in preds.items():
+        partner = partner_name(name, gts)
+        if partner is None:
+            tried = " or ".join(dict.fromkeys([name, name.replace("blur", "sharp")]))
+            raise InputError(f"{path} has no ground truth: no {tried} under {gt}")
+        used.add(partner)
+        pairs.append(Pair(name, path, gts[partner]))
+    unmatched = [gts[n] for n in gts if n not in used]
+    if unmatched:
+        more = f" (and {len(unmatched) - 1} more)" if len(unmatched) > 1 else ""
+        raise InputError(f"ground truth {unmatched[0]}{more} has no image under {pred} to match")
+    return pairs
+
+
+def paired_data(root: str | os.PathLike) -> list[Pair]:
+    """``root/blur`` + ``root/sharp``, or ``root/<seq>/blur`` + ``root/<seq>/sharp`` for each
+    sequence (names then start with ``<seq>/``)."""
+    root = Path(root)
+    if (root / "blur").is_dir() and (root / "sharp").is_dir():
+        return match_pairs(root / "blur", root / "sharp")
+    pairs = []
+    for blur in sorted(root.glob("*/blur")):
+        if (blur.parent / "sharp").is_dir():
+            seq = blur.parent.name
+            for p in match_pairs(blur, blur.parent / "sharp"):
+                pairs.append(Pair(f"{seq}/{p.name}", p.source, p.gt))
+    if not pairs:
+        raise InputError(
+            f"paired data needs {root}/blur and {root}/sharp, or {root}/<sequence>/blur and "
+            f"{root}/<sequence>/sharp (GOPRO_Large layout)"
+        )
+    return pairs
+
+
+def image_data(root: str | os.PathLike) -> list[Pair]:
+    """Every image under ``root``, without ground truth."""
+    images = list_images(root)
+    if not images:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return [Pair(name, path) for name, path in images.items()]
+
+
+def parse_data(spec: str) -> list[Pair]:
+    """``paired:DIR`` or ``images:DIR`` → pairs."""
+    kind, sep, folder = spec.partition(":")
+    if not sep or kind not in ("paired", "images") or not folder:
+        raise ConfigError(f"--data must be paired:DIR or images:DIR, got {spec!r}")
+    return paired_data(folder) if kind == "paired" else image_data(folder)
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _json_number(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    return "inf" if value > 0 else "-inf"
+
+
+@dataclass
+class Row:
+    """One setting (a folder of images, or a number of TTA steps) and its per-image values."""
+
+    setting: str
+    tta_steps: int | None
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+
+    def mean(self, column: str) -> float | None:
+        return _mean([image.get(column) for image in self.per_image])
+
+
+@dataclass
+class Report:
+    """A table of rows × metric columns, with notes explaining every "n/a"."""
+
+    rows: list[Row]
+    columns: list[str]
+    notes: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One dict per row: setting, tta_steps, images and the mean of each column."""
+        return [
+            {
+                "setting": row.setting,
+                "tta_steps": row.tta_steps,
+                "images": len(row.per_image),
+                **{c: row.mean(c) for c in self.columns},
+            }
+            for row in self.rows
+        ]
+
+    def markdown(self) -> str:
+        headers = ["setting", "images"] + [COLUMNS[c][0] for c in self.columns]
+        lines = [
+            "| " + " | ".join(headers) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
+        ]
+        for entry in self.table():
+            cells = [entry["setting"], str(entry["images"])]
+            for c in self.columns:
+                value = entry[c]
+                cells.append("n/a" if value is None else COLUMNS[c][1].format(value))
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def per_image_markdown(self) -> str:
+        """One line per image and setting, for checking single values."""
+        headers = ["setting", "image"] + [COLUMNS[c][0] for c in self.columns]
+        lines = [
+            "| " + " | ".join(headers) + " |",
+            "|" + "|".join(["---", "---"] + ["---:"] * len(self.columns)) + "|",
+        ]
+        for row in self.rows:
+            for image in row.per_image:
+                cells = [row.setting, image["image"]]
+                for c in self.columns:
+                    value = image.get(c)
+                    cells.append("n/a" if value is None else COLUMNS[c][1].format(value))
+                lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["setting", "tta_steps", "images", *self.columns])
+        for entry in self.table():
+            writer.writerow(
+                [
+                    entry["setting"],
+                    "" if entry["tta_steps"] is None else entry["tta_steps"],
+                    entry["images"],
+                    *("" if entry[c] is None else repr(entry[c]) for c in self.columns),
+                ]
+            )
+        return out.getvalue()
+
+    def json(self) -> str:
+        rows = []
+        for row, entry in zip(self.rows, self.table(), strict=True):
+            rows.append(
+                {
+                    "setting": row.setting,
+                    "tta_steps": row.tta_steps,
+                    "images": entry["images"],
+                    "mean": {c: _json_number(entry[c]) for c in self.columns},
+                    "per_image": [
+                        {k: _json_number(v) if isinstance(v, float) else v for k, v in i.items()}
+                        for i in row.per_image
+                    ],
+                }
+            )
+        document = {
+            "columns": self.columns,
+            "rows": rows,
+            "notes": self.notes,
+            "config": self.config,
+        }
+        return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the report as .csv, .json or .md (by suffix), replacing the file atomically."""
+        path = check_report_path(path)
+        formats = {".csv": self.csv, ".json": self.json, ".md": self.markdown}
+        return _write_atomic(path, formats[path.suffix.lower()]().encode())
+
+
+def check_report_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".json", ".md"):
+        raise ConfigError(f"{path}: write a report as .csv, .json or .md")
+    return path
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ReblurError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def measure(image: np.ndarray | Path, gt: np.ndarray | Path | None) -> dict[str, Any]:
+    """PSNR, SSIM (with ground truth) and NIQE of one image; what runs in worker processes.
+
+    Arrays or paths (read here, so that a worker decodes its own files). A NIQE that is
+    undefined (tiny or flat image) is None, with the reason under ``"niqe_error"``.
+    """
+    if isinstance(image, Path):
+        image = read_image(image)
+    if isinstance(gt, Path):
+        gt = read_image(gt)
+    values: dict[str, Any] = {}
+    if gt is not None:
+        values["psnr"] = psnr(image, gt)
+        values["ssim"] = ssim(image, gt)
+    try:
+        values["niqe"] = niqe(image)
+    except InputError as e:
+        values["niqe"], values["niqe_error"] = None, str(e)
+    return values
+
+
+def default_jobs() -> int:
+    """Worker processes for the CPU metrics: none on ≤ 2 cores (measured: no gain there)."""
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else min(cores - 1, 8)
+
+
+class _Collector:
+    """Runs ``measure`` inline (jobs=1) or in worker processes, fills rows, drives the bar."""
+
+    def __init__(self, jobs: int | None, total: int, progress: bool):
+        jobs = default_jobs() if jobs is None else jobs
+        if jobs < 1:
+            raise ConfigError(f"jobs must be ≥ 1, got {jobs}")
+        self.pool = None
+        if jobs > 1:
+            # spawn, not fork: the parent runs torch threads, which a fork copies half-alive
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(jobs, mp_context=context)
+        # disable=None shows the bar on a terminal only, so logs and pipes stay clean
+        self.bar = tqdm(
+            total=total, unit="img", desc="reblur-eval", disable=None if progress else True
+        )
+        self.pending: list[tuple[dict[str, Any], Future]] = []
+
+    @property
+    def inline(self) -> bool:
+        return self.pool is None
+
+    def submit(self, entry: dict[str, Any], image, gt) -> None:
+        """Measure ``image`` (against ``gt``) into ``entry`` (now or when a worker is done)."""
+        if self.pool is None:
+            future: Future = Future()
+            try:
+                future.set_result(measure(image, gt))
+            except ReblurError as e:
+                future.set_exception(e)
+        else:
+            future = self.pool.submit(measure, image, gt)
+        future.add_done_callback(lambda _: self.bar.update())
+        self.pending.append((entry, future))
+
+    def finish(self) -> None:
+        for entry, future in self.pending:
+            try:
+                entry.update(future.result())
+            except ReblurError as e:
+                raise type(e)(f"{entry['image']}: {e}") from None
+        self.bar.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+        self.bar.close()
+
+
+class _Lpips:
+    """LPIPS on the device, or None everywhere (with a note) when no backbone is found."""
+
+    def __init__(self, enabled: bool, backbone, device: torch.device, notes: list[str]):
+        self.model = self.path = None
+        self.device = device
+        if not enabled:
+            notes.append("LPIPS: n/a (switched off)")
+            return
+        self.path = find_backbone(backbone)  # an explicit path that does not exist raises
+        if self.path is None:
+            notes.append(f"LPIPS: n/a ({backbone_hint()})")
+            return
+        self.model = load_lpips(self.path, str(device))
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray, gt: np.ndarray) -> float | None:
+        if self.model is None:
+            return None
+        a, b = to_tensor(image, self.device), to_tensor(gt, self.device)
+        if a.shape != b.shape:
+            raise InputError(f"shapes differ: {image.shape} vs ground truth {gt.shape}")
+        return float(self.model(a, b)[0])
+
+
+class _BlurScore:
+    """``reblur_deploy.blur_score`` of 8-bit images under the weights' MR, or None (+ note)."""
+
+    def __init__(self, reblur, device: torch.device, notes: list[str], weights_given: bool):
+        self.fn = self.mr = None
+        self.device = device
+        try:
+            from . import blur_score
+        except ImportError:
+            notes.append("blur score: n/a (reblur_deploy.blur_score is not in this release yet)")
+            return
+        if reblur is None:
+            why = "the weights hold no reblurring module MR" if weights_given else "pass --weights"
+            notes.append(f"blur score: n/a (it needs a reblurring module: {why})")
+            return
+        self.fn, self.mr = blur_score, reblur
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> float | None:
+        if self.fn is None:
+            return None
+        return float(self.fn(to_tensor(image, self.device), self.mr).reshape(-1)[0])
+
+
+def _report(rows: list[Row], columns: list[str], notes: list[str], config: dict) -> Report:
+    undefined = []
+    for row in rows:
+        for image in row.per_image:
+            if "niqe_error" in image:
+                undefined.append(f"{row.setting}/{image['image']}: {image.pop('niqe_error')}")
+            for column in columns:
+                image.setdefault(column, None)
+    if undefined:
+        notes.append(f"NIQE: left out of the mean for {len(undefined)} image(s): {undefined[0]}")
+    return Report(rows, columns, notes, {**config, "package_version": __version__})
+
+
+def _columns(with_gt: bool, timed: bool) -> list[str]:
+    names = list(COLUMNS) if with_gt else ["niqe", "blur_score", "seconds"]
+    return names if timed else [c for c in names if c != "seconds"]
+
+
+def _named(name: str, fn, *args):
+    """Call ``fn``; an InputError says which image it was about."""
+    try:
+        return fn(*args)
+    except InputError as e:
+        raise InputError(f"{name}: {e}") from None
+
+
+# -------------------------------------------------------------------------- evaluation
+
+
+def evaluate_folders(
+    pred: str | os.PathLike | None = None,
+    gt: str | os.PathLike | None = None,
+    *,
+    pairs: list[Pair] | None = None,
+    weights=None,
+    device: str = "auto",
+    lpips: bool = True,
+    lpips_backbone: str | os.PathLike | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+    setting: str | None = None,
+) -> Report:
+    """Metrics of existing images: ``pred`` against ``gt`` (matching rule in the module
+    docstring), ``pred`` alone (NIQE and blur score), or ready-made ``pairs``.
+
+    ``weights`` (optional) supplies the reblurring module MR for the blur score.
+    """
+    if pairs is None:
+        if pred is None:
+            raise ConfigError("give a folder of images to evaluate (pred)")
+        pairs = match_pairs(pred, gt) if gt is not None else image_data(pred)
+    if not pairs:
+        raise InputError("no images to evaluate")
+    with_gt = all(p.gt is not None for p in pairs)
+    notes: list[str] = []
+    dev, reblur = torch.device("cpu"), None
+    if weights is not None:
+        model = Deblurrer(weights, device=device)
+        dev, reblur = model.device, model.reblur
+    score = _BlurScore(reblur, dev, notes, weights_given=weights is not None)
+    measure_lpips = _Lpips(lpips, lpips_backbone, dev, notes) if with_gt else None
+    row = Row(setting or (Path(pred).name if pred is not None else "images"), None)
+    collector = _Collector(jobs, len(pairs), progress)
+    needs_pixels = collector.inline or score.fn or getattr(measure_lpips, "model", None)
+    try:
+        for pair in pairs:
+            entry: dict[str, Any] = {"image": pair.name}
+            row.per_image.append(entry)
+            if not needs_pixels:  # the workers read the files themselves
+                collector.submit(entry, pair.source, pair.gt)
+                continue
+            image = read_image(pair.source)
+            gt_image = read_image(pair.gt) if pair.gt is not None else None
+            entry["blur_score"] = score(image)
+            if measure_lpips is not None:
+                entry["lpips"] = _named(pair.name, measure_lpips, image, gt_image)
+            if collector.inline:
+                collector.submit(entry, image, gt_image)
+            else:
+                collector.submit(entry, pair.source, pair.gt)
+        collector.finish()
+    finally:
+        collector.close()
+    config = {
+        "mode": "folders",
+        "pred": str(pred) if pred is not None else None,
+        "gt": str(gt) if gt is not None else None,
+        "weights": str(weights) if isinstance(weights, (str, os.PathLike)) else None,
+        "lpips_backbone": str(measure_lpips.path)
+        if measure_lpips and measure_lpips.model
+        else None,
+    }
+    return _report([row], _columns(with_gt, timed=False), notes, config)
+
+
+def _sha256(weights: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(resolve_weights(weights), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tiling_supported() -> bool:
+    """Whether this release's Deblurrer can process frames in tiles."""
+    return "tile" in inspect.signature(Deblurrer).parameters
+
+
+def _tile_options(tile: int | None, overlap: int | None) -> dict[str, int]:
+    if tile is None:
+        if overlap is not None:
+            raise ConfigError("a tile overlap needs a tile size (--tile)")
+        return {}
+    if not tiling_supported():
+        raise ConfigError("tiled processing (--tile) is not available in this release yet")
+    return {"tile": tile} if overlap is None else {"tile": tile, "tile_overlap": overlap}
+
+
+def parse_tta(spec: str | Sequence[int]) -> list[int]:
+    """``"0,1,5,10"`` → [0, 1, 5, 10] (each ≥ 0, no repeats)."""
+    if isinstance(spec, str):
+        try:
+            steps = [int(s) for s in spec.replace(" ", "").split(",") if s]
+        except ValueError:
+            raise ConfigError(f"--tta takes comma-separated step counts, got {spec!r}") from None
+    else:
+        steps = [int(s) for s in spec]
+    if not steps or any(s < 0 for s in steps) or len(set(steps)) != len(steps):
+        raise ConfigError(f"TTA steps must be distinct numbers ≥ 0, got {spec!r}")
+    return steps
+
+
+def evaluate_model(
+    weights: str | os.PathLike,
+    data: str | list[Pair],
+    *,
+    tta: str | Sequence[int] = (0,),
+    device: str = "auto",
+    dtype: str = "fp32",
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    lpips: bool = True,
+    lpips_backbone: str | os.PathLike | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+) -> Report:
+    """Run the model with each number of TTA steps on ``data`` and measure its outputs.
+
+    One row per TTA setting (like the paper's Table G): LPIPS, NIQE, PSNR and SSIM against the
+    ground truth when there is one, the blur score of the output under the weights' MR, and
+    seconds per image (the Deblurrer call, TTA included, after one warm-up run). ``tile`` and
+    ``tile_overlap`` go to the Deblurrer (tiled inference, and TTA on tiles of that size).
+    """
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ConfigError("evaluate_model takes a weight file path or a bundled model name")
+    steps = parse_tta(tta)
+    pairs = parse_data(data) if isinstance(data, str) else list(data)
+    if not pairs:
+        raise InputError("no images to evaluate")
+    with_gt = all(p.gt is not None for p in pairs)
+    # One Deblurrer per setting, each with its own copy of the networks, all built before any
+    # work so that an unusable setting fails at once.
+    options = {"device": device, "dtype": dtype, **_tile_options(tile, tile_overlap)}
+    runners = [Deblurrer(weights, tta_steps=n, **options) for n in steps]
+    first = runners[0]
+    notes: list[str] = []
+    score = _BlurScore(first.reblur, first.device, notes, weights_given=True)
+    measure_lpips = _Lpips(lpips, lpips_backbone, first.device, notes) if with_gt else None
+    rows = [Row(f"TTA {n}", n) for n in steps]
+    collector = _Collector(jobs, len(pairs) * len(runners), progress)
+    try:
+        warm = Deblurrer({"deblur": first.deblur, "reblur": first.reblur}, **options)
+        warm(read_image(pairs[0].source))  # first-call costs stay out of the timings
+        for pair in pairs:
+            blurry = read_image(pair.source)
+            gt_image = read_image(pair.gt) if pair.gt is not None else None
+            for row, runner in zip(rows, runners, strict=True):
+                start = time.perf_counter()
+                output = _named(pair.name, runner, blurry)
+                if runner.device.type == "cuda":
+                    torch.cuda.synchronize(runner.device)
+                entry = {"image": pair.name, "seconds": time.perf_counter() - start}
+                entry["blur_score"] = score(output)
+                if measure_lpips is not None:
+                    entry["lpips"] = _named(pair.name, measure_lpips, output, gt_image)
+                row.per_image.append(entry)
+                collector.submit(entry, output, gt_image)
+        collector.finish()
+    finally:
+        collector.close()
+    config = {
+        "mode": "model",
+        "weights": str(weights),
+        "weights_sha256": _sha256(weights),
+        "data": data if isinstance(data, str) else None,
+        "tta": steps,
+        "device": str(first.device),
+        "dtype": dtype,
+        "tile": tile,
+        "tile_overlap": tile_overlap,
+        "lpips_backbone": str(measure_lpips.path)
+        if measure_lpips and measure_lpips.model
+        else None,
+    }
+    return _report(rows, _columns(with_gt, timed=True), notes, config)
+
+
+# -------------------------------------------------------------------------------- plot
+
+
+def check_plot_available() -> None:
+    """DependencyError with the install line when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DependencyError(
+            "--plot needs matplotlib: pip install 'reblur-deploy[plot]' (or matplotlib>=3.7)"
+        ) from None
+
+
+def plot_report(report: Report, path: str | os.PathLike) -> Path:
+    """PSNR against NIQE (and LPIPS when measured) across the rows, like the paper's
+    Figures B and C: each point is a setting, labelled with its TTA steps, joined in order.
+
+    Needs matplotlib (``pip install 'reblur-deploy[plot]'``) and ground truth (PSNR).
+    """
+    check_plot_available()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    table = report.table()
+    if "psnr" not in report.columns or any(e["psnr"] is None for e in table):
+        raise ConfigError("a perception–distortion plot needs ground truth (PSNR): use paired data")
+    panels = [c for c in ("niqe", "lpips") if all(e.get(c) is not None for e in table)]
+    if not panels:
+        raise ConfigError("nothing to plot against PSNR: NIQE and LPIPS are both n/a")
+    path = Path(path)
+    figure = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    for k, column in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), k + 1)
+        xs = [e[column] for e in table]
+        ys = [e["psnr"] for e in table]
+        ax.plot(xs, ys, "-o", color="tab:blue")
+        for e, x, y in zip(table, xs, ys, strict=True):
+            label = str(e["tta_steps"]) if e["tta_steps"] is not None else e["setting"]
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(f"{COLUMNS[column][0]} (perception)")
+        ax.set_ylabel("PSNR↑ (dB)")
+        ax.ticklabel_format(useOffset=False, style="plain")  # plain dB, no "+1.95e1"
+        ax.grid(alpha=0.3)
+        ax.set_title(f"PSNR vs {column.upper()}" + (" (labels: TTA steps)" if k == 0 else ""))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
+    return _write_atomic(path, buffer.getvalue())
