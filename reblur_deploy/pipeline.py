@@ -17,7 +17,6 @@ Input conventions (returned in the same kind):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backends import create_backend
 from .errors import ConfigError, InputError, WeightsError
 from .padding import pad_to_multiple
 from .tiling import run_tiled
@@ -167,6 +167,11 @@ class Deblurrer:
 
     ``color``: channel order of array inputs and outputs, ``"rgb"`` or ``"bgr"`` (OpenCV).
 
+    ``backend``: the inference engine (``reblur_deploy.backends``): ``"torch"`` (eager),
+    ``"compile"``, ``"onnxruntime"``, ``"tensorrt"`` or ``"auto"``; ``backend_options`` are
+    passed to it (e.g. ``{"model": "model.onnx"}``, ``{"engine": "model.engine"}``). TTA needs
+    gradients, so it runs only with the torch backends (``auto`` then picks eager).
+
     Thread-safe: calls are serialised by a lock (TTA changes the module's weights while it
     runs). For parallelism use one Deblurrer per device or thread.
     """
@@ -188,6 +193,8 @@ class Deblurrer:
         tile: int | None = None,
         tile_overlap: int = 64,
         color: str = "rgb",
+        backend: str = "torch",
+        backend_options: dict | None = None,
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
@@ -224,12 +231,22 @@ class Deblurrer:
             raise ConfigError(f"tile overlap must be in [0, tile), got {tile_overlap}")
         self.tile, self.tile_overlap = tile, tile_overlap
         self._lock = threading.Lock()
+        tta = bool(tta_steps or tta_carry)
+        if tta and backend == "auto":
+            backend = "torch"
+        self.backend = create_backend(backend, self.deblur, self.device, self.dtype,
+                                      **(backend_options or {}))  # fmt: skip
+        if tta and self.backend.frozen:
+            raise ConfigError(
+                f"test-time adaptation needs gradients, and the {self.backend.name} backend runs "
+                "frozen weights; use --backend torch (or compile) with --tta"
+            )
 
         if tta_steps < 0:
             raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
         self.tta_steps = tta_steps
         self.adapter: TestTimeAdapter | None = None
-        if tta_steps or tta_carry:
+        if tta:
             if self.reblur is None:
                 raise WeightsError(
                     "test-time adaptation needs a reblurring module, and these weights hold "
@@ -312,23 +329,13 @@ class Deblurrer:
         if buffer:
             yield from self.run_arrays(buffer)
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """One gradient-free pass of MD over whole frames (tiled when asked), any H×W."""
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                return self.deblur(x).float()
-
         if self.tile is not None:
-            return run_tiled(forward, batch, self.tile, self.tile_overlap, self.size_divisor,
-                             self.batch_size)  # fmt: skip
+            return run_tiled(self.backend.infer, batch, self.tile, self.tile_overlap,
+                             self.size_divisor, self.batch_size)  # fmt: skip
         padded, h, w = pad_to_multiple(batch, self.size_divisor)
-        return forward(padded)[..., :h, :w]
+        return self.backend.infer(padded)[..., :h, :w]
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
         """The model boundary: float32 NCHW in [0, 1] → float32 NCHW in [0, 1] on the device."""

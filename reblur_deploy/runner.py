@@ -126,9 +126,14 @@ def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
             raise InputError(f"no such file or folder: {spec}")
     if output is not None and not is_video(output) and len(jobs) > 1 and output.is_file():
         raise ConfigError(f"{output} is a file, but there are {len(jobs)} outputs: name a folder")
-    _check_targets(jobs, options.overwrite)
+    _check_targets(jobs)
     index, count = options.shard
-    return jobs[index::count]
+    mine = jobs[index::count]
+    # Only this shard's outputs: other processes may already be writing theirs.
+    for job in mine:
+        if job.target.exists() and not options.overwrite:
+            raise ConfigError(f"{job.target} exists; refusing to overwrite it (use --overwrite)")
+    return mine
 
 
 def _job(source: Path, target: Path) -> Job:
@@ -139,7 +144,7 @@ def _job(source: Path, target: Path) -> Job:
     raise InputError(f"{source}: not a supported image or video file")
 
 
-def _check_targets(jobs: list[Job], overwrite: bool) -> None:
+def _check_targets(jobs: list[Job]) -> None:
     inputs = {p.resolve() for job in jobs for p in job.sources}
     seen: set[Path] = set()
     for job in jobs:
@@ -149,8 +154,6 @@ def _check_targets(jobs: list[Job], overwrite: bool) -> None:
         if target in seen:
             raise ConfigError(f"two inputs would both be written to {job.target}")
         seen.add(target)
-        if job.target.exists() and not overwrite:
-            raise ConfigError(f"{job.target} exists; refusing to overwrite it (use --overwrite)")
         expected_video = job.kind in ("video", "frames")
         if is_video(job.target) != expected_video:
             kind = "a video" if expected_video else "an image"

@@ -13,7 +13,7 @@ from .conftest import REPO
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("script", ["reblur-export", "reblur-eval", "reblur-bench"])
+@pytest.mark.parametrize("script", ["reblur-bench"])
 def test_console_scripts_exist_and_say_what_is_missing(script):
     result = subprocess.run([BIN / script, "anything"], capture_output=True, text=True)
     assert result.returncode == 2

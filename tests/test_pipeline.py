@@ -113,3 +113,10 @@ def test_bf16_compute_stays_close_to_fp32(gopro, small_unet):
     bf16 = Deblurrer({"deblur": small_unet}, device="cpu", dtype="bf16")(crop).astype(int)
     assert small_unet.head.weight.dtype == torch.float32  # autocast; weights stay fp32 for TTA
     assert np.abs(bf16 - fp32).max() <= 4 and not np.array_equal(bf16, fp32)
+
+
+def test_backends_agree_on_a_real_image(gopro, small_unet):
+    x = torch.from_numpy(gopro[:130, :250]).permute(2, 0, 1)[None].float() / 255
+    eager = Deblurrer({"deblur": small_unet}, device="cpu")(x)
+    ort = Deblurrer({"deblur": small_unet}, device="cpu", backend="onnxruntime")
+    assert ort.backend.frozen and (ort(x) - eager).abs().max() <= 1e-4

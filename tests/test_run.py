@@ -186,3 +186,40 @@ def test_an_interrupted_run_leaves_nothing_under_the_final_name(tmp_path, weight
     assert process.returncode == 130, stderr
     assert "interrupted after" in stderr and "nothing was written" in stderr
     assert list(out.iterdir()) == []
+
+
+def test_torchrun_spreads_a_folder_over_processes(tmp_path, weights, crop):
+    for i in range(4):
+        write_image(tmp_path / "in" / f"f{i}.png", crop)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    cmd = [torchrun, "--nproc-per-node", "2", "--no-python", RUN, tmp_path / "in",
+           "-o", tmp_path / "out", "--weights", weights, "--device", "cpu", "-q"]  # fmt: skip
+    result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"f{i}.png" for i in range(4)]
+
+
+def test_onnxruntime_backend_matches_torch_on_a_real_image(tmp_path, weights, crop):
+    image = write_image(tmp_path / "a.png", crop)
+    onnx = tmp_path / "model.onnx"
+    export = str(Path(sys.executable).parent / "reblur-export")
+    subprocess.run([export, "--to", "onnx", "--weights", weights, "-o", onnx], check=True,
+                   capture_output=True)  # fmt: skip
+    run(image, "--weights", weights, "-o", tmp_path / "torch.png")
+    run(
+        image,
+        "--weights",
+        weights,
+        "--backend",
+        "onnxruntime",
+        "--onnx",
+        onnx,
+        "-o",
+        tmp_path / "ort.png",
+    )
+    torch_out, ort_out = read_image(tmp_path / "torch.png"), read_image(tmp_path / "ort.png")
+    assert np.abs(torch_out.astype(int) - ort_out).max() <= 1  # ≤ 1e-4 before 8-bit rounding
+    refused = run(
+        image, "--weights", weights, "--backend", "onnxruntime", "--tta", "2", check=False
+    )
+    assert refused.returncode == 1 and "needs gradients" in refused.stderr

@@ -14,7 +14,7 @@ from ..pipeline import Deblurrer, resolve_device
 from ..runner import RunOptions, count_frames, plan_jobs, run_jobs
 from .common import one_line_errors
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "auto")
 
 
 def _shard(value: str | None) -> tuple[int, int]:
@@ -37,6 +37,19 @@ def _device(value: str) -> str:
     return value
 
 
+def _backend_options(backend: str, onnx_file: str | None, engine_file: str | None) -> dict:
+    if onnx_file and backend not in ("onnxruntime", "auto"):
+        raise ConfigError("--onnx goes with --backend onnxruntime")
+    if engine_file and backend not in ("tensorrt", "auto"):
+        raise ConfigError("--engine goes with --backend tensorrt")
+    options = {}
+    if onnx_file:
+        options["model"] = onnx_file
+    if engine_file:
+        options["engine"] = engine_file
+    return options
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # same clean-up as Ctrl-C: temporary files removed
 
@@ -52,7 +65,27 @@ def _terminate(signum, frame):
 @click.option(
     "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True
 )
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="torch",
+    show_default=True,
+    help="Inference engine (auto: the fastest available; TTA needs torch/compile).",
+)
+@click.option(
+    "--onnx",
+    "onnx_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="ONNX file for --backend onnxruntime (from reblur-export; else exported now).",
+)
+@click.option(
+    "--engine",
+    "engine_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TensorRT engine for --backend tensorrt (from reblur-export).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
     "--tta",
@@ -121,9 +154,10 @@ def _terminate(signum, frame):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @one_line_errors
-def main(inputs, output, overwrite, weights, device, dtype, backend, batch_size, tta_steps,
-         tta_lr, tta_crop, tta_crops, tta_tol, tta_carry, tile, tile_overlap, side_by_side,
-         start, end, fps, codec, crf, preset, shard, report, quiet, verbose):  # fmt: skip
+def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, engine_file,
+         batch_size, tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry, tile,
+         tile_overlap, side_by_side, start, end, fps, codec, crf, preset, shard, report, quiet,
+         verbose):  # fmt: skip
     """Deblur images, folders, globs and videos.
 
     \b
@@ -143,6 +177,7 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, batch_size,
         weights, device=_device(device), dtype=dtype, tta_steps=tta_steps,
         batch_size=batch_size, tta_lr=tta_lr, tta_crop=tta_crop, tta_crops=tta_crops,
         tta_tol=tta_tol, tta_carry=tta_carry, tile=tile, tile_overlap=tile_overlap,
+        backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
     counts = [count_frames(job, options) for job in jobs]
     total = None if None in counts else sum(counts)
@@ -158,3 +193,7 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, batch_size,
     if summary.failed:
         click.echo(f"{len(summary.failed)} input(s) failed", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""PyTorch backends: eager and ``torch.compile``. Not frozen: test-time adaptation can update
+the module they run, and the next ``infer`` uses the adapted weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import torch
+from torch import nn
+
+from .base import Backend
+
+
+class EagerBackend(Backend):
+    """The network as it is, in PyTorch (moved to ``device`` in place). A 16-bit ``dtype`` runs
+    under autocast: the weights stay float32, so test-time adaptation's small steps survive."""
+
+    name = "eager"
+    frozen = False
+
+    def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype, **limits):
+        module = module.to(device, torch.float32).eval()
+        super().__init__(device, dtype, getattr(module, "size_divisor", 1), module, **limits)
+        self.runner = module
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        # No inference_mode here: TTA calls this for its gradient-free passes, and tensors made
+        # under inference_mode cannot enter autograd. Callers choose no_grad/inference_mode.
+        if self.dtype == torch.float32:
+            return self.runner(batch).float()
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            return self.runner(batch).float()
+
+
+class CompiledBackend(EagerBackend):
+    """The network through ``torch.compile`` (Inductor). The first call for each new input shape
+    compiles (tens of seconds on a CPU), so it pays off on long runs of equal-sized frames.
+
+    ``mode`` and ``dynamic`` are passed to ``torch.compile``. Parameters stay inputs of the
+    compiled graph, so weights adapted in ``module`` are used by the next call.
+    """
+
+    name = "compile"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        mode: str | None = None,
+        dynamic: bool | None = None,
+        **limits,
+    ):
+        super().__init__(module, device, dtype, **limits)
+        self.runner = torch.compile(self.module, mode=mode, dynamic=dynamic)
+
+
+def compile_available(device: torch.device) -> bool:
+    """Whether Inductor can generate code here: Triton for CUDA, a C++ compiler for the CPU."""
+    if device.type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
