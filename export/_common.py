@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from reblur_deploy import __version__
+from reblur_deploy.atomic import atomic_path
 from reblur_deploy.errors import ConfigError, WeightsError
 from reblur_deploy.models import name_of
 from reblur_deploy.weights import LoadedWeights, load_weights
@@ -88,17 +88,5 @@ def atomic_output(path: str | os.PathLike, inputs: tuple = ()) -> Iterator[Path]
             raise ConfigError(f"refusing to overwrite the input {path} with the export")
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give a file name with -o")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent
-    )
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an export is an ordinary file
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        yield tmp

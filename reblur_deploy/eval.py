@@ -28,7 +28,6 @@ import json
 import math
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -41,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from ._version import __version__
+from .atomic import write_bytes_atomic
 from .errors import ConfigError, DependencyError, InputError, ReblurError
 from .io import IMAGE_SUFFIXES, read_image
 from .metrics import niqe, psnr, ssim
@@ -270,28 +270,13 @@ class Report:
         """Write the report as .csv, .json or .md (by suffix), replacing the file atomically."""
         path = check_report_path(path)
         formats = {".csv": self.csv, ".json": self.json, ".md": self.markdown}
-        return _write_atomic(path, formats[path.suffix.lower()]().encode())
+        return write_bytes_atomic(path, formats[path.suffix.lower()]().encode())
 
 
 def check_report_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".json", ".md"):
         raise ConfigError(f"{path}: write a report as .csv, .json or .md")
-    return path
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ReblurError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -677,4 +662,4 @@ def plot_report(report: Report, path: str | os.PathLike) -> Path:
         ax.set_title(f"PSNR vs {column.upper()}" + (" (labels: TTA steps)" if k == 0 else ""))
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
-    return _write_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, buffer.getvalue())

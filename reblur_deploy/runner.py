@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import write_bytes_atomic
 from .errors import ConfigError, InputError, ReblurError
 from .io import (
     IMAGE_SUFFIXES,
@@ -297,10 +298,7 @@ def _write_report(path: Path, summary: Summary) -> None:
         "failed": [{"input": i, "error": e} for i, e in summary.failed],
         "per_frame": summary.report,
     }
-    tmp = path.with_name(f".{path.name}.part")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def count_frames(job: Job, options: RunOptions) -> int | None:

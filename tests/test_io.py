@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,10 @@ def test_unreadable_files_get_clear_errors(tmp_path):
         read_image(tmp_path / "missing.png")
     with pytest.raises(InputError, match="unsupported image suffix"):
         write_image(tmp_path / "x.gif", np.zeros((2, 2, 3), np.uint8))
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_image(tmp_path / "x.png", np.zeros((2, 2, 3), np.uint8))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

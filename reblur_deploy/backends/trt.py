@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import write_bytes_atomic
 from ..errors import ConfigError, DependencyError
 from . import graphs
 from .base import Backend, BackendError
@@ -127,7 +127,7 @@ def build_engine(
         if serialized is None:
             raise BackendError("TensorRT could not build an engine (its messages are above)")
         if cache_path:
-            _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+            write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
         return bytes(serialized)
 
 
@@ -237,15 +237,3 @@ class TensorRTBackend(Backend):
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise BackendError("TensorRT failed to run the engine")
         return out
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

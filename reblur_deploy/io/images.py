@@ -7,13 +7,13 @@ H×W×4 RGBA. Writes go to a temporary file in the target folder and are renamed
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import InputError, ReblurError
+from ..atomic import write_bytes_atomic
+from ..errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -52,17 +52,5 @@ def write_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = Fa
     ok, encoded = cv2.imencode(path.suffix, image)
     if not ok:
         raise InputError(f"cannot encode a {image.dtype} {image.shape} image as {path.suffix}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f"{path.suffix}.part", dir=path.parent
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(encoded.tobytes())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ReblurError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, encoded.tobytes())
     return path

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..atomic import temporary_path
 from ..errors import ConfigError, InputError, ReblurError
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
@@ -424,17 +424,11 @@ class VideoWriter:
                 self._audio_in.close()
                 self._audio_in = None
 
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(
-                f".{self.path.stem}.{secrets.token_hex(4)}.part{self.path.suffix}"
-            )
-            with open(tmp, "xb"):  # fail early (permissions, read-only folder), umask perms
-                pass
-            self._tmp = tmp
-        except OSError as e:
+        try:  # created now: a permission problem shows before any decoding
+            self._tmp = temporary_path(self.path)
+        except ReblurError:
             self._close_audio_in()
-            raise ReblurError(f"cannot write {self.path}: {_reason(e)}") from None
+            raise
 
         try:
             self._open_output(suffix, crf, preset, rotation, audio_streams)

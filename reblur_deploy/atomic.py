@@ -1,0 +1,52 @@
+"""Atomic file writes: every output is written under a temporary name beside its final name
+and renamed only when complete, so a crash, Ctrl-C or a full disk never leaves a truncated
+file under the final name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ReblurError
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """Create and return a new empty file ``.<stem>.<random>.part<suffix>`` beside ``path``.
+
+    The real suffix stays last (encoders choose formats by it); the file gets the permissions
+    of an ordinary new file (umask), unlike ``mkstemp``'s private 0600.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}")
+            with contextlib.suppress(FileExistsError), open(tmp, "xb"):
+                return tmp
+    except OSError as e:
+        raise ReblurError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path for ``path``; rename it to ``path`` when the block succeeds,
+    delete it when the block raises. OS errors become one-line ``ReblurError``s."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ReblurError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
