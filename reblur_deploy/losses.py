@@ -52,3 +52,18 @@ def blur_score(image: torch.Tensor, mr: nn.Module) -> torch.Tensor:
     param = next(mr.parameters())
     with torch.no_grad():
         return self_supervised_loss(mr, image.to(param.device, param.dtype), per_image=True).float()
+
+
+def reblur_module_losses(
+    mr: nn.Module, deblurred: torch.Tensor, blurry: torch.Tensor, pseudo_sharp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_Blur, L_Sharp), the reblurring module's training losses, from one forward pass.
+
+    Equal to ``(blur_loss(mr, L, B), sharp_loss(mr, Ŝ))`` for equal batch sizes of L and Ŝ, but MR
+    runs once on the concatenated batch [L; Ŝ] (as DistributedDataParallel needs: one forward
+    per backward). Pass ``deblurred`` and ``pseudo_sharp`` without gradient (MR's step must not
+    reach MD).
+    """
+    output = mr(torch.cat([deblurred, pseudo_sharp]))
+    reblurred, kept = output.split([deblurred.shape[0], pseudo_sharp.shape[0]])
+    return F.l1_loss(reblurred, blurry), F.l1_loss(kept, pseudo_sharp)

@@ -1,8 +1,80 @@
-"""``python -m train.main``: training entry point (single process or under torchrun)."""
+"""``python -m train.main``: train MD and MR (one process, or one per GPU under torchrun).
 
-from reblur_deploy.cli.common import placeholder
+Options come from the defaults, then ``--config FILE`` (JSON or TOML), then the command line;
+with ``--resume`` the configuration saved in the checkpoint replaces the defaults, so the run
+continues exactly as it was started. ``python -m train.main --help`` lists every option.
+"""
 
-main = placeholder("python -m train.main", "training")
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from reblur_deploy.errors import ReblurError
+
+from .config import TrainConfig, load_file, parse_args, resolve
+
+
+def _say(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
+def configure(argv: list[str] | None = None) -> TrainConfig:
+    """The command line (and config file, and checkpoint) → the run's configuration."""
+    from . import checkpoint
+
+    cli, config_file, _ = parse_args(argv)
+    file_values = load_file(config_file) if config_file else {}
+    resume = cli.get("resume", file_values.get("resume"))
+    if not resume:
+        return resolve(cli, file_values)
+    out = cli.get("out", file_values.get("out", TrainConfig.out))
+    path = checkpoint.find_checkpoint(resume, out)
+    base = checkpoint.read_state(path)["config"]
+    config = resolve({**cli, "resume": str(path)}, file_values, base)
+    saved = TrainConfig.from_dict(base, str(path)).to_dict()
+    changed = [
+        key
+        for key, value in config.to_dict().items()
+        if key not in TrainConfig.HARMLESS and saved.get(key) != value
+    ]
+    if changed:
+        _say(
+            f"warning: resuming {path} with changed options ({', '.join(changed)}): "
+            "the result will differ from an uninterrupted run"
+        )
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        config = configure(argv)
+        from .loop import train
+
+        command = shlex.join(["python", "-m", "train.main", *argv])
+        result = train(config, command=command)
+    except ReblurError as e:
+        if verbose:
+            raise
+        _say(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        _say("interrupted; resume from the last checkpoint with --resume")
+        return 130
+    metrics = result.metrics
+    figures = ""
+    if metrics:
+        figures = f", validation PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}"
+    _say(
+        f"trained {result.iterations} iterations in {result.seconds:.0f} s{figures}\n"
+        f"weights: {result.weights}" + (f"\nbest:    {result.best}" if result.best else "")
+    )
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""`python -m train.main` as real subprocesses: config files, weights for reblur-run, resume,
+bad data, and a real 2-process torchrun (gloo) run that matches a single process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reblur_deploy import load_weights
+from reblur_deploy.io import read_image, write_image
+from train import checkpoint as ckpt
+from train.config import TrainConfig
+from train.loop import train
+
+from .test_train_data import write_gopro_crops
+
+BIN = Path(sys.executable).parent
+SMALL = ["--md-config", '{"widths":[8,12,16],"n_blocks":1}', "--mr-blocks", "1",
+         "--mr-width", "8", "--crop", "32", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
+
+
+# one thread per process: tiny networks, and a shared 2-core machine (see test_train_loop)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(*args, tool=(sys.executable, "-m", "train.main"), timeout=300):
+    return subprocess.run(
+        [*tool, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
+
+
+def test_help_documents_every_option():
+    result = run("--help")
+    assert result.returncode == 0
+    for f in fields(TrainConfig):
+        flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+        assert flag in result.stdout, flag
+    for text in ("--config", "synthetic:skimage", "names:blur_04,461", "torchrun", "--resume"):
+        assert text in result.stdout
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory, data_dir):
+    return write_gopro_crops(tmp_path_factory.mktemp("gopro"), data_dir)
+
+
+def test_a_run_from_a_toml_file_gives_weights_that_reblur_run_loads(tmp_path, data_dir, pairs):
+    out = tmp_path / "run"
+    (tmp_path / "small.toml").write_text(
+        f'data = ["paired:{pairs}"]\n'
+        'val = ["names:blur_04,461"]\n'
+        "val_crop = 64\n"
+        "crop = 32\n"
+        "batch_size = 2\n"
+        "iters = 100\n"
+        "checkpoint_every = 2\n"
+        "mr_blocks = 1\n"
+        "mr_width = 8\n"
+        "[md_config]\nwidths = [8, 12, 16]\nn_blocks = 1\n"
+    )
+    result = run(
+        "--config", tmp_path / "small.toml", "--iters", "3", "--out", out, "--device", "cpu"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "it/s" in result.stderr and "train" in result.stderr  # the progress bar
+    assert (
+        "validation PSNR" in result.stderr and f"weights: {out}/last.safetensors" in result.stderr
+    )
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["iter"] == 3 and lines[-1]["val_images"] == 2
+    assert [i for i, _ in ckpt.list_checkpoints(out)] == [2, 3]
+    meta = load_weights(out / "last.safetensors").metadata
+    provenance = meta["provenance"]
+    assert "--iters 3" in provenance["command"] and provenance["iterations"] == 3
+    assert provenance["config"]["md_config"] == {"widths": [8, 12, 16], "n_blocks": 1}
+    assert sorted(provenance["data"]["val_items"]) == ["461_blur.png", "blur_04.png"]
+
+    crop = read_image(data_dir / "gopro" / "blur" / "blur_04.png")[300:364, 600:696]
+    image = write_image(tmp_path / "crop.png", crop)
+    deblurred = run(image, "--weights", out / "last.safetensors", "-o", tmp_path / "o.png", "-q",
+                    tool=(str(BIN / "reblur-run"),))  # fmt: skip
+    assert deblurred.returncode == 0, deblurred.stderr
+    assert read_image(tmp_path / "o.png").shape == crop.shape
+
+    again = run("--config", tmp_path / "small.toml", "--out", out)
+    assert again.returncode == 1 and "already holds a training run" in again.stderr
+    resumed = run("--resume", "--out", out, "--iters", "4", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "changed options (iters)" in resumed.stderr
+    assert ckpt.read_state(ckpt.checkpoint_path(out, 4))["iteration"] == 4
+
+
+def test_bad_data_stops_before_training_with_one_line(tmp_path, data_dir):
+    for folder in ("blur", "sharp"):
+        image = read_image(data_dir / "gopro" / folder / f"{folder}_00.png")[:64, :64]
+        write_image(tmp_path / "d" / folder / f"{folder}_0.png", image)
+    (tmp_path / "d" / "blur" / "blur_1.png").write_bytes(b"garbage")
+    write_image(tmp_path / "d" / "sharp" / "sharp_1.png", np.zeros((64, 64, 3), np.uint8))
+    result = run("--data", f"paired:{tmp_path / 'd'}", "--iters", "2", "--out", tmp_path / "run",
+                 *SMALL)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "blur_1.png" in errors[0] and "bad training data" in errors[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_torchrun_with_two_processes_matches_one_process(tmp_path, pairs):
+    """gloo DDP, 2 processes × 1 crop = the same global batch of 2 as one process."""
+    args = ["--data", f"paired:{pairs}", "--val", "names:461", "--val-crop", "64",
+            "--iters", "3", "--no-progress", *SMALL]  # fmt: skip
+    result = run("--standalone", "--nproc-per-node", "2", "-m", "train.main", *args,
+                 "--out", tmp_path / "ddp", tool=(str(BIN / "torchrun"),))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = ckpt.read_state(ckpt.checkpoint_path(tmp_path / "ddp", 3))
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iter"] for line in lines] == [3, 3]  # rank 0 logs, once
+    single = TrainConfig.from_dict(
+        {"data": [f"paired:{pairs}"], "val": ["names:461"], "val_crop": 64,
+         "iters": 3, "progress": False, "md_config": {"widths": [8, 12, 16], "n_blocks": 1},
+         "mr_blocks": 1, "mr_width": 8, "crop": 32, "batch_size": 2, "device": "cpu",
+         "out": str(tmp_path / "one")}
+    )  # fmt: skip
+    one = train(single)
+    a, b = load_file(tmp_path / "ddp" / "last.safetensors"), load_file(one.weights)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert json.loads(lines[-1])["val"]["psnr"] == pytest.approx(one.metrics["psnr"], abs=1e-3)
