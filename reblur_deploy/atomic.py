@@ -12,6 +12,9 @@ from pathlib import Path
 
 from .errors import ReblurError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def temporary_path(path: str | os.PathLike) -> Path:
     """Create and return a new empty file ``.<stem>.<random>.part<suffix>`` beside ``path``.
@@ -38,6 +41,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temporary_path(path)
     try:
         yield tmp
+        # Writers such as safetensors replace the file they are given: set the mode again.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as e:
         raise ReblurError(f"cannot write {path}: {e.strerror or e}") from None

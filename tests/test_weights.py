@@ -130,3 +130,12 @@ def test_unusable_files_get_clear_errors(tmp_path, small_unet):
     )
     with pytest.raises(WeightsError, match="unknown model 'resnet'"):
         load_weights(unknown)
+
+
+def test_weight_files_get_ordinary_permissions(tmp_path, small_unet):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = save_weights(tmp_path / "w.safetensors", {"deblur": small_unet})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
