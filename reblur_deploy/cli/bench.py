@@ -1,5 +1,115 @@
-"""`reblur-bench`: benchmarking."""
+"""`reblur-bench`: measure the kernels, TTA and inference on this machine (reblur_deploy.bench)."""
 
-from .common import placeholder
+from __future__ import annotations
 
-main = placeholder("reblur-bench", "benchmarking")
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..bench import SECTIONS, BenchConfig, parse_sizes, run, to_markdown
+from ..errors import ConfigError
+from .common import one_line_errors
+
+EPILOG = """\b
+Examples:
+  reblur-bench --quick                          # small sizes, few repeats (minutes on a CPU)
+  reblur-bench --only histmatch                 # 1280x720 histogram matching vs scikit-image
+  reblur-bench --sizes 720p,1080p --json out.json --md out.md
+  reblur-bench --append docs/BENCHMARKS.md      # keep this run's tables in the docs
+
+\b
+Defaults: on a GPU sizes 256,720p,1080p and batches 1,4,8; on a CPU 256 only (one full-frame
+720p TTA step takes about a minute there): pass --sizes to choose.
+"""
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"expected positive integers, got {text!r}")
+    return values
+
+
+@click.command(
+    name="reblur-bench", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--quick", is_flag=True, help="Small sizes (256²), batches 1,2, 2 TTA steps, 2 repeats."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option(
+    "--sizes", help="Frame sizes for TTA, MR and inference: 256, 512, 720p, 1080p or HxW."
+)
+@click.option("--batches", help="Inference batch sizes [default: 1,4,8].")
+@click.option("--steps", type=int, help="TTA steps of the multi-step measurement [default: 5].")
+@click.option(
+    "--repeats", type=int, help="Timed repetitions per measurement (median) [default: 3]."
+)
+@click.option("--only", help=f"Comma-separated sections: {', '.join(SECTIONS)}.")
+@click.option("--no-compile", is_flag=True, help="Skip the torch.compile variants.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
+)
+@click.option("--md", "md_path", type=click.Path(dir_okay=False), help="Write the tables.")
+@click.option(
+    "--append",
+    "append_path",
+    type=click.Path(dir_okay=False),
+    help="Append the Markdown tables to this file (e.g. docs/BENCHMARKS.md).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
+@one_line_errors
+def main(
+    quick,
+    device,
+    sizes,
+    batches,
+    steps,
+    repeats,
+    only,
+    no_compile,
+    json_path,
+    md_path,
+    append_path,
+    verbose,
+):
+    """Benchmark histogram matching, MR's ResBlocks, TTA steps and inference backends, as ratios
+    against baselines measured in the same run; prints Markdown tables."""
+    options = {
+        "device": device,
+        "compile": not no_compile,
+        "log": lambda m: click.echo(m, err=True),
+    }
+    if sizes:
+        options["sizes"] = parse_sizes(sizes)
+    if batches:
+        options["batches"] = _ints(batches)
+    if steps is not None:
+        if steps < 2:
+            raise ConfigError("--steps must be at least 2 (one step is always measured too)")
+        options["steps"] = steps
+    if repeats is not None:
+        options["repeats"] = _ints(str(repeats))[0]
+    if only:
+        options["sections"] = tuple(s.strip() for s in only.split(",") if s.strip())
+    config = BenchConfig.quick_config(**options) if quick else BenchConfig(**options)
+    report = run(config)
+    markdown = to_markdown(report)
+    click.echo(markdown)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if md_path:
+        Path(md_path).write_text(markdown)
+    if append_path:
+        with open(append_path, "a") as f:
+            f.write("\n" + markdown)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

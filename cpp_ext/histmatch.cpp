@@ -1,0 +1,446 @@
+// Batched per-(image, channel) histogram matching on the CPU, and the registration of the
+// reblur_ext::hist_match operator (its CUDA kernel is in histmatch_cuda.cu).
+//
+//   reblur_ext::hist_match_out(Tensor source, Tensor reference, int bins, Tensor(a!) out)
+//       -> Tensor bound
+//
+// source: P x Ns, reference: P x Nr (P = N * C planes, contiguous), both float32 or both uint8.
+// out: P x Ns, source's dtype, contiguous: every element is written. bound: P float64, the
+// proven bound of |out - exact| per plane (inf for a plane with non-finite values). See
+// histmatch_common.h for the algorithm.
+//
+// Parallelism: ATen's parallel_for (compiled with -fopenmp: it runs on torch's own OpenMP
+// runtime and thread count, torch.set_num_threads applies) over planes x chunks; inner loops
+// are written for auto-vectorisation (#pragma omp simd).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "histmatch_common.h"
+
+namespace reblur_hm {
+namespace {
+
+constexpr int64_t kMinChunk = 1 << 16;  // pixels per histogram task, at least
+constexpr int64_t kApplyChunk = 1 << 16;  // pixels per lookup task
+
+struct Bin {
+  int32_t count;
+  int32_t cmin;  // pixels equal to mn
+  float mn, mx;
+};
+
+struct Histogram {
+  std::vector<int64_t> count, cmin;
+  std::vector<float> mn, mx;
+  explicit Histogram(int bins)
+      : count(bins, 0),
+        cmin(bins, 0),
+        mn(bins, std::numeric_limits<float>::infinity()),
+        mx(bins, -std::numeric_limits<float>::infinity()) {}
+
+  void merge(const Bin* part, int bins) {
+    for (int k = 0; k < bins; ++k) {
+      const Bin& e = part[k];
+      if (e.count == 0) continue;
+      count[k] += e.count;
+      if (e.mn < mn[k]) {
+        mn[k] = e.mn;
+        cmin[k] = e.cmin;
+      } else if (e.mn == mn[k]) {
+        cmin[k] += e.cmin;
+      }
+      mx[k] = std::max(mx[k], e.mx);
+    }
+  }
+};
+
+struct Range {
+  float lo, hi;
+  bool finite;
+};
+
+template <typename scalar_t>
+Range plane_range(const scalar_t* p, int64_t n) {
+  float lo = std::numeric_limits<float>::infinity();
+  float hi = -std::numeric_limits<float>::infinity();
+  int bad = 0;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = static_cast<float>(p[i]);
+    lo = std::min(lo, x);
+    hi = std::max(hi, x);
+    bad |= !(x - x == 0.0f);  // NaN or infinite
+  }
+  return {canonical(lo), canonical(hi), bad == 0};
+}
+
+// One chunk's histogram into h[0, bins) (h holds 2 * bins entries: scratch for the second).
+// Pass 1, branch-free: count, min and max in two interleaved histograms (even and odd pixels),
+// which breaks the store-to-load chains of runs of equal bins that natural images are full of.
+// Pass 2: the pixels equal to their bin's min, the exact quantile of a reference knot and of a
+// source bin's lowest value (clamped images hold many equal values at 0 and 1).
+template <typename scalar_t>
+void chunk_histogram(const scalar_t* p, int64_t n, float lo, float scale, int bins, Bin* h) {
+  Bin* odd = h + bins;
+  auto add = [lo, scale, bins](Bin* hist, float x) {
+    Bin& e = hist[bin_of(x, lo, scale, bins)];
+    e.count += 1;
+    e.mn = x < e.mn ? x : e.mn;
+    e.mx = x > e.mx ? x : e.mx;
+  };
+  int64_t i = 0;
+  for (; i + 1 < n; i += 2) {
+    add(h, canonical(static_cast<float>(p[i])));
+    add(odd, canonical(static_cast<float>(p[i + 1])));
+  }
+  if (i < n) add(h, canonical(static_cast<float>(p[i])));
+  for (int b = 0; b < bins; ++b) {
+    h[b].count += odd[b].count;
+    h[b].mn = std::min(h[b].mn, odd[b].mn);
+    h[b].mx = std::max(h[b].mx, odd[b].mx);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const float x = canonical(static_cast<float>(p[j]));
+    Bin& e = h[bin_of(x, lo, scale, bins)];
+    e.cmin += x == e.mn;
+  }
+}
+
+struct Knots {
+  std::vector<double> q, f, eps;
+};
+
+// The reference's knots (see histmatch_common.h).
+Knots reference_knots(const Histogram& h, int64_t total) {
+  Knots k;
+  const double n = static_cast<double>(total);
+  int64_t cum = 0;
+  for (size_t b = 0; b < h.count.size(); ++b) {
+    if (h.count[b] == 0) continue;
+    const int64_t prev = cum;
+    cum += h.count[b];
+    if (h.mn[b] < h.mx[b]) {
+      k.q.push_back(static_cast<double>(prev + h.cmin[b]) / n);
+      k.f.push_back(h.mn[b]);
+      k.eps.push_back(0.0);
+      k.q.push_back(static_cast<double>(cum) / n);
+      k.f.push_back(h.mx[b]);
+      k.eps.push_back(static_cast<double>(h.mx[b]) - static_cast<double>(h.mn[b]));
+    } else {
+      k.q.push_back(static_cast<double>(cum) / n);
+      k.f.push_back(h.mx[b]);
+      k.eps.push_back(0.0);
+    }
+  }
+  return k;
+}
+
+// Fills one plane's lookup table; returns the plane's error bound. The quantiles queried,
+// q_lo(b) <= q_hi(b) <= q_lo(b + 1) <= ..., never decrease: one forward walk finds every knot.
+template <bool kUint8>
+double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* lut) {
+  const int n = static_cast<int>(k.q.size());
+  const double* q = k.q.data();
+  const double* f = k.f.data();
+  const double* eps = k.eps.data();
+  const double ns = static_cast<double>(n_src);
+  KnotCursor cursor{q, n, 0};
+  double bound = 0.0;
+  int64_t cum = 0;
+  for (size_t b = 0; b < src.count.size(); ++b) {
+    if (src.count[b] == 0) {
+      lut[b] = {0.0f, 0.0f, 0.0f, 0.0f};
+      continue;
+    }
+    const int64_t prev = cum;
+    cum += src.count[b];
+    const float mn = src.mn[b], mx = src.mx[b];
+    double v_lo = 0.0, err = 0.0;
+    float sc = 0.0f;
+    if (mn < mx) {
+      const double q_lo = static_cast<double>(prev + src.cmin[b]) / ns;
+      const int h = cursor.upper(q_lo);
+      v_lo = interp_at(q_lo, q, f, n, h);
+      err = eps_at_knot(q_lo, q, eps, n, h);
+      sc = 1.0f / (mx - mn);
+      sc = sc <= kFloatMax ? sc : 0.0f;  // too narrow to divide by: every pixel gets v_lo
+    }
+    const double q_hi = static_cast<double>(cum) / ns;
+    const int h = cursor.upper(q_hi);
+    const double v_hi = interp_at(q_hi, q, f, n, h);
+    const double err_hi = eps_at_knot(q_hi, q, eps, n, h);
+    if (mn < mx) {
+      err = (v_hi - v_lo) + std::max(err_hi, err);
+    } else {
+      v_lo = v_hi;
+      err = err_hi;
+    }
+    bound = std::max(bound, err);
+    lut[b] = {mn, sc, out_value<kUint8>(v_lo), out_value<kUint8>(v_hi)};
+  }
+  return bound;
+}
+
+// The lookup tables as four arrays (vector gathers need one array per field).
+struct Lut {
+  const float *mn, *sc, *lo, *hi;
+};
+
+template <typename scalar_t>
+void apply_lut_chunk(const scalar_t* p, scalar_t* out, int64_t n, float lo, float scale, int bins,
+                     Lut lut) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = canonical(static_cast<float>(p[i]));
+    const int b = bin_of(x, lo, scale, bins);
+    const float y = apply_lut(x, LutEntry{lut.mn[b], lut.sc[b], lut.lo[b], lut.hi[b]});
+    out[i] = static_cast<scalar_t>(y);
+  }
+}
+
+// float32 inputs: an AVX2 clone (gathers) chosen at load time where the CPU has it
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void apply_lut_float(const float* p, float* out, int64_t n, float lo, float scale, int bins,
+                     Lut lut) {
+  apply_lut_chunk<float>(p, out, n, lo, scale, bins, lut);
+}
+
+template <typename scalar_t>
+at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference, int bins,
+                           at::Tensor& out) {
+  constexpr bool kUint8 = std::is_same<scalar_t, uint8_t>::value;
+  const int64_t planes = source.size(0), ns = source.size(1), nr = reference.size(1);
+  const scalar_t* src = source.const_data_ptr<scalar_t>();
+  const scalar_t* ref = reference.const_data_ptr<scalar_t>();
+  at::Tensor bound = at::empty({planes}, source.options().dtype(at::kDouble));
+  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+  double* bound_ptr = bound.mutable_data_ptr<double>();
+
+  // 1. ranges of the 2P planes
+  std::vector<Range> ranges(2 * planes);
+  at::parallel_for(0, 2 * planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      ranges[j] = j < planes ? plane_range(src + j * ns, ns)
+                             : plane_range(ref + (j - planes) * nr, nr);
+    }
+  });
+
+  // 2. histograms: tasks = (plane of either tensor, chunk); merged per plane afterwards. A
+  // plane is split only when there are fewer planes than threads: every task starts a fresh
+  // histogram (cold cache lines, mispredicted first visits), which costs more than it saves.
+  struct Task {
+    int64_t plane;  // < planes: source plane, else reference plane (plane - planes)
+    int64_t begin, end;
+  };
+  std::vector<Task> tasks;
+  const int64_t splits = std::max<int64_t>(1, (at::get_num_threads() + 2 * planes - 1) /
+                                                    (2 * planes));
+  for (int64_t j = 0; j < 2 * planes; ++j) {
+    const int64_t n = j < planes ? ns : nr;
+    const int64_t chunk = std::max(kMinChunk, (n + splits - 1) / splits);
+    for (int64_t s = 0; s < n; s += chunk) tasks.push_back({j, s, std::min(n, s + chunk)});
+  }
+  std::vector<std::vector<Bin>> parts(tasks.size());
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+    const Bin empty{0, 0, std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()};
+    for (int64_t t = begin; t < end; ++t) {
+      const Task& task = tasks[t];
+      const Range& r = ranges[task.plane];
+      const scalar_t* base = task.plane < planes ? src + task.plane * ns
+                                                 : ref + (task.plane - planes) * nr;
+      parts[t].assign(2 * static_cast<size_t>(bins), empty);
+      const float scale = plane_scale(r.lo, r.hi, bins);
+      chunk_histogram(base + task.begin, task.end - task.begin, r.lo, scale, bins,
+                      parts[t].data());
+    }
+  });
+  std::vector<Histogram> hists;
+  hists.reserve(2 * planes);
+  for (int64_t j = 0; j < 2 * planes; ++j) hists.emplace_back(bins);
+  at::parallel_for(0, 2 * planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      for (size_t t = 0; t < tasks.size(); ++t) {
+        if (tasks[t].plane != j) continue;
+        hists[j].merge(parts[t].data(), bins);
+      }
+    }
+  });
+
+  // 3. knots and lookup tables, per plane
+  std::vector<LutEntry> luts(static_cast<size_t>(planes) * bins);
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      if (!ranges[j].finite || !ranges[planes + j].finite) {
+        bound_ptr[j] = std::numeric_limits<double>::infinity();
+        std::fill_n(luts.data() + j * bins, bins, LutEntry{0.0f, 0.0f, NAN, NAN});
+        continue;
+      }
+      const Knots k = reference_knots(hists[planes + j], nr);
+      bound_ptr[j] = build_lut<kUint8>(hists[j], ns, k, luts.data() + j * bins);
+    }
+  });
+
+  // 4. apply
+  std::vector<float> fields(4 * luts.size());
+  for (size_t i = 0; i < luts.size(); ++i) {
+    fields[i] = luts[i].mn;
+    fields[luts.size() + i] = luts[i].sc;
+    fields[2 * luts.size() + i] = luts[i].lo;
+    fields[3 * luts.size() + i] = luts[i].hi;
+  }
+  std::vector<Task> apply;
+  for (int64_t j = 0; j < planes; ++j) {
+    for (int64_t s = 0; s < ns; s += kApplyChunk) {
+      apply.push_back({j, s, std::min(ns, s + kApplyChunk)});
+    }
+  }
+  at::parallel_for(0, static_cast<int64_t>(apply.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const Task& task = apply[t];
+      const Range& r = ranges[task.plane];
+      const int64_t off = task.plane * ns + task.begin;
+      const float scale = plane_scale(r.lo, r.hi, bins);
+      const size_t at = static_cast<size_t>(task.plane) * bins, m = luts.size();
+      const Lut lut{fields.data() + at, fields.data() + m + at, fields.data() + 2 * m + at,
+                    fields.data() + 3 * m + at};
+      if constexpr (kUint8) {
+        apply_lut_chunk(src + off, dst + off, task.end - task.begin, r.lo, scale, bins, lut);
+      } else {
+        apply_lut_float(src + off, dst + off, task.end - task.begin, r.lo, scale, bins, lut);
+      }
+    }
+  });
+  return bound;
+}
+
+}  // namespace
+
+void check_inputs(const at::Tensor& source, const at::Tensor& reference, int64_t bins,
+                  const at::Tensor& out) {
+  TORCH_CHECK(source.dim() == 2 && reference.dim() == 2,
+              "hist_match: source and reference must be P x N (planes x pixels)");
+  TORCH_CHECK(source.size(0) == reference.size(0), "hist_match: different numbers of planes");
+  TORCH_CHECK(source.size(1) > 0 && reference.size(1) > 0, "hist_match: empty plane");
+  TORCH_CHECK(source.scalar_type() == reference.scalar_type(),
+              "hist_match: source and reference must have one dtype");
+  TORCH_CHECK(source.scalar_type() == at::kFloat || source.scalar_type() == at::kByte,
+              "hist_match: float32 or uint8 tensors only");
+  TORCH_CHECK(source.is_contiguous() && reference.is_contiguous(),
+              "hist_match: tensors must be contiguous");
+  TORCH_CHECK(bins >= 2 && bins <= (1 << 20), "hist_match: bins must be in [2, 2^20]");
+  TORCH_CHECK(out.sizes() == source.sizes() && out.scalar_type() == source.scalar_type() &&
+                  out.is_contiguous() && out.device() == source.device(),
+              "hist_match: out must be a contiguous tensor like source");
+}
+
+namespace {
+
+// uint8 planes: one bin per level, so the matching is exact whatever `bins` says (as the binned
+// path is on 8-bit data): counts only, 256-entry knots and lookup tables. Same result as
+// hist_match_impl<uint8_t> (both equal the exact reference), several times faster.
+void count_levels(const uint8_t* p, int64_t n, int64_t* counts) {
+  int32_t part[4][256] = {};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    ++part[0][p[i]];
+    ++part[1][p[i + 1]];
+    ++part[2][p[i + 2]];
+    ++part[3][p[i + 3]];
+    if ((i & ((1 << 26) - 4)) == 0 && i) {  // keep the int32 parts far from overflow
+      for (int k = 0; k < 4; ++k) {
+        for (int v = 0; v < 256; ++v) {
+          counts[v] += part[k][v];
+          part[k][v] = 0;
+        }
+      }
+    }
+  }
+  for (; i < n; ++i) ++part[0][p[i]];
+  for (int k = 0; k < 4; ++k) {
+    for (int v = 0; v < 256; ++v) counts[v] += part[k][v];
+  }
+}
+
+at::Tensor hist_match_levels(const at::Tensor& source, const at::Tensor& reference,
+                             at::Tensor& out) {
+  const int64_t planes = source.size(0), ns = source.size(1), nr = reference.size(1);
+  const uint8_t* src = source.const_data_ptr<uint8_t>();
+  const uint8_t* ref = reference.const_data_ptr<uint8_t>();
+  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
+  std::vector<int64_t> counts(2 * planes * 256, 0);
+  at::parallel_for(0, 2 * planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const uint8_t* p = j < planes ? src + j * ns : ref + (j - planes) * nr;
+      count_levels(p, j < planes ? ns : nr, counts.data() + j * 256);
+    }
+  });
+  std::vector<uint8_t> luts(planes * 256);
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      std::vector<double> q, f;
+      int64_t cum = 0;
+      for (int v = 0; v < 256; ++v) {
+        const int64_t c = counts[(planes + j) * 256 + v];
+        if (c == 0) continue;
+        cum += c;
+        q.push_back(static_cast<double>(cum) / static_cast<double>(nr));
+        f.push_back(v);
+      }
+      KnotCursor cursor{q.data(), static_cast<int>(q.size()), 0};
+      cum = 0;
+      for (int v = 0; v < 256; ++v) {
+        const int64_t c = counts[j * 256 + v];
+        if (c == 0) continue;
+        cum += c;
+        const double x = static_cast<double>(cum) / static_cast<double>(ns);
+        const int n = static_cast<int>(q.size());
+        const double y = interp_at(x, q.data(), f.data(), n, cursor.upper(x));
+        luts[j * 256 + v] = static_cast<uint8_t>(out_value<true>(y));
+      }
+    }
+  });
+  at::parallel_for(0, planes * ((ns + kApplyChunk - 1) / kApplyChunk), 1,
+                   [&](int64_t begin, int64_t end) {
+                     const int64_t chunks = (ns + kApplyChunk - 1) / kApplyChunk;
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t j = t / chunks, s = (t % chunks) * kApplyChunk;
+                       const uint8_t* lut = luts.data() + j * 256;
+                       const uint8_t* p = src + j * ns;
+                       uint8_t* o = dst + j * ns;
+                       for (int64_t i = s; i < std::min(ns, s + kApplyChunk); ++i) o[i] = lut[p[i]];
+                     }
+                   });
+  return at::zeros({planes}, source.options().dtype(at::kDouble));
+}
+
+at::Tensor hist_match_cpu(const at::Tensor& source, const at::Tensor& reference, int64_t bins,
+                          at::Tensor& out) {
+  check_inputs(source, reference, bins, out);
+  TORCH_CHECK(source.device().is_cpu() && reference.device().is_cpu(),
+              "hist_match_cpu: CPU tensors only");
+  if (source.scalar_type() == at::kByte) return hist_match_levels(source, reference, out);
+  return hist_match_impl<float>(source, reference, static_cast<int>(bins), out);
+}
+
+}  // namespace
+}  // namespace reblur_hm
+
+TORCH_LIBRARY(reblur_ext, m) {
+  m.def("hist_match_out(Tensor source, Tensor reference, int bins, Tensor(a!) out) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(reblur_ext, CPU, m) { m.impl("hist_match_out", &reblur_hm::hist_match_cpu); }

@@ -1,0 +1,83 @@
+"""reblur-bench on tiny sizes: every section runs, reports ratios, and renders its tables."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reblur_deploy.bench import BenchConfig, parse_sizes, run, to_markdown
+from reblur_deploy.errors import ConfigError
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def report():
+    config = BenchConfig(
+        device="cpu",
+        sizes=((32, 48),),
+        batches=(1, 2),
+        steps=2,
+        repeats=1,
+        compile=False,  # compiling the paper's U-Net takes minutes on 2 cores
+        backends=("eager", "tensorrt"),  # ONNX Runtime needs a few seconds of export
+        hist_size=(48, 64),
+        quick=True,
+        model={"widths": (8, 12, 16), "n_blocks": 1},
+    )
+    return run(config)
+
+
+def test_every_section_reports_its_rows(report):
+    sections = report["sections"]
+    assert set(sections) == {"peak", "histmatch", "resblock", "tta", "infer"}
+    assert sections["peak"]["peak_tflops"]["float32"] > 0
+    hist = {(r["implementation"], r["input"]): r for r in sections["histmatch"]["rows"]}
+    assert hist[("scikit-image", "float32")]["speedup_vs_skimage_float"] == 1
+    assert hist[("ours (C++)", "uint8")]["identical"]  # exact on 8-bit data
+    assert hist[("ours (C++)", "float32")]["max_error_255"] <= 0.5
+    assert hist[("ours, torch ops", "float32")]["max_error_255"] <= 0.5
+    resblock = sections["resblock"]
+    assert [r["variant"] for r in resblock["rows"]] == ["eager"]
+    assert any("fused ResBlock not measured" in n for n in resblock["notes"])
+    tta = sections["tta"]["rows"]
+    assert [(r["mode"], r["variant"]) for r in tta] == [("full frame", "eager fp32")]
+    assert tta[0]["s_2_steps"] > 0 and tta[0]["speedup_vs_eager"] == 1
+    infer = sections["infer"]
+    assert {(r["backend"], r["batch"]) for r in infer["rows"]} >= {("eager", 1), ("eager", 2)}
+    assert all(r["fps"] > 0 and r["gflops_per_frame"] > 0 for r in infer["rows"])
+    assert any(n.startswith("tensorrt: not measured") for n in infer["notes"])
+
+
+def test_report_is_json_and_markdown_with_machine_and_versions(report):
+    json.loads(json.dumps(report, default=str))
+    markdown = to_markdown(report)
+    machine = report["machine"]
+    assert machine["versions"]["torch"] in markdown and machine["date"] in markdown
+    for title in ("Measured peak", "Histogram matching", "MR forward", "Test-time", "Inference"):
+        assert f"**{title}" in markdown
+    assert markdown.count("|---|") >= 5
+
+
+def test_sizes_parse_and_bad_options_are_refused():
+    assert parse_sizes("256,720p,480x640") == ((256, 256), (720, 1280), (480, 640))
+    with pytest.raises(ConfigError, match="unknown size"):
+        parse_sizes("huge")
+    with pytest.raises(ConfigError, match="unknown section"):
+        run(BenchConfig(device="cpu", sections=("speed",)))
+
+
+def test_command_line_writes_json_markdown_and_appends(tmp_path):
+    doc = tmp_path / "BENCH.md"
+    doc.write_text("# Benchmarks\n")
+    cmd = [BIN / "reblur-bench", "--only", "peak", "--device", "cpu", "--repeats", "1",
+           "--json", tmp_path / "r.json", "--md", tmp_path / "r.md", "--append", doc]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "TFLOP/s" in result.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["sections"]["peak"]["rows"]
+    assert doc.read_text().startswith("# Benchmarks\n") and "TFLOP/s" in doc.read_text()
+    bad = subprocess.run([BIN / "reblur-bench", "--sizes", "tiny"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown size" in bad.stderr
