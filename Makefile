@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m reblur_deploy.demo --out demo_output
+	$(BIN)/python -m reblur_deploy.demo --clip examples/samples/gopro_clip_480x270.mp4 --out demo_output
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

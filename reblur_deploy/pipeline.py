@@ -32,7 +32,7 @@ from .errors import ConfigError, InputError, WeightsError
 from .padding import pad_to_multiple
 from .tiling import run_tiled
 from .tta import TestTimeAdapter, TTAConfig
-from .weights import LoadedWeights, load_weights
+from .weights import ASSETS, LoadedWeights, load_weights
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -64,8 +64,11 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def default_weights(device: torch.device) -> str:
-    """The bundled model a device gets when the user names none."""
-    return "unet-reblur" if device.type == "cuda" else "unet-lite"
+    """The bundled model a device gets when the user names none: the paper's U-Net on a GPU
+    when this release ships it, else the CPU-sized model."""
+    if device.type == "cuda" and (ASSETS / "unet-reblur.safetensors").is_file():
+        return "unet-reblur"
+    return "unet-lite"
 
 
 @dataclass

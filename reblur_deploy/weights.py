@@ -40,6 +40,7 @@ ASSETS = Path(__file__).parent / "assets" / "weights"
 BUNDLED: dict[str, str] = {
     "unet-reblur": "the paper's U-Net (Table A) with MR n=2, trained with L1 + L_Reblur",
     "unet-lite": "a narrow U-Net with its MR, sized for CPUs",
+    "unet-lite-l1": "the narrow U-Net trained with L1 only, for comparisons (no MR)",
 }
 
 

@@ -4,35 +4,50 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tomllib
 
-from reblur_deploy.io import read_image
+from reblur_deploy.io import probe_video, read_image
 
 from .conftest import REPO
 
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("script", ["reblur-bench"])
-def test_console_scripts_exist_and_say_what_is_missing(script):
-    result = subprocess.run([BIN / script, "anything"], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "not available in this release yet" in result.stderr
+SCRIPTS = sorted(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
 
 
-def test_demo_writes_its_output_and_says_the_weights_are_untrained(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "reblur_deploy.demo", "--out", str(tmp_path), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    assert "UNTRAINED WEIGHTS" in result.stderr
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_console_script_answers_help(script):
+    result = subprocess.run([BIN / script, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+def test_demo_deblurs_the_samples_with_the_bundled_model(tmp_path):
+    clip = REPO / "examples" / "samples" / "gopro_clip_480x270.mp4"
+    cmd = [sys.executable, "-m", "reblur_deploy.demo", "--out", tmp_path, "--device", "cpu",
+           "--tta", "1", "--clip", clip]  # fmt: skip
+    result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "model: unet-lite" in result.stdout and "UNTRAINED" not in result.stderr
     sample = read_image(REPO / "reblur_deploy" / "assets" / "samples" / "gopro_blur_00_crop.png")
     out = read_image(tmp_path / "gopro_blur_00_crop_deblurred.png")
     both = read_image(tmp_path / "gopro_blur_00_crop_side_by_side.png")
     assert out.shape == sample.shape and both.shape == (270, 2 * 482, 3)
+    assert np.abs(out.astype(int) - sample).mean() > 0.5  # a trained model changes the picture
+    video = probe_video(tmp_path / "gopro_clip_480x270_side_by_side.mp4")
+    assert (video.frames, video.width, video.height) == (12, 960, 270)
+
+
+def test_reblur_run_uses_the_bundled_model_by_default(tmp_path):
+    sample = REPO / "reblur_deploy" / "assets" / "samples" / "gopro_blur_00_crop.png"
+    cmd = [BIN / "reblur-run", sample, "-o", tmp_path / "out.png", "--device", "cpu"]
+    result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "using the bundled model 'unet-lite'" in result.stderr
+    assert read_image(tmp_path / "out.png").shape == (270, 482, 3)
 
 
 def test_demo_reports_bad_weights_in_one_line(tmp_path):

@@ -109,7 +109,7 @@ def test_unusable_files_get_clear_errors(tmp_path, small_unet):
     with pytest.raises(WeightsError, match="no weight file"):
         load_weights(tmp_path / "missing.safetensors")
     with pytest.raises(WeightsError, match="not included in this release"):
-        load_weights("unet-lite")
+        load_weights("unet-reblur")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"hello world, not weights")
     with pytest.raises(WeightsError, match="not a safetensors"):

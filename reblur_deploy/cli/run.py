@@ -10,7 +10,7 @@ import click
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..pipeline import Deblurrer, resolve_device
+from ..pipeline import Deblurrer, default_weights, resolve_device
 from ..runner import RunOptions, count_frames, plan_jobs, run_jobs
 from .common import one_line_errors
 
@@ -173,8 +173,15 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, 
     options = RunOptions(output, overwrite, side_by_side, start, end, fps, codec, crf, preset,
                          _shard(shard), report)  # fmt: skip
     jobs = plan_jobs(inputs, options)
+    device = resolve_device(_device(device))
+    if weights is None:
+        weights = default_weights(device)
+        if not quiet:
+            click.echo(
+                f"using the bundled model {weights!r} (the default on {device.type})", err=True
+            )
     deblurrer = Deblurrer(
-        weights, device=_device(device), dtype=dtype, tta_steps=tta_steps,
+        weights, device=device, dtype=dtype, tta_steps=tta_steps,
         batch_size=batch_size, tta_lr=tta_lr, tta_crop=tta_crop, tta_crops=tta_crops,
         tta_tol=tta_tol, tta_carry=tta_carry, tile=tile, tile_overlap=tile_overlap,
         backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
