@@ -261,7 +261,7 @@ def test_torch_trt_without_package_or_gpu_says_what_to_install(weight_files, tmp
         (["--to", "torchscript", "--fp16"], "--fp16 applies to"),
         (["--to", "onnx", "--opset", "13"], "--opset must be ≥ 17"),
         (["--to", "onnx", "--max-shape", "4x3x64x64"], "apply to trt and torch-trt only"),
-        (["--to", "onnx", "--weights", "unet-lite"], "not included in this release"),
+        (["--to", "onnx", "--weights", "unet-reblur"], "not included in this release"),
     ],
 )
 def test_cli_refuses_bad_options_in_one_line(args, message, weight_files, tmp_path):
