@@ -24,7 +24,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from reblur_deploy.atomic import atomic_path
 from reblur_deploy.errors import ConfigError, WeightsError
 
 META_KEY = "reblur_train"
@@ -85,14 +85,8 @@ def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], state: dict[
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = json.dumps({"format": FORMAT, **state}, allow_nan=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata={META_KEY: meta})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp), metadata={META_KEY: meta})
     return path
 
 

@@ -1,4 +1,4 @@
-"""What every console script shares: one-line errors and placeholders for later commands."""
+"""What every console script shares: one-line errors."""
 
 from __future__ import annotations
 
@@ -26,17 +26,3 @@ def one_line_errors(fn):
             sys.exit(130)
 
     return wrapper
-
-
-def placeholder(name: str, what: str) -> click.Command:
-    """A console script that exists but whose work is not in this release yet (exit code 2)."""
-
-    @click.command(name=name, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def command(args):
-        click.echo(f"{name}: {what} is not available in this release yet.", err=True)
-        click.echo("For now use the Python API: from reblur_deploy import Deblurrer", err=True)
-        sys.exit(2)
-
-    command.help = f"{what} (not available in this release yet)."
-    return command
