@@ -1,12 +1,12 @@
 """The console scripts and the demo, run as real subprocesses from the installed environment."""
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 from reblur_deploy.io import probe_video, read_image
 
@@ -15,7 +15,11 @@ from .conftest import REPO
 BIN = Path(sys.executable).parent
 
 
-SCRIPTS = sorted(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
+SCRIPTS = sorted(
+    ep.name
+    for ep in importlib.metadata.distribution("reblur-deploy").entry_points
+    if ep.group == "console_scripts"
+)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
