@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -37,25 +38,19 @@ def export_torchscript(
 ) -> ExportResult:
     """Trace the ``role`` module of ``weights`` to a TorchScript file and verify it."""
     module, loaded = load_module(weights, role)
-    tolerance = TOLERANCE["fp32"] if tolerance is None else tolerance
     net = graphs.frozen_copy(module)
     example = graphs.example_input(module.size_divisor)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream
         traced = torch.jit.trace(net, (example,), check_trace=False)
-    meta = describe(module, loaded, role, "fp32") | {"format": "torchscript"}
-    with atomic_output(out, (loaded.path,)) as tmp:
+
+    def save_and_reload(path: Path, extra: dict[str, str]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(meta)})
-            reloaded = torch.jit.load(str(tmp), map_location="cpu")
-        checks = compare(
-            eager_reference(module),
-            _no_grad(reloaded),
-            check_shapes(module.size_divisor),
-            tolerance,
-        )
-    return ExportResult(out, "torchscript", "fp32", tolerance, checks)
+            torch.jit.save(traced, str(path), _extra_files=extra)
+            return torch.jit.load(str(path), map_location="cpu")
+
+    return _save_and_verify(module, loaded, role, out, tolerance, "torchscript", save_and_reload)
 
 
 def export_exported_program(
@@ -68,19 +63,31 @@ def export_exported_program(
 ) -> ExportResult:
     """``torch.export`` the ``role`` module of ``weights`` to a .pt2 file and verify it."""
     module, loaded = load_module(weights, role)
-    tolerance = TOLERANCE["fp32"] if tolerance is None else tolerance
     program = graphs.export_program(module)
-    meta = describe(module, loaded, role, "fp32") | {"format": "exported-program"}
+
+    def save_and_reload(path: Path, extra: dict[str, str]):
+        torch.export.save(program, str(path), extra_files=extra)
+        return torch.export.load(str(path)).module()
+
+    return _save_and_verify(
+        module, loaded, role, out, tolerance, "exported-program", save_and_reload
+    )
+
+
+def _save_and_verify(module, loaded, role, out, tolerance, fmt, save_and_reload) -> ExportResult:
+    """Write under a temporary name with the metadata as an extra file, reload, compare with
+    eager PyTorch, and keep the file only if the comparison passes."""
+    tolerance = TOLERANCE["fp32"] if tolerance is None else tolerance
+    meta = describe(module, loaded, role, "fp32") | {"format": fmt}
     with atomic_output(out, (loaded.path,)) as tmp:
-        torch.export.save(program, str(tmp), extra_files={EXTRA_FILE: json.dumps(meta)})
-        reloaded = torch.export.load(str(tmp)).module()
+        reloaded = save_and_reload(tmp, {EXTRA_FILE: json.dumps(meta)})
         checks = compare(
             eager_reference(module),
             _no_grad(reloaded),
             check_shapes(module.size_divisor),
             tolerance,
         )
-    return ExportResult(out, "exported-program", "fp32", tolerance, checks)
+    return ExportResult(out, fmt, "fp32", tolerance, checks)
 
 
 def _no_grad(fn):
