@@ -81,12 +81,15 @@ def save_weights(
     path: str | os.PathLike,
     modules: dict[str, nn.Module | None],
     metadata: dict[str, Any] | None = None,
+    storage_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``{"deblur": md, "reblur": mr}`` (``reblur`` optional) to a safetensors file.
 
     ``metadata`` (JSON-serialisable) is stored beside the architecture description; put the
     provenance (command, data, iterations, metrics) under ``"provenance"``. The file is written
     under a temporary name and renamed, so a crash never leaves a truncated file behind.
+    ``storage_dtype=torch.float16`` halves the file (used for the bundled weights); the modules
+    are rebuilt in float32 when loaded, whatever the storage.
     """
     unknown = set(modules) - set(ROLES)
     if unknown or modules.get("deblur") is None:
@@ -101,7 +104,7 @@ def save_weights(
             continue
         described[role] = {"arch": name_of(module), "config": module.config}
         for key, value in module.state_dict().items():
-            tensors[f"{role}.{key}"] = value.detach().to("cpu").contiguous()
+            tensors[f"{role}.{key}"] = _stored(value.detach().to("cpu"), storage_dtype, key)
     meta = {
         "format": FORMAT_VERSION,
         "package_version": __version__,
@@ -117,16 +120,27 @@ def save_weights(
     return path
 
 
+def _stored(value: torch.Tensor, dtype: torch.dtype | None, key: str) -> torch.Tensor:
+    if dtype is None or not value.is_floating_point():
+        return value.contiguous()
+    if dtype == torch.float16 and value.abs().max() > torch.finfo(torch.float16).max:
+        raise ConfigError(f"{key} has values beyond float16's range; store it as float32")
+    return value.to(dtype).contiguous()
+
+
 def _check_safetensors(path: Path) -> None:
     """Refuse anything that is not a safetensors file before any parser sees it."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise WeightsError(
-            f"{path} is a pickle-based PyTorch checkpoint; reblur-deploy never unpickles weight "
-            "files (they can run code). Re-save its tensors as safetensors with save_weights"
-        )
     if len(head) < 9 or head[8:9] != b"{":
+        # Only now look for zip/pickle signatures: a safetensors header length may itself
+        # start with the bytes 0x80 or "PK".
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise WeightsError(
+                f"{path} is a pickle-based PyTorch checkpoint; reblur-deploy never unpickles "
+                "weight files (they can run code). Re-save its tensors as safetensors with "
+                "save_weights"
+            )
         raise WeightsError(f"{path} is not a safetensors weight file")
     (header_len,) = struct.unpack("<Q", head[:8])
     if header_len > path.stat().st_size - 8:

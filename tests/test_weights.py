@@ -1,11 +1,12 @@
 import json
 import pickle
+import struct
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from reblur_deploy import WeightsError, load_weights, save_weights
+from reblur_deploy import ConfigError, WeightsError, load_weights, save_weights
 from reblur_deploy.models import build
 from reblur_deploy.weights import META_KEY
 
@@ -39,6 +40,36 @@ def test_paper_sized_pair_round_trip(tmp_path):
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.deblur(x), md(x)) and torch.equal(loaded.reblur(x), mr(x))
+
+
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path, small_unet, small_reblur):
+    modules = {"deblur": small_unet, "reblur": small_reblur}
+    full = save_weights(tmp_path / "fp32.safetensors", modules)
+    half = save_weights(tmp_path / "fp16.safetensors", modules, storage_dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_weights(half)
+    for original, restored in ((small_unet, loaded.deblur), (small_reblur, loaded.reblur)):
+        a, b = original.state_dict(), restored.state_dict()
+        assert all(b[k].dtype == torch.float32 for k in b)
+        assert all(torch.equal(b[k], a[k].half().float()) for k in a)
+    small_unet.head.bias.data[0] = 1e6  # beyond float16: refused rather than stored as inf
+    with pytest.raises(ConfigError, match=r"head\.bias has values beyond float16"):
+        save_weights(tmp_path / "inf.safetensors", modules, storage_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("signature", [b"\x80", b"PK"])
+def test_a_header_length_that_looks_like_a_pickle_or_zip_still_loads(
+    tmp_path, small_unet, signature
+):
+    path = tmp_path / "w.safetensors"
+    target = int.from_bytes(signature, "little")  # header lengths ≡ target mod 256**len
+    pad = 0
+    for _ in range(2):  # the second pass corrects for JSON overhead of the padding itself
+        save_weights(path, {"deblur": small_unet}, {"pad": "x" * pad})
+        length = struct.unpack("<Q", path.read_bytes()[:8])[0]
+        pad += (target - length) % 256 ** len(signature)
+    assert path.read_bytes()[: len(signature)] == signature
+    assert load_weights(path).deblur.config == small_unet.config
 
 
 def test_deblur_only_file(tmp_path, small_unet):
