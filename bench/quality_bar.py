@@ -1,11 +1,11 @@
-"""The quality bar of the bundled CPU model, measured on the GOPRO pairs held out of training.
+"""The quality bar of a bundled model, measured on the GOPRO pairs held out of training.
 
-    python bench/quality_bar.py [--data ../shared/data/gopro] [--out docs/quality_bar.md]
+    python bench/quality_bar.py [--weights unet-lite --baseline unet-lite-l1] [--out FILE.md]
+    python bench/quality_bar.py --weights unet-reblur --baseline runs/unet_l1/last.safetensors
 
-Rows: the blurry input, the L1-only baseline (``unet-lite-l1``), the shipped model trained with
-L1 + L_Reblur (``unet-lite``), and the shipped model with 5 TTA steps. Columns: PSNR, SSIM,
-NIQE and the blur score; every blur score is measured with the shipped model's MR, so the rows
-are comparable. The bars (exit status 1 when one fails):
+Rows: the blurry input, the L1-only baseline, the model trained with L1 + L_Reblur, and that
+model with 5 TTA steps. Columns: PSNR, SSIM, NIQE and the blur score; every blur score is
+measured with the model's MR, so the rows are comparable. The bars (exit status 1 when one fails):
 
 1. the shipped model's PSNR is above the blurry input's on every held-out pair,
 2. and higher by at least 1.0 dB on average;
@@ -45,8 +45,8 @@ def measure(rows: dict[str, list[np.ndarray]], sharp: list[np.ndarray], mr) -> d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="folder with blur/ and sharp/")
-    parser.add_argument("--weights", default="unet-lite")
-    parser.add_argument("--baseline", default="unet-lite-l1")
+    parser.add_argument("--weights", default="unet-lite", help="the L1 + L_Reblur model")
+    parser.add_argument("--baseline", default="unet-lite-l1", help="its L1-only twin")
     parser.add_argument("--tta", type=int, default=5)
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args()
@@ -56,16 +56,17 @@ def main() -> int:
     model = Deblurrer(args.weights, device="cpu")
     adapted = Deblurrer(args.weights, device="cpu", tta_steps=args.tta)
     baseline = Deblurrer(args.baseline, device="cpu")
+    label = Path(args.weights).stem  # a bundled name stays as it is
     rows = {
         "blurry input": blurry,
-        "L1 baseline": baseline(blurry),
-        "L1 + L_Reblur (shipped)": model(blurry),
-        f"L1 + L_Reblur, TTA {args.tta}": [adapted(x) for x in blurry],
+        f"L1 baseline ({Path(args.baseline).stem})": baseline(blurry),
+        f"L1 + L_Reblur ({label})": model(blurry),
+        f"L1 + L_Reblur ({label}), TTA {args.tta}": [adapted(x) for x in blurry],
     }
     table = measure(rows, sharp, model.reblur)
 
     lines = [
-        f"Held-out GOPRO pairs: {', '.join(HELD_OUT)}; blur score under the shipped MR.",
+        f"Held-out GOPRO pairs: {', '.join(HELD_OUT)}; blur score under the MR of {label}.",
         "",
         "| model | PSNR↑ | per pair | SSIM↑ | NIQE↓ | blur score↓ |",
         "|---|---|---|---|---|---|",
@@ -74,8 +75,7 @@ def main() -> int:
         pairs = " / ".join(f"{p:.2f}" for p in m["psnr"])
         lines.append(f"| {name} | {np.mean(m['psnr']):.2f} | {pairs} | {m['ssim']:.4f} | "
                      f"{m['niqe']:.3f} | {m['blur']:.2e} |")  # fmt: skip
-    shipped, base = table["L1 + L_Reblur (shipped)"], table["L1 baseline"]
-    tta = table[f"L1 + L_Reblur, TTA {args.tta}"]
+    _, base, shipped, tta = table.values()
     gains = np.array(shipped["psnr"]) - np.array(table["blurry input"]["psnr"])
     bars = [
         ("PSNR above the input on every pair", bool((gains > 0).all()),

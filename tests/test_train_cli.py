@@ -15,12 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reblur_deploy import load_weights
+from reblur_deploy import WeightsError, load_weights, save_weights
 from reblur_deploy.io import read_image, write_image
+from reblur_deploy.models import build
 from train import checkpoint as ckpt
 from train.config import TrainConfig
 from train.loop import train
+from train.package import package
 
+from .conftest import randomized
 from .test_train_data import write_gopro_crops
 
 BIN = Path(sys.executable).parent
@@ -142,3 +145,23 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path, pairs):
     a, b = load_file(tmp_path / "ddp" / "last.safetensors"), load_file(one.weights)
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert json.loads(lines[-1])["val"]["psnr"] == pytest.approx(one.metrics["psnr"], abs=1e-3)
+
+
+def test_package_stores_float16_checks_the_outputs_and_keeps_provenance(tmp_path):
+    md = randomized(build("unet", widths=[8, 12, 16], n_blocks=1))
+    mr = randomized(build("reblur", n_blocks=1, width=8))
+    source = save_weights(tmp_path / "run.safetensors", {"deblur": md, "reblur": mr},
+                          {"provenance": {"command": "python -m train.main ..."}})  # fmt: skip
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    with pytest.raises(WeightsError, match="packaged outputs differ"):
+        package(str(source), "unet-lite", fp16=True, tolerance=1e-9, assets=assets)
+    assert list(assets.iterdir()) == []  # nothing left behind
+    report = package(str(source), "unet-lite", fp16=True, tolerance=2e-3, assets=assets)
+    assert "float16" in report and [p.name for p in assets.iterdir()] == ["unet-lite.safetensors"]
+    loaded = load_weights(assets / "unet-lite.safetensors")
+    assert loaded.metadata["provenance"]["command"] == "python -m train.main ..."
+    packaged = loaded.metadata["packaged"]
+    assert packaged["storage"] == "float16" and 0 < packaged["sample_max_abs_diff"] <= 2e-3
+    with pytest.raises(WeightsError, match="not a bundled model name"):
+        package(str(source), "my-model", fp16=False, tolerance=1e-3, assets=assets)

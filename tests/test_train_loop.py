@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from reblur_deploy import DependencyError, WeightsError, load_weights, losses
+from reblur_deploy import ConfigError, DependencyError, WeightsError, load_weights, losses
 from reblur_deploy.models import build
 from train import checkpoint as ckpt
 from train.ablation import PatchDiscriminator, PerceptualLoss, VGG19Features, vgg19_layer_names
@@ -193,6 +193,22 @@ def test_checkpoints_are_safetensors_with_a_json_state_never_pickles(pairs, tmp_
         ckpt.load(pickled)
     with pytest.raises(Exception, match="already holds a training run"):
         Trainer(config(pairs, tmp_path, iters=2))
+
+
+def test_init_fine_tunes_from_a_weight_file_and_keeps_its_provenance(pairs, tmp_path):
+    stage1 = train(config(pairs, tmp_path / "1", mode="baseline", iters=2))
+    stage2 = Trainer(config(pairs, tmp_path / "2", init=str(stage1.weights), iters=2))
+    first = load_weights(stage1.weights).deblur.state_dict()
+    assert all(torch.equal(v, stage2.md.state_dict()[k]) for k, v in first.items())
+    assert stage2.mr is not None  # the L1 file has no MR: MR starts fresh
+    source = stage2.provenance(0, {})["init"]
+    assert source["weights"] == str(stage1.weights) and len(source["sha256"]) == 64
+    assert source["provenance"]["config"]["mode"] == "baseline"
+    wider = config(
+        pairs, tmp_path / "3", init=str(stage1.weights), md_config={**SMALL, "n_blocks": 2}
+    )
+    with pytest.raises(ConfigError, match="differs from this run's"):
+        Trainer(wider)
 
 
 def test_bf16_autocast_and_baseline_mode(pairs, tmp_path, batch):

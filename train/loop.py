@@ -206,6 +206,7 @@ class Trainer:
         self.out = Path(config.out)
         self.started = time.time()
         self.best: dict[str, Any] | None = None
+        self.init_source: dict[str, Any] | None = None  # what --init started from
         self.last_metrics: dict[str, float] = {}
         if self.ctx.world > 1 and config.batch_size % self.ctx.world:
             raise ConfigError(
@@ -342,6 +343,12 @@ class Trainer:
         """Copy MD (and a same-shaped MR) from a weight file: fine-tuning, e.g. an L1-trained
         MD continued with the reblurring loss."""
         loaded = load_weights(weights)
+        # The source's own provenance travels along, so a fine-tuned file names every stage.
+        self.init_source = {
+            "weights": str(weights),
+            "sha256": loaded.sha256,
+            "provenance": loaded.metadata.get("provenance"),
+        }
         pairs = [(self.md, loaded.deblur, "deblur")]
         if self.mr is not None and loaded.reblur is not None:
             pairs.append((self.mr, loaded.reblur, "reblur"))
@@ -568,6 +575,7 @@ class Trainer:
             "metrics": _finite(metrics),
             "best": self.best,
             "config": self.config.to_dict(),
+            "init": self.init_source,
             "world_size": self.ctx.world,
             "device": str(self.ctx.device),
             "torch_version": torch.__version__,

@@ -1,0 +1,71 @@
+"""Turn a training run's weight file into a bundled model of the package.
+
+    python -m train.package runs/unet_joint/last.safetensors unet-reblur --fp16
+
+Writes ``reblur_deploy/assets/weights/<name>.safetensors`` (``name`` must be one of
+``reblur_deploy.weights.BUNDLED``), keeps the run's provenance, and records how the file was
+packaged. ``--fp16`` stores the tensors in float16 (half the size; they load as float32): the
+command deblurs the bundled sample with both files and refuses to write when the outputs differ
+by more than ``--tolerance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from reblur_deploy.errors import ReblurError, WeightsError
+from reblur_deploy.io import read_image
+from reblur_deploy.pipeline import Deblurrer, array_to_tensor
+from reblur_deploy.weights import ASSETS, BUNDLED, load_weights, save_weights
+
+SAMPLE = ASSETS.parent / "samples" / "gopro_blur_00_crop.png"
+
+
+def package(source: str, name: str, fp16: bool, tolerance: float, assets: Path = ASSETS) -> str:
+    if name not in BUNDLED:
+        raise WeightsError(f"{name!r} is not a bundled model name ({', '.join(BUNDLED)})")
+    loaded = load_weights(source)
+    if loaded.reblur is None and not name.endswith("-l1"):
+        raise WeightsError(f"{source} has no reblurring module; {name!r} ships one")
+    target = Path(assets) / f"{name}.safetensors"
+    tmp = target.with_name(f".{name}.candidate.safetensors")
+    packaged = {"source_sha256": loaded.sha256, "storage": "float16" if fp16 else "float32"}
+    modules = {"deblur": loaded.deblur, "reblur": loaded.reblur}
+    metadata = {"provenance": loaded.metadata.get("provenance"), "packaged": packaged}
+    save_weights(tmp, modules, metadata, storage_dtype=torch.float16 if fp16 else None)
+    try:
+        sample, _ = array_to_tensor(read_image(SAMPLE))
+        reference = Deblurrer(source, device="cpu")(sample)
+        candidate = Deblurrer(tmp, device="cpu")(sample)
+        diff = (reference - candidate).abs().max().item()
+        if diff > tolerance:
+            raise WeightsError(f"packaged outputs differ by {diff:.2e} > {tolerance:.0e}")
+        packaged["sample_max_abs_diff"] = diff
+        save_weights(target, modules, metadata, storage_dtype=torch.float16 if fp16 else None)
+    finally:
+        tmp.unlink(missing_ok=True)
+    size = target.stat().st_size / 1e6
+    return f"{target} ({size:.1f} MB, {packaged['storage']}; sample max |Δ| {diff:.1e})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="weight file written by python -m train.main")
+    parser.add_argument("name", choices=sorted(BUNDLED), help="bundled model name")
+    parser.add_argument("--fp16", action="store_true", help="store the tensors in float16")
+    parser.add_argument("--tolerance", type=float, default=2e-3, help="on [0, 1] pixel values")
+    args = parser.parse_args(argv)
+    try:
+        print(package(args.source, args.name, args.fp16, args.tolerance))
+    except ReblurError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
