@@ -12,9 +12,12 @@ Sections (``--only`` picks some):
   Triton ResBlock (CUDA).
 * ``tta``: one TTA step and an N-step TTA of one frame (Algorithm A, full frame and 4×256² crops):
   eager fp32 vs compiled vs (CUDA) compiled + bf16 + fused; seconds, peak memory, compile time.
-* ``infer``: inference of MD per backend (torch eager, compiled, ONNX Runtime, TensorRT when
-  present) per size and batch: frames per second, peak memory, FLOPs per frame
-  (``torch.utils.flop_counter``) and the achieved fraction of the measured peak.
+* ``infer``: inference of MD per backend (torch eager in fp32 and bf16 autocast, compiled, ONNX
+  Runtime, TensorRT when present) per size and batch: frames per second, peak memory, FLOPs per
+  frame (``torch.utils.flop_counter``) and the achieved fraction of the measured fp32 peak.
+
+The networks are the paper's U-Net and MR with random output layers, or with
+``BenchConfig(weights=...)`` a trained file's (a bundled name works too).
 
 ``run(BenchConfig(...))`` returns a JSON-able dict; ``to_markdown`` renders it. Timings are
 medians of ``repeats`` runs after a warm-up (CUDA timings synchronise the device). Peak memory is
@@ -62,6 +65,7 @@ class BenchConfig:
     hist_size: tuple[int, int] = HIST_SIZE
     quick: bool = False
     model: dict = field(default_factory=dict)  # build("unet", **model); the paper's by default
+    weights: str | None = None  # a weight file or bundled name: its MD (and MR) instead of model
     log: Callable[[str], None] | None = None
 
     @classmethod
@@ -364,14 +368,31 @@ def bench_histmatch(device: torch.device, config: BenchConfig) -> dict:
     }
 
 
-def _mr(device: torch.device) -> torch.nn.Module:
+def _mr(device: torch.device, config: BenchConfig) -> torch.nn.Module:
     from .models import build
 
-    torch.manual_seed(0)
-    mr = build("reblur").to(device).eval()
-    torch.nn.init.normal_(mr.tail.weight, std=0.02)
+    loaded = _loaded(config)
+    if loaded is not None and loaded.reblur is not None:
+        mr = loaded.reblur.to(device).eval()
+    else:
+        torch.manual_seed(0)
+        mr = build("reblur").to(device).eval()
+        torch.nn.init.normal_(mr.tail.weight, std=0.02)
     mr.requires_grad_(False)
     return mr
+
+
+def _loaded(config: BenchConfig):
+    """The weight file of ``config.weights`` (loaded afresh: TTA changes its modules)."""
+    from .weights import load_weights
+
+    return load_weights(config.weights) if config.weights else None
+
+
+def _model_name(config: BenchConfig) -> str:
+    if config.weights:
+        return str(config.weights)
+    return "unet " + json.dumps(config.model or "paper defaults")
 
 
 def bench_resblock(device: torch.device, config: BenchConfig) -> dict:
@@ -379,7 +400,7 @@ def bench_resblock(device: torch.device, config: BenchConfig) -> dict:
     from . import kernels
     from .kernels.resblock import fused_resblocks
 
-    mr = _mr(device)
+    mr = _mr(device, config)
     rows, notes = [], []
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     size = config.sizes[0] if device.type == "cpu" else max(config.sizes)
@@ -428,6 +449,9 @@ def bench_resblock(device: torch.device, config: BenchConfig) -> dict:
 def _md(device: torch.device, config: BenchConfig) -> torch.nn.Module:
     from .models import build
 
+    loaded = _loaded(config)
+    if loaded is not None:
+        return loaded.deblur.to(device).eval()
     torch.manual_seed(0)
     md = build("unet", **config.model).to(device).eval()
     torch.nn.init.normal_(md.tail.weight, std=0.02)
@@ -455,7 +479,7 @@ def bench_tta(device: torch.device, config: BenchConfig) -> dict:
             if mode_options and min(size) <= 256:
                 continue  # crops as large as the frame: the same as full frame
             for name, options in variants:
-                md, mr = _md(device, config), _mr(device)
+                md, mr = _md(device, config), _mr(device, config)
                 row = {"size": size_name(size), "mode": mode, "variant": name}
                 adapter = TestTimeAdapter(md, mr, TTAConfig(**mode_options, **options))
                 for steps in (1, config.steps):
@@ -502,11 +526,16 @@ def bench_infer(device: torch.device, config: BenchConfig, peak: dict | None) ->
     md = _md(device, config)
     divisor = md.size_divisor
     rows, notes = [], []
-    for name in config.backends:
+    # Every backend in fp32, and eager PyTorch under bf16 autocast too (on CPUs it pays only
+    # with AMX; the table shows whether this machine has it).
+    variants = [(name, "fp32") for name in config.backends]
+    if "eager" in config.backends:
+        variants.insert(1, ("eager", "bf16"))
+    for name, precision in variants:
         if name == "compile" and not config.compile:
             continue
         try:
-            backend = create_backend(name, md, device, "fp32")
+            backend = create_backend(name, md, device, precision)
         except (ReblurError, ImportError) as e:
             notes.append(f"{name}: not measured ({str(e).splitlines()[0]})")
             continue
@@ -528,19 +557,20 @@ def bench_infer(device: torch.device, config: BenchConfig, peak: dict | None) ->
                 fps = batch / seconds
                 row = {
                     "backend": name,
+                    "precision": precision,
                     "size": size_name(size),
                     "batch": batch,
                     "fps": fps,
                     "peak_mib": memory,
                     "gflops_per_frame": flops / 1e9,
                 }
-                if peak and "float32" in peak:
+                if peak and "float32" in peak and precision == "fp32":
                     row["fraction_of_fp32_peak"] = flops * fps / (peak["float32"] * 1e12)
                 rows.append(row)
         del backend
         gc.collect()
     return {
-        "model": "unet " + json.dumps(config.model or "paper defaults"),
+        "model": _model_name(config),
         "rows": rows,
         "notes": notes,
     }
@@ -701,11 +731,12 @@ def to_markdown(report: dict) -> str:
         lines.append("")
     if "infer" in sections:
         s = sections["infer"]
-        lines += [f"**Inference** of MD ({s['model']}), fp32:", ""]
+        lines += [f"**Inference** of MD ({s['model']}):", ""]
         lines += _table(
             s["rows"],
             [
                 ("backend", "backend"),
+                ("precision", "precision"),
                 ("size", "size"),
                 ("batch", "batch"),
                 ("fps", "frames/s"),

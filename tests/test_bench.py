@@ -46,7 +46,8 @@ def test_every_section_reports_its_rows(report):
     assert [(r["mode"], r["variant"]) for r in tta] == [("full frame", "eager fp32")]
     assert tta[0]["s_2_steps"] > 0 and tta[0]["speedup_vs_eager"] == 1
     infer = sections["infer"]
-    assert {(r["backend"], r["batch"]) for r in infer["rows"]} >= {("eager", 1), ("eager", 2)}
+    measured = {(r["backend"], r["precision"], r["batch"]) for r in infer["rows"]}
+    assert measured >= {("eager", "fp32", 1), ("eager", "fp32", 2), ("eager", "bf16", 1)}
     assert all(r["fps"] > 0 and r["gflops_per_frame"] > 0 for r in infer["rows"])
     assert any(n.startswith("tensorrt: not measured") for n in infer["notes"])
 
@@ -59,6 +60,16 @@ def test_report_is_json_and_markdown_with_machine_and_versions(report):
     for title in ("Measured peak", "Histogram matching", "MR forward", "Test-time", "Inference"):
         assert f"**{title}" in markdown
     assert markdown.count("|---|") >= 5
+
+
+def test_a_bundled_model_can_be_measured_instead_of_the_paper_sized_one():
+    config = BenchConfig(device="cpu", sections=("tta", "infer"), sizes=((32, 48),),
+                         batches=(1,), steps=2, repeats=1, compile=False, backends=("eager",),
+                         weights="unet-lite")  # fmt: skip
+    infer = run(config)["sections"]["infer"]
+    assert infer["model"] == "unet-lite"
+    flops = {r["gflops_per_frame"] for r in infer["rows"]}
+    assert len(flops) == 1 and flops.pop() < 0.1  # the lite U-Net, not the paper's (≈ 1.2)
 
 
 def test_sizes_parse_and_bad_options_are_refused():

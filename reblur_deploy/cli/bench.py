@@ -62,6 +62,11 @@ def _ints(text: str) -> tuple[int, ...]:
     type=click.Path(dir_okay=False),
     help="Append the Markdown tables to this file (e.g. docs/BENCHMARKS.md).",
 )
+@click.option(
+    "--weights",
+    help="Weight file or bundled name whose MD (and MR) the TTA and inference sections run "
+    "[default: the paper's U-Net and MR, untrained].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @one_line_errors
 def main(
@@ -76,6 +81,7 @@ def main(
     json_path,
     md_path,
     append_path,
+    weights,
     verbose,
 ):
     """Benchmark histogram matching, MR's ResBlocks, TTA steps and inference backends, as ratios
@@ -84,6 +90,7 @@ def main(
         "device": device,
         "compile": not no_compile,
         "log": lambda m: click.echo(m, err=True),
+        "weights": weights,
     }
     if sizes:
         options["sizes"] = parse_sizes(sizes)
