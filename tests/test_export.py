@@ -28,6 +28,7 @@ from export.torchscript import EXTRA_FILE, export_exported_program, export_torch
 from export.verify import VerificationError
 from reblur_deploy import ConfigError, __version__, load_weights, save_weights
 from reblur_deploy.models import MODELS, build
+from reblur_deploy.weights import BUNDLED
 
 BIN = Path(sys.executable).parent
 DEBLUR_MODELS = sorted(name for name in MODELS if name != "reblur")
@@ -261,10 +262,11 @@ def test_torch_trt_without_package_or_gpu_says_what_to_install(weight_files, tmp
         (["--to", "torchscript", "--fp16"], "--fp16 applies to"),
         (["--to", "onnx", "--opset", "13"], "--opset must be ≥ 17"),
         (["--to", "onnx", "--max-shape", "4x3x64x64"], "apply to trt and torch-trt only"),
-        (["--to", "onnx", "--weights", "unet-reblur"], "not included in this release"),
+        (["--to", "onnx", "--weights", "unet-next"], "not included in this release"),
     ],
 )
-def test_cli_refuses_bad_options_in_one_line(args, message, weight_files, tmp_path):
+def test_cli_refuses_bad_options_in_one_line(args, message, weight_files, tmp_path, monkeypatch):
+    monkeypatch.setitem(BUNDLED, "unet-next", "a name this release knows but does not ship")
     if "--weights" not in args:
         args = [*args, "--weights", str(weight_files["unet"])]
     result = CliRunner().invoke(export_cli, [*args, "-o", str(tmp_path / "x.onnx")])

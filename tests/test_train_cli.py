@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from reblur_deploy import WeightsError, load_weights, save_weights
@@ -35,12 +34,7 @@ SMALL = ["--md-config", '{"widths":[8,12,16],"n_blocks":1}', "--mr-blocks", "1",
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks; see conftest
 
 
 def run(*args, tool=(sys.executable, "-m", "train.main"), timeout=300):

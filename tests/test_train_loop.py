@@ -48,14 +48,7 @@ def config(pairs, tmp_path, **overrides) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread. Two OpenMP threads on a busy 2-core machine spin-wait for each
-    other (measured: 40 steps of the loss test took 62 s with 2 threads, 1.1 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks; see conftest
 
 
 @pytest.fixture(scope="module")

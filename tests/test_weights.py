@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from reblur_deploy import ConfigError, WeightsError, load_weights, save_weights
 from reblur_deploy.models import build
-from reblur_deploy.weights import META_KEY
+from reblur_deploy.weights import BUNDLED, META_KEY
 
 from .conftest import randomized
 
@@ -136,11 +136,12 @@ def test_tensors_that_do_not_fit_the_architecture_name_the_first_mismatch(tmp_pa
             load_weights(_rewrite_metadata(good, tmp_path / "bad.safetensors", change))
 
 
-def test_unusable_files_get_clear_errors(tmp_path, small_unet):
+def test_unusable_files_get_clear_errors(tmp_path, small_unet, monkeypatch):
     with pytest.raises(WeightsError, match="no weight file"):
         load_weights(tmp_path / "missing.safetensors")
-    with pytest.raises(WeightsError, match="not included in this release"):
-        load_weights("unet-reblur")
+    monkeypatch.setitem(BUNDLED, "unet-next", "a name this release knows but does not ship")
+    with pytest.raises(WeightsError, match=r"'unet-next' .* is not included in this release"):
+        load_weights("unet-next")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"hello world, not weights")
     with pytest.raises(WeightsError, match="not a safetensors"):
