@@ -20,6 +20,7 @@ from train.loop import (
     deblur_loss,
     lr_at,
     milestones,
+    mr_warning,
     pseudo_sharp,
     reblur_module_loss,
     train,
@@ -119,6 +120,13 @@ def test_srn_uses_the_multiscale_l1(batch):
     )
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     assert torch.equal(deblurred, scales[-1]) and "reblur" not in parts
+
+
+def test_a_validation_warns_while_mr_does_not_rank_blur():
+    ranked = {"blur_input": 3e-3, "blur_output": 2e-3, "blur_sharp": 1e-3}
+    assert mr_warning(ranked) is None and mr_warning({"psnr": 30.0}) is None
+    identity_like = {"blur_input": 2.43e-5, "blur_output": 2.70e-5, "blur_sharp": 2.57e-5}
+    assert "L_Reblur acts like L1" in mr_warning(identity_like)
 
 
 def test_learning_rate_halves_at_50_75_and_90_percent():

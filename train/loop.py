@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -156,6 +157,24 @@ def reblur_module_loss(
     l_blur, l_sharp = losses.reblur_module_losses(mr, deblurred.detach(), blurry, pseudo.detach())
     loss = l_blur + l_sharp
     return loss, {"blur": l_blur.detach(), "sharp": l_sharp.detach(), "loss_mr": loss.detach()}
+
+
+def mr_warning(metrics: dict[str, float]) -> str | None:
+    """A warning when MR does not yet score blurry input > deblurred output > ground truth.
+
+    Until it does, MR is close to the identity (L_Sharp pulls it there first) and L_Reblur =
+    |MR(L) − MR(S)| is about L1: the reblurring loss has no effect of its own yet.
+    """
+    if "blur_input" not in metrics:
+        return None
+    b_in, b_out, b_gt = (metrics[f"blur_{k}"] for k in ("input", "output", "sharp"))
+    if b_in > b_out > b_gt:
+        return None
+    return (
+        f"MR does not yet rank the validation images blurry > deblurred > sharp (blur scores "
+        f"{b_in:.2e}, {b_out:.2e}, {b_gt:.2e}); until it does, L_Reblur acts like L1 "
+        "(MR needs more joint training; see docs/TRAINING.md)"
+    )
 
 
 def milestones(total: int) -> list[int]:
@@ -552,6 +571,9 @@ class Trainer:
         metrics = {k: float(np.mean([row[k] for row in everything])) for k in keys}
         self.last_metrics = metrics
         self.logger.val(iteration, metrics, len(everything))
+        warning = mr_warning(metrics)
+        if ctx.main and warning:
+            tqdm.write(f"iteration {iteration}: {warning}", file=sys.stderr)
         if ctx.main and (self.best is None or metrics["psnr"] > self.best["psnr"]):
             self.best = {"iteration": iteration, **_finite(metrics)}
             self.write_weights(self.out / "best.safetensors", iteration, metrics)
