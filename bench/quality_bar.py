@@ -1,7 +1,7 @@
 """The quality bar of a bundled model, measured on the GOPRO pairs held out of training.
 
     python bench/quality_bar.py [--weights unet-lite --baseline unet-lite-l1] [--out FILE.md]
-    python bench/quality_bar.py --weights unet-reblur --baseline runs/unet_l1/last.safetensors
+    python bench/quality_bar.py --weights unet-reblur --baseline unet-reblur-l1.safetensors
 
 Rows: the blurry input, the L1-only baseline, the model trained with L1 + L_Reblur, and that
 model with 5 TTA steps. Columns: PSNR, SSIM, NIQE and the blur score; every blur score is
@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from reblur_deploy import Deblurrer, blur_score
-from reblur_deploy.io import read_image
+from reblur_deploy.io import read_image, write_image
 from reblur_deploy.metrics import niqe, psnr, ssim
 from reblur_deploy.pipeline import array_to_tensor
 
 HELD_OUT = ("blur_04.png", "461_blur.png")  # kept out of training (train.main --val names:...)
+FIGURE_CROP = (120, 640)  # top, left in blur_04: fence posts, strong horizontal blur
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gopro"
 
 
@@ -49,6 +50,11 @@ def main() -> int:
     parser.add_argument("--baseline", default="unet-lite-l1", help="its L1-only twin")
     parser.add_argument("--tta", type=int, default=5)
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        help="also write a PNG of one 256² crop of blur_04: each row's image, then the sharp one",
+    )
     args = parser.parse_args()
 
     blurry = [read_image(args.data / "blur" / name) for name in HELD_OUT]
@@ -94,6 +100,10 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.figure:
+        top, left = FIGURE_CROP
+        panels = [images[0] for images in rows.values()] + [sharp[0]]
+        write_image(args.figure, np.hstack([x[top : top + 256, left : left + 256] for x in panels]))
     return 0 if all(ok for _, ok, _ in bars) else 1
 
 

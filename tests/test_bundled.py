@@ -60,7 +60,7 @@ def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
     """bench/quality_bar.py on the full held-out frames (unet-lite, TTA 1 to keep it short)."""
     out = tmp_path / "bar.md"
     cmd = [sys.executable, REPO / "bench" / "quality_bar.py", "--data", data_dir / "gopro",
-           "--tta", "1", "--out", out]  # fmt: skip
+           "--tta", "1", "--out", out, "--figure", tmp_path / "crops.png"]  # fmt: skip
     result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
     assert result.returncode in (0, 1), result.stderr  # 1: a bar failed (the model card says)
     table = out.read_text()
@@ -69,3 +69,4 @@ def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
     assert len(rows) == 2 + 4 + 5  # two headers, four models, five bars
     assert "| PSNR above the input on every pair | PASS |" in table
     assert "| L1 + L_Reblur (unet-lite), TTA 1 |" in table
+    assert read_image(tmp_path / "crops.png").shape == (256, 5 * 256, 3)  # 4 rows + sharp
