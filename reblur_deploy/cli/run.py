@@ -59,7 +59,10 @@ def _terminate(signum, frame):
 @click.option("-o", "--output", help="Output file, or folder (end with / to force one).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never inputs).")
 @click.option(
-    "--weights", default=None, help="Weight file or bundled model name [default: per device]."
+    "--weights",
+    default=None,
+    help="Weight file or bundled model name (unet-reblur, unet-lite, unet-lite-l1) "
+    "[default: unet-reblur on a GPU, unet-lite on a CPU].",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option(
