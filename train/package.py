@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from reblur_deploy.atomic import atomic_path
 from reblur_deploy.errors import ReblurError, WeightsError
 from reblur_deploy.io import read_image
 from reblur_deploy.pipeline import Deblurrer, array_to_tensor
@@ -32,22 +33,19 @@ def package(source: str, name: str, fp16: bool, tolerance: float, assets: Path =
     if loaded.reblur is None and not name.endswith("-l1"):
         raise WeightsError(f"{source} has no reblurring module; {name!r} ships one")
     target = Path(assets) / f"{name}.safetensors"
-    tmp = target.with_name(f".{name}.candidate.safetensors")
+    storage = torch.float16 if fp16 else None
     packaged = {"source_sha256": loaded.sha256, "storage": "float16" if fp16 else "float32"}
     modules = {"deblur": loaded.deblur, "reblur": loaded.reblur}
     metadata = {"provenance": loaded.metadata.get("provenance"), "packaged": packaged}
-    save_weights(tmp, modules, metadata, storage_dtype=torch.float16 if fp16 else None)
-    try:
-        sample, _ = array_to_tensor(read_image(SAMPLE))
-        reference = Deblurrer(source, device="cpu")(sample)
-        candidate = Deblurrer(tmp, device="cpu")(sample)
-        diff = (reference - candidate).abs().max().item()
+    sample, _ = array_to_tensor(read_image(SAMPLE))
+    reference = Deblurrer(loaded, device="cpu")(sample)
+    with atomic_path(target) as candidate:  # the final name only once the check has passed
+        save_weights(candidate, modules, metadata, storage_dtype=storage)
+        diff = (Deblurrer(candidate, device="cpu")(sample) - reference).abs().max().item()
         if diff > tolerance:
             raise WeightsError(f"packaged outputs differ by {diff:.2e} > {tolerance:.0e}")
         packaged["sample_max_abs_diff"] = diff
-        save_weights(target, modules, metadata, storage_dtype=torch.float16 if fp16 else None)
-    finally:
-        tmp.unlink(missing_ok=True)
+        save_weights(candidate, modules, metadata, storage_dtype=storage)  # with the difference
     size = target.stat().st_size / 1e6
     return f"{target} ({size:.1f} MB, {packaged['storage']}; sample max |Δ| {diff:.1e})"
 
