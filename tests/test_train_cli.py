@@ -118,13 +118,31 @@ def test_bad_data_stops_before_training_with_one_line(tmp_path, data_dir):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+# Runs ``python -m train.main``'s entry point, then reports the native threads still running:
+# gloo's threads outliving the run made processes abort at exit now and then (SIGABRT).
+# Each rank writes its own file (two ranks' stderr lines can interleave).
+THREAD_PROBE = """
+import os, sys
+from pathlib import Path
+from train.main import main
+code = main(sys.argv[1:])
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+Path(__file__).with_name(f"threads-{os.environ['RANK']}.txt").write_text(" ".join(names))
+sys.exit(code)
+"""
+
+
 def test_torchrun_with_two_processes_matches_one_process(tmp_path, pairs):
-    """gloo DDP, 2 processes × 1 crop = the same global batch of 2 as one process."""
+    """gloo, 2 processes × 1 crop = the same global batch of 2 as one process; no thread left."""
     args = ["--data", f"paired:{pairs}", "--val", "names:461", "--val-crop", "64",
             "--iters", "3", "--no-progress", *SMALL]  # fmt: skip
-    result = run("--standalone", "--nproc-per-node", "2", "-m", "train.main", *args,
+    probe = tmp_path / "probe.py"
+    probe.write_text(THREAD_PROBE)
+    result = run("--standalone", "--nproc-per-node", "2", probe, *args,
                  "--out", tmp_path / "ddp", tool=(str(BIN / "torchrun"),))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    left = [(tmp_path / f"threads-{rank}.txt").read_text() for rank in (0, 1)]
+    assert not any("gloo" in names for names in left), left
     state = ckpt.read_state(ckpt.checkpoint_path(tmp_path / "ddp", 3))
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()

@@ -731,10 +731,13 @@ def train(
 ) -> Result:
     """Train as ``python -m train.main`` does (under torchrun: one call per process)."""
     ctx = ddp.setup(config.device)
+    ok = False
     try:
-        return Trainer(config, ctx, command).run(on_iteration)
+        result = Trainer(config, ctx, command).run(on_iteration)
+        ok = True
+        return result
     finally:
-        ddp.teardown()
+        ddp.teardown(ok)
 
 
 __all__ = [
