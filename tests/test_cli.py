@@ -1,6 +1,7 @@
 """The console scripts and the demo, run as real subprocesses from the installed environment."""
 
 import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,12 @@ def test_demo_deblurs_the_samples_with_the_bundled_model(tmp_path):
     sample = read_image(REPO / "reblur_deploy" / "assets" / "samples" / "gopro_blur_00_crop.png")
     out = read_image(tmp_path / "gopro_blur_00_crop_deblurred.png")
     both = read_image(tmp_path / "gopro_blur_00_crop_side_by_side.png")
-    assert out.shape == sample.shape and both.shape == (270, 2 * 482, 3)
+    assert out.shape == sample.shape and both.shape == (270, 3 * 482, 3)  # input, L, L + TTA
     assert np.abs(out.astype(int) - sample).mean() > 0.5  # a trained model changes the picture
+    line = next(line for line in result.stdout.splitlines() if "blur score" in line)
+    scores = [float(v) for v in re.findall(r"\d\.\d{3}e[-+]\d\d", line)]
+    assert "(input → deblurred → TTA)" in line and len(scores) == 3
+    assert scores[2] < scores[1]  # the bundled MR sees blur: TTA lowers the score
     video = probe_video(tmp_path / "gopro_clip_480x270_side_by_side.mp4")
     assert (video.frames, video.width, video.height) == (12, 960, 270)
 

@@ -26,7 +26,13 @@ from train.data import (
     plan_data,
 )
 from train.make_dataset import make_pairs
-from train.synthetic import BlurParams, average_linear, sample_trajectory, synthesize
+from train.synthetic import (
+    BlurParams,
+    average_linear,
+    sample_trajectory,
+    synthesize,
+    synthesize_reblur,
+)
 
 from .test_video import make_video
 
@@ -262,6 +268,34 @@ def test_synthetic_pairs_are_deterministic_and_the_sharp_frame_is_the_source(cro
 
     clean = BlurParams(max_shift=12, max_rotation=2)
     assert detail(synthesize(image, np.random.default_rng(4), clean, box)[0]) < detail(sharp1)
+
+
+def test_reblur_pairs_lengthen_the_blur_of_one_exposure_or_leave_sharp_images_alone(crops):
+    image = crops[1][1]
+    box = (8, 16, 64, 64)
+
+    def detail(x):
+        return np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()
+
+    sharp = image[8:72, 16:80] / np.float32(255)
+    kinds = {"sharp": 0, "blur": 0}
+    for seed in range(40):
+        params = BlurParams(max_shift=14)
+        x, y = synthesize_reblur(image, np.random.default_rng(seed), params, box)
+        again = synthesize_reblur(image, np.random.default_rng(seed), params, box)
+        assert np.array_equal(x, again[0]) and np.array_equal(y, again[1])
+        assert x.shape == y.shape == (64, 64, 3) and x.dtype == y.dtype == np.float32
+        if np.array_equal(x, sharp):
+            assert np.array_equal(y, sharp)  # no blur: nothing to amplify
+            kinds["sharp"] += 1
+            continue
+        # the same motion made longer: the input is blurrier than the sharp frame, the
+        # target blurrier still, and the target is the full exposure `synthesize` makes
+        assert detail(y) < detail(x) < detail(sharp)
+        full, _ = synthesize(image, np.random.default_rng(seed), params, box)
+        assert np.array_equal(y, full)
+        kinds["blur"] += 1
+    assert 4 <= kinds["sharp"] <= 18 and kinds["blur"] >= 22  # sharp_share = 0.25 of 40
 
 
 def test_a_flat_image_stays_flat_and_the_trajectory_is_bounded():

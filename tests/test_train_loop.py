@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,7 +22,7 @@ from train.loop import (
     deblur_loss,
     lr_at,
     milestones,
-    mr_warning,
+    mr_report,
     pseudo_sharp,
     reblur_module_loss,
     train,
@@ -122,11 +124,15 @@ def test_srn_uses_the_multiscale_l1(batch):
     assert torch.equal(deblurred, scales[-1]) and "reblur" not in parts
 
 
-def test_a_validation_warns_while_mr_does_not_rank_blur():
-    ranked = {"blur_input": 3e-3, "blur_output": 2e-3, "blur_sharp": 1e-3}
-    assert mr_warning(ranked) is None and mr_warning({"psnr": 30.0}) is None
-    identity_like = {"blur_input": 2.43e-5, "blur_output": 2.70e-5, "blur_sharp": 2.57e-5}
-    assert "L_Reblur acts like L1" in mr_warning(identity_like)
+def test_each_validation_reports_the_three_mr_figures_against_their_bars():
+    assert mr_report({"psnr": 30.0}) is None  # no MR
+    useful = {"mr_gain": 1.4, "mr_ranked": 1.0, "mr_ratio": 2.5, "mr_sharp_psnr": 41.0}
+    line = mr_report(useful)
+    assert "+1.40 dB" in line and "100 %" in line and "2.50x" in line and "41.0 dB" in line
+    assert line.endswith(": useful")
+    identity_like = {"mr_gain": 0.0, "mr_ranked": 0.43, "mr_ratio": 1.05, "mr_sharp_psnr": 99.0}
+    assert "not yet useful (mr_gain, mr_ranked, mr_ratio below the bar)" in mr_report(identity_like)
+    assert "(mr_ratio below" in mr_report({**useful, "mr_ratio": 1.9})
 
 
 def test_learning_rate_halves_at_50_75_and_90_percent():
@@ -263,3 +269,31 @@ def test_tensorboard_on_without_the_package_is_a_clear_error(pairs, tmp_path):
     with pytest.raises(DependencyError, match="pip install tensorboard"):
         train(config(pairs, tmp_path, iters=1, tensorboard="on"))
     train(config(pairs, tmp_path / "auto", iters=1, tensorboard="auto"))  # auto: no logs
+
+
+def test_mode_mr_trains_mr_alone_on_lengthened_blur_and_reports_its_figures(pairs, tmp_path):
+    first = train(config(pairs, tmp_path / "a", iters=2, mode="baseline"))
+    settings = {"mode": "mr", "init": str(first.weights), "lr": 1e-3, "val_crop": 64}
+    result = train(config(pairs, tmp_path / "b", iters=8, val=["names:461"], **settings))
+    before, after = load_weights(first.weights), load_weights(result.weights)
+    for key, value in before.deblur.state_dict().items():  # MD is frozen
+        assert torch.equal(value, after.deblur.state_dict()[key])
+    assert after.reblur is not None
+    assert {"mr_gain", "mr_ranked", "mr_ratio", "mr_sharp_psnr"} <= set(result.metrics)
+    lines = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    losses_seen = [line["mr_syn"] for line in lines if "mr_syn" in line]
+    assert losses_seen and all(np.isfinite(losses_seen))
+    assert after.metadata["provenance"]["config"]["mode"] == "mr"
+
+
+def test_minutes_fix_the_run_length_from_the_measured_rate(pairs, tmp_path):
+    start = time.perf_counter()
+    result = train(config(pairs, tmp_path, iters=None, minutes=0.05, crop=32, log_every=5))
+    seconds = time.perf_counter() - start
+    assert result.iterations >= 20  # the calibration iterations always run
+    assert seconds < 3 * 60 * 0.05 + 30  # about the budget (plus start-up and saving)
+    state = ckpt.read_state(ckpt.checkpoint_path(result.out, result.iterations))
+    assert state["total_iterations"] == result.iterations
+    assert state["schedule"]["milestones"] == milestones(result.iterations)
+    with pytest.raises(ConfigError, match="exactly one of --iters, --epochs, --minutes"):
+        config(pairs, tmp_path, iters=5, minutes=1.0)

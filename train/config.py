@@ -102,6 +102,15 @@ class TrainConfig:
             "float", "Synthetic blur: largest Gaussian noise σ in [0, 1] units; 0 = off.", DATA
         ),
     )
+    syn_soften: float = field(
+        default=0.0,
+        metadata=_m(
+            "float",
+            "Synthetic blur: largest Gaussian σ (px) of lens softness, applied to the sharp image "
+            "too; 0 = off.",
+            DATA,
+        ),
+    )
     cache: str = field(
         default="auto",
         metadata=_m(
@@ -137,9 +146,10 @@ class TrainConfig:
         metadata=_m(
             "str",
             "joint: MD on L1 + λ·L_Reblur, then MR on L_Blur + L_Sharp, each iteration; "
-            "baseline: MD on L1 only (no MR).",
+            "baseline: MD on L1 only (no MR); mr: MR alone (MD frozen, from --init) on "
+            "synthetic blur made longer, |MR(T_α(S)) − T(S)|, from the sharp images of --data.",
             MODEL,
-            choices=("joint", "baseline"),
+            choices=("joint", "baseline", "mr"),
         ),
     )
     md: str = field(
@@ -172,6 +182,16 @@ class TrainConfig:
     epochs: float | None = field(
         default=None, metadata=_m("opt_float", "Run length in epochs (instead of --iters).", OPTIM)
     )
+    minutes: float | None = field(
+        default=None,
+        metadata=_m(
+            "opt_float",
+            "Run length in minutes of training (instead of --iters): the rate of the first "
+            "20 iterations fixes the number of iterations, and with it the learning-rate "
+            "schedule; validation and checkpoints come on top.",
+            OPTIM,
+        ),
+    )
     lr: float = field(
         default=1e-4,
         metadata=_m(
@@ -187,6 +207,19 @@ class TrainConfig:
             "Mixed precision (torch.autocast): bf16, or fp16 with a GradScaler.",
             OPTIM,
             choices=("off", "bf16", "fp16"),
+        ),
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata=_m("bool", "Networks and batches in channels-last memory layout.", OPTIM),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_m(
+            "bool",
+            "torch.compile the networks' training forward passes (worth it on a GPU; the first "
+            "iterations then take minutes).",
+            OPTIM,
         ),
     )
     seed: int = field(
@@ -295,7 +328,8 @@ class TrainConfig:
     # keys that do not change what is computed (free to change when resuming)
     HARMLESS = frozenset(
         ["out", "resume", "checkpoint_every", "keep_checkpoints", "val_every", "log_every",
-         "progress", "tensorboard", "workers", "device", "check_data", "cache", "cache_mb"]
+         "progress", "tensorboard", "workers", "device", "check_data", "cache", "cache_mb",
+         "channels_last", "compile"]
     )  # fmt: skip
 
     # ------------------------------------------------------------------------------- I/O
@@ -334,12 +368,11 @@ class TrainConfig:
             raise ConfigError(f"--md-config does not fit --md {self.md}: {e}") from None
         if self.val_crop is not None and self.val_crop < 8:
             raise ConfigError("--val-crop must be at least 8")
-        if (self.iters is None) == (self.epochs is None):
-            raise ConfigError("give the run length as exactly one of --iters and --epochs")
-        if (self.iters is not None and self.iters < 1) or (
-            self.epochs is not None and self.epochs <= 0
-        ):
-            raise ConfigError("--iters / --epochs must be positive")
+        lengths = [x for x in (self.iters, self.epochs, self.minutes) if x is not None]
+        if len(lengths) != 1:
+            raise ConfigError("give the run length as exactly one of --iters, --epochs, --minutes")
+        if lengths[0] <= 0:
+            raise ConfigError("--iters / --epochs / --minutes must be positive")
         positive = ("batch_size", "checkpoint_every", "keep_checkpoints", "val_every",
                     "log_every", "cache_mb")  # fmt: skip
         for name in positive:
@@ -358,8 +391,10 @@ class TrainConfig:
                 "--perceptual needs --vgg-weights FILE (torchvision's vgg19-dcbb9e9d.pth); "
                 "weights are never downloaded"
             )
-        if self.mode == "baseline" and self.lam != 1.0:
+        if self.mode != "joint" and self.lam != 1.0:
             raise ConfigError("--lambda applies to --mode joint only")
+        if self.mode == "mr" and (self.perceptual > 0 or self.adversarial > 0):
+            raise ConfigError("--mode mr trains MR alone: --perceptual and --adversarial train MD")
 
 
 def _key(f) -> str:

@@ -42,7 +42,7 @@ from reblur_deploy.errors import ConfigError, InputError, ReblurError
 from reblur_deploy.eval import list_images, match_pairs, paired_data
 from reblur_deploy.io import IMAGE_SUFFIXES, read_image
 
-from .synthetic import BlurParams, synthesize, to_float
+from .synthetic import BlurParams, synthesize, synthesize_reblur, to_float
 
 KINDS = ("gopro", "reds", "paired", "synthetic")
 SKIMAGE_PREFIX = "skimage:"
@@ -469,6 +469,7 @@ class TrainSet(Dataset):
         augment: Augment | None = None,
         blur: BlurParams | None = None,
         seed: int = 0,
+        reblur: bool = False,
     ):
         self.items = list(items)
         self.crop = crop
@@ -476,6 +477,7 @@ class TrainSet(Dataset):
         self.augment = augment or Augment()
         self.blur = blur or BlurParams()
         self.seed = seed
+        self.reblur = reblur  # (T_α(S), T(S)) pairs from every sharp image, for --mode mr
 
     def __len__(self) -> int:
         return len(self.items)
@@ -488,6 +490,8 @@ class TrainSet(Dataset):
         if min(h, w) < c:
             raise InputError(f"{item.sharp} is {w}×{h}, smaller than the {c}×{c} crop")
         top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        if self.reblur:
+            return synthesize_reblur(sharp, rng, self.blur, (top, left, c, c))
         if item.blur is None:
             return synthesize(sharp, rng, self.blur, (top, left, c, c))
         blurry = self.store.load(item.blur)

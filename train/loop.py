@@ -8,7 +8,10 @@ Joint mode, every iteration, on a batch of blurry B and sharp S crops:
 3. MR step on L_R = |MR(L*) − B| + |MR(Ŝ) − Ŝ| with L* = L detached (one forward pass of MR
    over [L*; Ŝ]); no gradient reaches MD.
 
-Baseline mode is step 2 with the L1 term only. For SRN the L1 term is the mean over its three
+Baseline mode is step 2 with the L1 term only. MR mode trains MR alone, MD frozen, on synthetic
+pairs (T_α(S), T(S)) made from the sharp images of the data (``synthesize_reblur``): it gives
+MR a sense of blur before joint training, which L_Sharp otherwise pins MR at the identity
+without (docs/TRAINING.md). For SRN the L1 term is the mean over its three
 scales of |Lₖ − Sₖ|, Sₖ the sharp crop average-pooled to the scale. The optional ablation terms
 (VGG-19 perceptual, PatchGAN adversarial) are added to L_D; the discriminator then takes its
 own step after MR's.
@@ -68,6 +71,7 @@ from .synthetic import BlurParams
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MILESTONES = (0.5, 0.75, 0.9)
+CALIBRATION = 20  # --minutes: iterations timed before the run's length is fixed
 
 # ------------------------------------------------------------------------ loss functions
 
@@ -159,22 +163,63 @@ def reblur_module_loss(
     return loss, {"blur": l_blur.detach(), "sharp": l_sharp.detach(), "loss_mr": loss.detach()}
 
 
-def mr_warning(metrics: dict[str, float]) -> str | None:
-    """A warning when MR does not yet score blurry input > deblurred output > ground truth.
+# What makes MR useful (docs/TRAINING.md): it re-creates blur, and scores blurry input above
+# the deblurred output above the ground truth, with a clear margin.
+MR_BARS = {"mr_gain": 1.0, "mr_ranked": 0.9, "mr_ratio": 2.0}
 
-    Until it does, MR is close to the identity (L_Sharp pulls it there first) and L_Reblur =
-    |MR(L) − MR(S)| is about L1: the reblurring loss has no effect of its own yet.
+
+def mr_report(metrics: dict[str, float]) -> str | None:
+    """One line with MR's three validation figures and whether they meet ``MR_BARS``.
+
+    ``mr_gain``: PSNR(MR(L), B) − PSNR(L, B) in dB, how well MR re-creates the blur left in L;
+    ``mr_ranked``: the share of images whose blur scores rank blurry > deblurred > sharp;
+    ``mr_ratio``: the median over images of blur score(blurry) / blur score(sharp);
+    ``mr_sharp_psnr``: PSNR(MR(S), S), how little MR changes a sharp image.
     """
-    if "blur_input" not in metrics:
+    if "mr_gain" not in metrics:
         return None
-    b_in, b_out, b_gt = (metrics[f"blur_{k}"] for k in ("input", "output", "sharp"))
-    if b_in > b_out > b_gt:
-        return None
+    missed = [key for key, bar in MR_BARS.items() if not metrics[key] >= bar]
+    verdict = "useful" if not missed else f"not yet useful ({', '.join(missed)} below the bar)"
     return (
-        f"MR does not yet rank the validation images blurry > deblurred > sharp (blur scores "
-        f"{b_in:.2e}, {b_out:.2e}, {b_gt:.2e}); until it does, L_Reblur acts like L1 "
-        "(MR needs more joint training; see docs/TRAINING.md)"
+        f"MR re-creates blur {metrics['mr_gain']:+.2f} dB, ranks blurry > deblurred > sharp on "
+        f"{100 * metrics['mr_ranked']:.0f} % of images, blurry/sharp score "
+        f"{metrics['mr_ratio']:.2f}x, PSNR(MR(S), S) {metrics['mr_sharp_psnr']:.1f} dB: {verdict}"
     )
+
+
+def mr_figures(
+    mr: nn.Module, output: torch.Tensor, sharp: torch.Tensor, blurry: torch.Tensor
+) -> dict[str, float]:
+    """One image's MR figures (see ``mr_report``) and its three blur scores, from 1×3×H×W
+    tensors in [0, 1]: the deblurred ``output`` L, the ``sharp`` S and the ``blurry`` B."""
+    scores = {
+        f"blur_{key}": float(losses.blur_score(image, mr)[0])
+        for key, image in (("output", output), ("sharp", sharp), ("input", blurry))
+    }
+    with torch.no_grad():
+        reblurred = mr(torch.cat([output, sharp])).float().clamp(0, 1)
+    out8, gt8, in8 = _to_u8(output), _to_u8(sharp), _to_u8(blurry)
+
+    def capped_psnr(a: np.ndarray, b: np.ndarray) -> float:  # equal images: 99 dB, not inf
+        return min(psnr(a, b), 99.0)
+
+    b_in, b_out, b_gt = scores["blur_input"], scores["blur_output"], scores["blur_sharp"]
+    return {
+        **scores,
+        "mr_gain": capped_psnr(_to_u8(reblurred[:1]), in8) - capped_psnr(out8, in8),
+        "mr_sharp_psnr": capped_psnr(_to_u8(reblurred[1:]), gt8),
+        "mr_ranked": float(b_in > b_out > b_gt),
+        "mr_ratio": b_in / max(b_gt, 1e-12),
+    }
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each figure over images; ``mr_ratio``'s median (a ratio's mean is ruled by
+    its largest values)."""
+    metrics = {k: float(np.mean([row[k] for row in rows])) for k in rows[0] if k != "name"}
+    if "mr_ratio" in metrics:
+        metrics["mr_ratio"] = float(np.median([row["mr_ratio"] for row in rows]))
+    return metrics
 
 
 def milestones(total: int) -> list[int]:
@@ -303,7 +348,12 @@ class Trainer:
         if found:
             raise InputError(f"bad training data: {found[0]}")
         blur = BlurParams(
-            tuple(cfg.syn_frames), cfg.syn_shift, cfg.syn_rotation, cfg.syn_zoom, cfg.syn_noise
+            tuple(cfg.syn_frames),
+            cfg.syn_shift,
+            cfg.syn_rotation,
+            cfg.syn_zoom,
+            cfg.syn_noise,
+            cfg.syn_soften,
         )
         self.dataset = TrainSet(
             train_items,
@@ -312,6 +362,7 @@ class Trainer:
             Augment(cfg.flip, cfg.rotate, cfg.channel_shuffle),
             blur,
             cfg.seed,
+            reblur=cfg.mode == "mr",
         )
         self.valset = ValSet(self.plan.val, cfg.val_crop, self.store, blur, cfg.seed)
         self.sampler = MixSampler(
@@ -321,9 +372,10 @@ class Trainer:
             ctx.rank,
             ctx.world,
         )
+        self.total: int | None = None  # --minutes: fixed after CALIBRATION iterations (run)
         if cfg.iters is not None:
             self.total = cfg.iters
-        else:
+        elif cfg.epochs is not None:
             self.total = max(1, math.ceil(cfg.epochs * len(self.sampler) / self.batch))
 
     def _build(self) -> None:
@@ -332,7 +384,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.md = build(cfg.md, **cfg.md_config).to(device)
         self.mr = None
-        if cfg.mode == "joint":
+        if cfg.mode in ("joint", "mr"):
             self.mr = build("reblur", n_blocks=cfg.mr_blocks, width=cfg.mr_width).to(device)
         self.disc = PatchDiscriminator().to(device) if cfg.adversarial > 0 else None
         self.perceptual = None
@@ -347,8 +399,18 @@ class Trainer:
                 self.mr_train = DistributedDataParallel(self.mr, device_ids=ids)
             if self.disc is not None:
                 self.disc_train = DistributedDataParallel(self.disc, device_ids=ids)
+        if cfg.channels_last:
+            for module in self._networks().values():
+                module.to(memory_format=torch.channels_last)
+        if cfg.compile:  # the training forward passes; validation and saving use the originals
+            self.md_train = torch.compile(self.md_train)
+            if self.mr is not None:
+                self.mr_train = torch.compile(self.mr_train)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        for name, module in (("opt_md", self.md), ("opt_mr", self.mr), ("opt_disc", self.disc)):
+        trained = (("opt_md", self.md), ("opt_mr", self.mr), ("opt_disc", self.disc))
+        if cfg.mode == "mr":  # MD stays as it is (frozen), for validation and the weight file
+            trained = (("opt_mr", self.mr),)
+        for name, module in trained:
             if module is not None:
                 self.optimizers[name] = torch.optim.Adam(
                     module.parameters(), lr=cfg.lr, betas=(0.9, 0.999)
@@ -396,6 +458,8 @@ class Trainer:
         self.start = int(state["iteration"])
         self.best = state.get("best")
         self.resume_state = state
+        if self.total is None:  # --minutes: the count the interrupted run had fixed
+            self.total = int(state["total_iterations"])
         if self.start > self.total:
             raise ConfigError(f"{path} is at iteration {self.start}, past the run's {self.total}")
 
@@ -410,6 +474,8 @@ class Trainer:
 
     def step(self, blurry: torch.Tensor, sharp: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
+        if cfg.mode == "mr":  # the batch is (T_α(S), T(S)) pairs from synthesize_reblur
+            return self.mr_step(blurry, sharp)
         pseudo = None
         if self.mr is not None:
             with self.autocast():
@@ -451,6 +517,17 @@ class Trainer:
         self.scaler.update()
         return parts
 
+    def mr_step(self, partial: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MR alone on |MR(T_α(S)) − T(S)|: learn to lengthen the blur an image already has."""
+        opt_mr = self.optimizers["opt_mr"]
+        opt_mr.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = losses.l1(self.mr_train(partial), target)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt_mr)
+        self.scaler.update()
+        return {"mr_syn": loss.detach()}
+
     # ---------------------------------------------------------------------- the loop
 
     def loader(self) -> DataLoader:
@@ -473,7 +550,7 @@ class Trainer:
         if self.resume_state is not None:
             saved = self.resume_state["rng"]
             ckpt.set_rng_state(saved[ctx.rank] if ctx.rank < len(saved) else saved[0])
-        if self.start >= self.total:
+        if self.total is not None and self.start >= self.total:
             self.logger.close()
             return self._result()
         bar = tqdm(
@@ -487,19 +564,23 @@ class Trainer:
         )
         sums: dict[str, torch.Tensor] = {}
         count, window_start = 0, time.perf_counter()
+        self._train_start = window_start
         iteration = self.start
         batches = iter(self.loader())
         try:
-            while iteration < self.total:
-                lr = lr_at(iteration, self.total, cfg.lr)
+            while self.total is None or iteration < self.total:
+                lr = lr_at(iteration, self.total or CALIBRATION * 2, cfg.lr)  # not yet halved
                 for optimizer in self.optimizers.values():
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                 blurry, sharp = next(batches)
-                blurry = blurry.to(ctx.device, non_blocking=True)
-                sharp = sharp.to(ctx.device, non_blocking=True)
+                layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+                blurry = blurry.to(ctx.device, non_blocking=True, memory_format=layout)
+                sharp = sharp.to(ctx.device, non_blocking=True, memory_format=layout)
                 parts = self.step(blurry, sharp)
                 iteration += 1
+                if self.total is None:
+                    self._fix_total(iteration, bar)
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0) + value.float()
                 count += 1
@@ -513,9 +594,10 @@ class Trainer:
                         {k: f"{v:.4f}" for k, v in means.items() if k in _SHOWN}, refresh=False
                     )
                     sums, count, window_start = {}, 0, time.perf_counter()
-                if len(self.valset) and (iteration % cfg.val_every == 0 or final):
+                due = self.total is not None  # --minutes: nothing is saved before it is fixed
+                if due and len(self.valset) and (iteration % cfg.val_every == 0 or final):
                     self.validate(iteration)
-                if iteration % cfg.checkpoint_every == 0 or final:
+                if due and (iteration % cfg.checkpoint_every == 0 or final):
                     self.save_checkpoint(iteration)
                 if on_iteration is not None:
                     on_iteration(iteration)
@@ -523,6 +605,21 @@ class Trainer:
             bar.close()
             self.logger.close()
         return self._result()
+
+    def _fix_total(self, iteration: int, bar: tqdm) -> None:
+        """--minutes: after CALIBRATION iterations, the count that fits the time left (measured
+        over the second half of them, after any compilation; every process agrees on it)."""
+        if iteration == CALIBRATION // 2:
+            self._calibration_start = time.perf_counter()
+        if iteration < CALIBRATION:
+            return
+        now = time.perf_counter()
+        per_iteration = (now - self._calibration_start) / (CALIBRATION - CALIBRATION // 2)
+        left = self.config.minutes * 60 - (now - self._train_start)
+        total = iteration + max(0, int(left / per_iteration))
+        self.total = int(ddp.broadcast(self.ctx, total))
+        bar.total = self.total
+        bar.refresh()
 
     def _result(self) -> Result:
         best = self.out / "best.safetensors"
@@ -559,22 +656,22 @@ class Trainer:
                     "psnr_input": psnr(in8, gt8),
                 }
                 if self.mr is not None:
-                    for key, image in (("output", output), ("sharp", sharp), ("input", blurry)):
-                        with self.autocast():
-                            row[f"blur_{key}"] = float(losses.blur_score(image, self.mr)[0])
+                    with self.autocast():
+                        row.update(mr_figures(self.mr, output, sharp, blurry))
                 rows.append(row)
         finally:
             for module in self._networks().values():
                 module.train()
         everything = [row for part in ddp.gather(ctx, rows) for row in part]
-        keys = [k for k in everything[0] if k != "name"]
-        metrics = {k: float(np.mean([row[k] for row in everything])) for k in keys}
+        metrics = summarize(everything)
         self.last_metrics = metrics
         self.logger.val(iteration, metrics, len(everything))
-        warning = mr_warning(metrics)
-        if ctx.main and warning:
-            tqdm.write(f"iteration {iteration}: {warning}", file=sys.stderr)
-        if ctx.main and (self.best is None or metrics["psnr"] > self.best["psnr"]):
+        report = mr_report(metrics)
+        if ctx.main and report:
+            tqdm.write(f"iteration {iteration}: {report}", file=sys.stderr)
+        # MR alone trains in --mode mr, so its best weights are those that re-create blur best.
+        key = "mr_gain" if self.config.mode == "mr" else "psnr"
+        if ctx.main and (self.best is None or metrics[key] > self.best[key]):
             self.best = {"iteration": iteration, **_finite(metrics)}
             self.write_weights(self.out / "best.safetensors", iteration, metrics)
         return metrics
@@ -643,7 +740,7 @@ class Trainer:
         self.write_weights(self.out / "last.safetensors", iteration, self.last_metrics)
 
 
-_SHOWN = ("l1", "reblur", "blur", "sharp", "perceptual", "adversarial")
+_SHOWN = ("l1", "reblur", "blur", "sharp", "mr_syn", "perceptual", "adversarial")
 
 
 def _estimate_bytes(items: list[Item]) -> int:
@@ -741,14 +838,18 @@ def train(
 
 
 __all__ = [
+    "MR_BARS",
     "DeblurOutputs",
     "Result",
     "Trainer",
     "deblur_loss",
     "lr_at",
     "milestones",
+    "mr_figures",
+    "mr_report",
     "multiscale_l1",
     "pseudo_sharp",
     "reblur_module_loss",
+    "summarize",
     "train",
 ]

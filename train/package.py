@@ -56,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=sorted(BUNDLED), help="bundled model name")
     parser.add_argument("--fp16", action="store_true", help="store the tensors in float16")
     parser.add_argument("--tolerance", type=float, default=2e-3, help="on [0, 1] pixel values")
+    parser.add_argument(
+        "--assets", type=Path, default=ASSETS, help="write here instead of the package's assets"
+    )
     args = parser.parse_args(argv)
     try:
-        print(package(args.source, args.name, args.fp16, args.tolerance))
+        print(package(args.source, args.name, args.fp16, args.tolerance, args.assets))
     except ReblurError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,7 +16,9 @@ are made by warping one sharp image along a random, smooth camera trajectory:
   of the sub-frames raised to 1 / 2.2; optional Gaussian noise of σ uniform in [0, ``noise``]
   is added to it; for an 8-bit source it is rounded to 8 bits like a real frame;
 * the sharp target is the middle sub-frame, which is the source image itself (identity map, so
-  no interpolation touches it).
+  no interpolation touches it); with ``soften`` > 0 the source is first blurred by a Gaussian
+  of σ uniform in [0, soften] pixels (the softness of a real camera's optics and processing,
+  which its sharp frames have too).
 
 Everything random comes from the ``numpy.random.Generator`` passed in, so a pair is a pure
 function of the image, the box and the seed.
@@ -44,12 +46,13 @@ class BlurParams:
     max_rotation: float = 1.0
     max_zoom: float = 0.0
     noise: float = 0.0
+    soften: float = 0.0
 
     def __post_init__(self):
         lo, hi = self.frames
         if not 2 <= lo <= hi:
             raise ConfigError(f"synthetic blur needs 2 ≤ min ≤ max sub-frames, got {self.frames}")
-        if min(self.max_shift, self.max_rotation, self.max_zoom, self.noise) < 0:
+        if min(self.max_shift, self.max_rotation, self.max_zoom, self.noise, self.soften) < 0:
             raise ConfigError("synthetic blur magnitudes must be ≥ 0")
         if self.max_zoom >= 0.5:
             raise ConfigError(f"synthetic max_zoom must be < 0.5, got {self.max_zoom}")
@@ -141,6 +144,54 @@ def to_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / scale
 
 
+def _check_image(image: np.ndarray, who: str) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
+        raise ConfigError(f"{who} takes H×W×3 uint8/uint16 RGB, got {image.dtype} {image.shape}")
+
+
+def _exposure(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    params: BlurParams,
+    box: tuple[int, int, int, int] | None,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The sub-frames of one exposure in linear light, cropped to ``box``, and the sharp crop
+    (the middle sub-frame, in [0, 1] with the image's gamma)."""
+    top, left, h, w = box or (0, 0, image.shape[0], image.shape[1])
+    trajectory = sample_trajectory(rng, params)
+    margin = params.margin(h, w)
+    region = to_float(_region(image, top, left, h, w, margin))
+    if params.soften > 0:  # a lens's and ISP's softness: part of the scene, blurred or not
+        sigma = rng.uniform(0.0, params.soften)
+        if sigma > 0.05:
+            region = cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    linear = to_linear(region)
+    size = (region.shape[1], region.shape[0])
+    center = ((size[0] - 1) / 2, (size[1] - 1) / 2)
+    inner = (slice(margin, margin + h), slice(margin, margin + w))
+    frames = []
+    for motion in trajectory:
+        if not motion.any():
+            frames.append(linear[inner])
+            continue
+        warped = cv2.warpAffine(
+            linear,
+            _affine(motion, center),
+            size,
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT_101,
+        )
+        frames.append(warped[inner])
+    return frames, region[inner]
+
+
+def _finish(blurry: np.ndarray, image_dtype: np.dtype) -> np.ndarray:
+    blurry = np.clip(blurry, 0.0, 1.0)
+    if image_dtype == np.uint8:  # an 8-bit source gives an 8-bit frame, like a camera's
+        blurry = np.round(blurry * 255.0) / 255.0
+    return np.ascontiguousarray(blurry, dtype=np.float32)
+
+
 def synthesize(
     image: np.ndarray,
     rng: np.random.Generator,
@@ -153,39 +204,51 @@ def synthesize(
     pixels around it are used as context so that motion does not pull in a border.
     """
     params = params or BlurParams()
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
-        raise ConfigError(
-            f"synthesize takes H×W×3 uint8/uint16 RGB, got {image.dtype} {image.shape}"
-        )
-    top, left, h, w = box or (0, 0, image.shape[0], image.shape[1])
-    trajectory = sample_trajectory(rng, params)
-    margin = params.margin(h, w)
-    region = to_float(_region(image, top, left, h, w, margin))
-    linear = to_linear(region)
-    size = (region.shape[1], region.shape[0])
-    center = ((size[0] - 1) / 2, (size[1] - 1) / 2)
-    total = np.zeros_like(linear)
-    for motion in trajectory:
-        if not motion.any():
-            total += linear
-            continue
-        total += cv2.warpAffine(
-            linear,
-            _affine(motion, center),
-            size,
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REFLECT_101,
-        )
-    blurry = to_gamma(total / len(trajectory))
-    blurry = blurry[margin : margin + h, margin : margin + w]
-    sharp = region[margin : margin + h, margin : margin + w]
+    _check_image(image, "synthesize")
+    frames, sharp = _exposure(image, rng, params, box)
+    blurry = to_gamma(sum(frames) / len(frames))
     if params.noise > 0:
         sigma = rng.uniform(0.0, params.noise)
         blurry = blurry + rng.normal(0.0, sigma, blurry.shape).astype(np.float32)
-    blurry = np.clip(blurry, 0.0, 1.0)
-    if image.dtype == np.uint8:
-        blurry = np.round(blurry * 255.0) / 255.0
-    return np.ascontiguousarray(blurry, dtype=np.float32), np.ascontiguousarray(sharp)
+    return _finish(blurry, image.dtype), np.ascontiguousarray(sharp)
+
+
+def synthesize_reblur(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    params: BlurParams | None = None,
+    box: tuple[int, int, int, int] | None = None,
+    sharp_share: float = 0.25,
+    factor: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An (input, target) pair that teaches a reblurring module what blur is, without any MD.
+
+    One exposure of n sub-frames (as ``synthesize``). The input is its central n / ``factor``
+    sub-frames (odd, centred on the sharp middle frame), the target all n: the same motion,
+    ``factor`` times longer. Every blur is lengthened by the same factor, so what MR changes
+    grows with the blur an image has: a blurry frame is changed more than a partly deblurred
+    one, and with probability ``sharp_share`` the pair is (S, S): an image with no blur has no
+    motion to lengthen and must stay as it is. With ``params.noise``, the same noise (σ uniform
+    in [0, noise]) is added to input and target, as a sensor adds it after the blur: MR learns
+    to keep noise, which is not blur. 8-bit rounded for an 8-bit source.
+    """
+    params = params or BlurParams()
+    _check_image(image, "synthesize_reblur")
+    frames, sharp = _exposure(image, rng, params, box)
+    sharp = np.ascontiguousarray(sharp)
+    n = len(frames)
+    if rng.uniform() < sharp_share:
+        x = y = sharp
+    else:
+        middle = n // 2
+        half = max(1, round((n / factor - 1) / 2))  # m = 2·half + 1 sub-frames
+        half = min(half, middle, n - 1 - middle)
+        x = to_gamma(sum(frames[middle - half : middle + half + 1]) / (2 * half + 1))
+        y = to_gamma(sum(frames) / n)
+    if params.noise > 0:
+        noise = rng.normal(0.0, rng.uniform(0.0, params.noise), x.shape).astype(np.float32)
+        x, y = x + noise, y + noise
+    return _finish(x, image.dtype), _finish(y, image.dtype)
 
 
 def synthesize_pair(image: np.ndarray, seed: int, params: BlurParams | None = None):

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: train unet-reblur for a fixed wall-clock budget, package it
+# and measure it against the bundled unet-reblur on the held-out pairs.
+#
+#   python bench/gpu_data.py                      # here, beside ../shared: the data subset
+#   bash bench/gpu_train.sh OUT_DIR [MINUTES]     # there (default 8 minutes of training)
+#
+# Stages, from the bundled unet-reblur (its MD and MR): --mode mr (MR's warm start on
+# lengthened synthetic blur) for a quarter of the budget, then joint training (L1 + L_Reblur,
+# MR on L_Blur + L_Sharp) for the rest; bf16, channels-last, torch.compile on a GPU. OUT_DIR
+# receives the runs, unet-reblur.safetensors (float16 storage) and quality_bar.md.
+# DEVICE=cpu COMPILE=0 runs the same steps on a CPU; the test does, with a tiny budget, small
+# crops (CROP=32 BATCH=2 VAL_CROP=64) and QUALITY=0 (no quality bar: full frames through the
+# paper's U-Net with TTA take minutes on a CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:?usage: bash bench/gpu_train.sh OUT_DIR [MINUTES]}"
+minutes="${2:-8}"
+device="${DEVICE:-cuda}"
+data="${GPU_DATA:-bench/gpu_data}"  # the layout bench/gpu_data.py writes
+bin=.venv/bin
+[[ -x "$bin/python" ]] || bin="$(dirname "$(command -v python3)")"
+[[ -d "$data/train" ]] || { echo "gpu_train: $data missing: run python bench/gpu_data.py" >&2; exit 2; }
+if [[ "$device" == cuda ]]; then
+  "$bin/python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' ||
+    { echo "gpu_train: torch sees no CUDA GPU (DEVICE=cpu to run on the CPU)" >&2; exit 2; }
+fi
+compile=$([[ "${COMPILE:-1}" == 1 && "$device" == cuda ]] && echo --compile || echo --no-compile)
+mkdir -p "$out"
+split() { "$bin/python" -c "print(round($minutes * $1, 3))"; }
+
+common=(--device "$device" --amp bf16 --channels-last "$compile" --crop "${CROP:-256}"
+        --batch-size "${BATCH:-16}" --val-crop "${VAL_CROP:-512}"
+        --data "paired:$data/train/gopro@0.4" --data "paired:$data/train/reds@0.2"
+        --data "synthetic:$data/train/photos@0.4" --val "paired:$data/val"
+        --syn-frames 9,25 --syn-shift 24 --syn-rotation 1 --syn-zoom 0.01 --syn-noise 0.01
+        --syn-soften 1.0 --mr-blocks 2 --mr-width 64 --no-progress --tensorboard off
+        --log-every 20 --checkpoint-every 200 --val-every 400)
+"$bin/python" -m train.main --mode mr --init unet-reblur --lr 1e-3 --minutes "$(split 0.25)" \
+  "${common[@]}" --out "$out/mr"
+"$bin/python" -m train.main --mode joint --init "$out/mr/last.safetensors" --lr 1e-4 \
+  --minutes "$(split 0.75)" "${common[@]}" --out "$out/joint"
+"$bin/python" -m train.package "$out/joint/last.safetensors" unet-reblur --fp16 --assets "$out"
+[[ "${QUALITY:-1}" == 1 ]] || exit 0
+"$bin/python" bench/quality_bar.py --weights "$out/unet-reblur.safetensors" \
+  --baseline unet-reblur --min-gain 1.5 --data "$data/val" --tta 5 --out "$out/quality_bar.md" ||
+  echo "gpu_train: a quality bar failed (see $out/quality_bar.md)" >&2

@@ -1,0 +1,49 @@
+"""bench/gpu_train.sh, the one-call GPU training script, run on the CPU with a tiny budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reblur_deploy import load_weights
+
+from .conftest import REPO
+from .test_train_data import write_gopro_crops
+
+
+@pytest.fixture(scope="module")
+def gpu_data(tmp_path_factory, data_dir) -> Path:
+    """bench/gpu_data.py's layout, from 128² crops of the shared pairs (quick to train on)."""
+    root = tmp_path_factory.mktemp("gpu_data")
+    crops = write_gopro_crops(root / "crops", data_dir)
+    for target, names in (("train/gopro", ["blur_00", "blur_01"]), ("train/reds", ["blur_02"]),
+                          ("val", ["blur_04", "461_blur"])):  # fmt: skip
+        for kind in ("blur", "sharp"):
+            (root / target / kind).mkdir(parents=True)
+            for name in names:
+                for path in (crops / kind).glob(f"{name.replace('blur', kind)}*.png"):
+                    (root / target / kind / path.name).write_bytes(path.read_bytes())
+    (root / "train" / "photos").mkdir()
+    for path in sorted((crops / "sharp").glob("*.png"))[:3]:
+        (root / "train" / "photos" / path.name).write_bytes(path.read_bytes())
+    return root
+
+
+def test_gpu_train_runs_its_stages_and_packages_unet_reblur(tmp_path, gpu_data):
+    small = {"DEVICE": "cpu", "COMPILE": "0", "CROP": "32", "BATCH": "2", "VAL_CROP": "64"}
+    env = {**os.environ, **small, "QUALITY": "0", "GPU_DATA": str(gpu_data), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_train.sh"), str(tmp_path), "0.02"],
+                            capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("mr", "joint"):
+        provenance = load_weights(tmp_path / stage / "last.safetensors").metadata["provenance"]
+        assert provenance["config"]["minutes"] == pytest.approx(0.005 if stage == "mr" else 0.015)
+        assert provenance["config"]["channels_last"] and provenance["iterations"] >= 20
+    packaged = load_weights(tmp_path / "unet-reblur.safetensors")
+    assert packaged.metadata["packaged"]["storage"] == "float16"
+    assert packaged.metadata["provenance"]["config"]["mode"] == "joint"
+    assert set(packaged.metadata["provenance"]["data"]["val_items"]) == {
+        "blur_04.png", "461_blur.png"}  # fmt: skip
