@@ -1,10 +1,10 @@
 """``python -m reblur_deploy.demo`` (what ``make demo`` runs): deblur the bundled samples.
 
 Writes, into ``--out``: ``<image>_deblurred.png`` and ``<image>_side_by_side.png`` (input |
-output, or input | output without TTA | with TTA) for the sample image, and, with ``--clip``, ``<clip>_side_by_side.mp4``. Uses the
-bundled model for the device with ``--tta`` steps of test-time adaptation; when this release
-ships no model, it runs the paper's U-Net with untrained weights (an untrained network returns
-its input) and says so loudly.
+output, or input | output without TTA | with TTA) for the sample image, and, with ``--clip``,
+``<clip>_side_by_side.mp4``. Uses the bundled model for the device with ``--tta`` steps of
+test-time adaptation; when this release ships no model, it runs the paper's U-Net with
+untrained weights (an untrained network returns its input) and says so loudly.
 """
 
 from __future__ import annotations

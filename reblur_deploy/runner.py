@@ -125,8 +125,14 @@ def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
                 jobs.append(_job(p, output / p.name if output else p.with_name(name)))
         else:
             raise InputError(f"no such file or folder: {spec}")
-    if output is not None and not is_video(output) and len(jobs) > 1 and output.is_file():
-        raise ConfigError(f"{output} is a file, but there are {len(jobs)} outputs: name a folder")
+    # Several outputs go into a folder; a name with a media suffix (or an existing file) is
+    # surely meant as one file, not as the folder to create.
+    several = output is not None and any(job.target != output for job in jobs)
+    media = output is not None and output.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
+    if several and not output.is_dir() and (output.exists() or media):
+        raise ConfigError(
+            f"{output} names one file, but there are {len(jobs)} outputs: name a folder"
+        )
     _check_targets(jobs)
     index, count = options.shard
     mine = jobs[index::count]

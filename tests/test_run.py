@@ -94,6 +94,20 @@ def test_one_bad_file_is_reported_and_the_others_done(tmp_path, weights, crop):
     assert len(errors) == 1 and "b.png" in errors[0] and "Traceback" not in result.stderr
 
 
+def test_several_inputs_and_one_file_name_as_output_are_refused(tmp_path, weights, crop):
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "in" / name, crop)
+    files = [tmp_path / "in" / "a.png", tmp_path / "in" / "b.png"]
+    # (a folder with -o NAME.mp4 is legitimate: its frames become one video)
+    for inputs, outputs in ((files, ("single.png", "single.mp4")), ([tmp_path / "in"], ["x.png"])):
+        for output in outputs:
+            result = run(*inputs, "-o", tmp_path / output, "--weights", weights, check=False)
+            assert result.returncode == 1 and "names one file, but there are 2 outputs" in (
+                result.stderr
+            )
+            assert not (tmp_path / output).exists()  # no folder named like a file
+
+
 def test_glob_and_shards(tmp_path, weights, crop):
     for i in range(4):
         write_image(tmp_path / f"f{i}.png", crop)
