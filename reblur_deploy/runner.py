@@ -289,10 +289,8 @@ class _Runner:
             return
         entry: dict[str, Any] = {"input": str(source), "frame": index, "seconds": round(seconds, 4)}
         mr = self.deblurrer.reblur
-        for key, array in (("blur_before", image), ("blur_after", out)):
-            entry[key] = (
-                None if mr is None else round(blur_score(array_to_tensor(array)[0], mr).item(), 6)
-            )
+        for key, array in (("blur_before", image), ("blur_after", out)):  # full precision
+            entry[key] = None if mr is None else blur_score(array_to_tensor(array)[0], mr).item()
         self.summary.report.append(entry)
 
 

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,7 @@ def test_model_mode_rows_are_the_deblurrer_outputs_measured(small, weights, no_b
     assert table[0].endswith("| blur score↓ | s/img |") and table[2].startswith(
         "| TTA 0 | 2 | n/a |"
     )
+    assert re.search(r"\| \d\.\d{3}e-\d\d \|", table[2])  # blur scores in scientific notation
     assert report.config["weights_sha256"] and report.config["tta"] == [0]
 
 

@@ -65,6 +65,8 @@ def test_a_folder_of_mixed_images_keeps_each_format(tmp_path, weights, crop):
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["per_frame"]) == 5 and report["failed"] == []
     assert all(e["blur_before"] is not None and e["seconds"] >= 0 for e in report["per_frame"])
+    scores = [e[k] for e in report["per_frame"] for k in ("blur_before", "blur_after")]
+    assert any(len(repr(v).split("e")[0]) > 8 for v in scores)  # full precision, not rounded
 
 
 def test_outputs_and_inputs_are_never_overwritten(tmp_path, weights, crop):
