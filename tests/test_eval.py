@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,11 @@ def test_cli_errors_are_one_line(small):
     assert "has no ground truth" in result.output
     result = runner.invoke(cli, ["--pred", str(small / "blur"), "--out", "table.xlsx"])
     assert result.exit_code == 1 and ".csv, .json or .md" in result.output
+    for args in (["--data", f"images:{small / 'blur'}"], ["--pred", str(small / "blur")]):
+        started = time.perf_counter()
+        result = runner.invoke(cli, [*args, "--plot", "pd.png"])
+        assert result.exit_code == 1 and "--plot needs ground truth" in result.output
+        assert time.perf_counter() - started < 2  # refused before any image is measured
 
 
 # ------------------------------------------------------------------------- folder mode

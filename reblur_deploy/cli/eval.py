@@ -125,6 +125,9 @@ def main(
         ev.check_report_path(out)
     if plot:
         ev.check_plot_available()
+        # PSNR is the plot's y axis: refuse a run without ground truth before the work
+        if (pred and not gt) or (data and data.partition(":")[0] == "images"):
+            raise ConfigError("--plot needs ground truth (PSNR): use --gt or --data paired:DIR")
     if pred:
         report = ev.evaluate_folders(pred, gt, weights=weights, device=device, **common)
     elif data and weights:
