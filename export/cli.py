@@ -7,7 +7,7 @@ import re
 
 import click
 
-from reblur_deploy.cli.common import one_line_errors
+from reblur_deploy.cli.common import console_script, one_line_errors
 from reblur_deploy.errors import ConfigError
 
 TARGETS = ("onnx", "trt", "torch-trt", "torchscript", "exported-program")
@@ -25,7 +25,7 @@ def parse_shape(ctx, param, value: str | None):
     return tuple(int(p) for p in parts)
 
 
-@click.command(name="reblur-export")
+@console_script("reblur-export")
 @click.option("--to", "target", type=click.Choice(TARGETS), required=True, help="Format to write.")
 @click.option("--weights", required=True, help="Weight file (.safetensors) or bundled model name.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="File to write.")

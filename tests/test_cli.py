@@ -24,10 +24,14 @@ SCRIPTS = sorted(
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_console_script_answers_help(script):
-    result = subprocess.run([BIN / script, "--help"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "Usage:" in result.stdout
+def test_every_console_script_answers_help_h_and_version(script):
+    for flag in ("--help", "-h"):
+        result = subprocess.run([BIN / script, flag], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "Usage:" in result.stdout
+    result = subprocess.run([BIN / script, "--version"], capture_output=True, text=True)
+    version = importlib.metadata.version("reblur-deploy")
+    assert result.returncode == 0 and result.stdout.strip() == f"{script}, version {version}"
 
 
 def test_demo_deblurs_the_samples_with_the_bundled_model(tmp_path):

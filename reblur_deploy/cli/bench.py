@@ -10,7 +10,7 @@ import click
 
 from ..bench import SECTIONS, BenchConfig, parse_sizes, run, to_markdown
 from ..errors import ConfigError
-from .common import one_line_errors
+from .common import console_script, one_line_errors
 
 EPILOG = """\b
 Examples:
@@ -35,9 +35,7 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
-@click.command(
-    name="reblur-bench", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
-)
+@console_script("reblur-bench", epilog=EPILOG)
 @click.option(
     "--quick", is_flag=True, help="Small sizes (256²), batches 1,2, 2 TTA steps, 2 repeats."
 )

@@ -1,4 +1,4 @@
-"""What every console script shares: one-line errors."""
+"""What every console script shares: -h and --version, and one-line errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ import sys
 
 import click
 
+from .._version import __version__
 from ..errors import ReblurError
+
+
+def console_script(name: str, **kwargs):
+    """``click.command`` for a console script: ``-h`` as well as ``--help``, and ``--version``."""
+
+    def decorate(fn):
+        fn = click.version_option(__version__, "--version", prog_name=name)(fn)
+        return click.command(name=name, context_settings={"help_option_names": ["-h", "--help"]},
+                             **kwargs)(fn)  # fmt: skip
+
+    return decorate
 
 
 def one_line_errors(fn):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import ConfigError
-from .common import one_line_errors
+from .common import console_script, one_line_errors
 
 EPILOG = """\b
 Examples:
@@ -22,7 +22,7 @@ paired:DIR is DIR/blur + DIR/sharp, or DIR/<sequence>/blur + DIR/<sequence>/shar
 """
 
 
-@click.command(name="reblur-eval", epilog=EPILOG)
+@console_script("reblur-eval", epilog=EPILOG)
 @click.option("--pred", type=click.Path(exists=True, file_okay=False), help="Images to measure.")
 @click.option("--gt", type=click.Path(exists=True, file_okay=False), help="Their ground truth.")
 @click.option(

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from ..pipeline import Deblurrer, default_weights, resolve_device
 from ..runner import RunOptions, count_frames, plan_jobs, run_jobs
-from .common import one_line_errors
+from .common import console_script, one_line_errors
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "auto")
 
@@ -54,7 +54,7 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # same clean-up as Ctrl-C: temporary files removed
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@console_script("reblur-run")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output file, or folder (end with / to force one).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never inputs).")
