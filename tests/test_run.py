@@ -110,6 +110,14 @@ def test_several_inputs_and_one_file_name_as_output_are_refused(tmp_path, weight
             assert not (tmp_path / output).exists()  # no folder named like a file
 
 
+def test_backend_auto_says_which_engine_it_picked(tmp_path, weights, crop):
+    image = write_image(tmp_path / "a.png", crop)
+    result = run(image, "--weights", weights, "--backend", "auto", "--device", "cpu")
+    picked = [line for line in result.stderr.splitlines() if line.startswith("backend: ")]
+    assert len(picked) == 1 and "(picked by --backend auto)" in picked[0]
+    assert picked[0].split()[1] in ("eager", "onnxruntime", "compile")
+
+
 def test_glob_and_shards(tmp_path, weights, crop):
     for i in range(4):
         write_image(tmp_path / f"f{i}.png", crop)

@@ -189,6 +189,8 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, 
         tta_tol=tta_tol, tta_carry=tta_carry, tile=tile, tile_overlap=tile_overlap,
         backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
+    if backend == "auto" and not quiet:
+        click.echo(f"backend: {deblurrer.backend.name} (picked by --backend auto)", err=True)
     counts = [count_frames(job, options) for job in jobs]
     total = None if None in counts else sum(counts)
     with tqdm(total=total, unit="frame", disable=quiet, dynamic_ncols=True, file=sys.stderr) as bar:
