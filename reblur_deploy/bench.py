@@ -22,12 +22,14 @@ The networks are the paper's U-Net and MR with random output layers, or with
 ``run(BenchConfig(...))`` returns a JSON-able dict; ``to_markdown`` renders it. Timings are
 medians of ``repeats`` runs after a warm-up (CUDA timings synchronise the device). Peak memory is
 ``torch.cuda.max_memory_allocated`` on CUDA and, on the CPU, the largest increase of the
-process's resident set during the measurement (sampled every 2 ms).
+process's resident set during the measurement (sampled every 2 ms), after glibc's
+``malloc_trim`` has returned what the warm-up freed (n/a where that is not available).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import gc
 import importlib
@@ -129,13 +131,23 @@ class _PeakMemory:
         except (OSError, ValueError):
             return None
 
+    @staticmethod
+    def _trim() -> bool:
+        """Hand freed heap memory back to the OS (glibc), so that the block's allocations show
+        as growth of the resident set instead of reusing what the warm-up left; False where
+        that is not possible (the CPU figure is then n/a: it would measure nothing)."""
+        try:
+            return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+        except (OSError, AttributeError):
+            return False
+
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
-        self._base = self._rss()
+        self._base = self._rss() if self._trim() else None
         self._max = self._base
         self._stop = threading.Event()
         if self._base is not None:

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from reblur_deploy.bench import BenchConfig, parse_sizes, run, to_markdown
+from reblur_deploy.bench import BenchConfig, parse_sizes, run, timed, to_markdown
 from reblur_deploy.errors import ConfigError
 
 BIN = Path(sys.executable).parent
@@ -92,3 +93,12 @@ def test_command_line_writes_json_markdown_and_appends(tmp_path):
     assert doc.read_text().startswith("# Benchmarks\n") and "TFLOP/s" in doc.read_text()
     bad = subprocess.run([BIN / "reblur-bench", "--sizes", "tiny"], capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown size" in bad.stderr
+
+
+def test_cpu_peak_memory_sees_an_allocation_the_warm_up_already_made():
+    def work():
+        x = torch.ones(16 * 2**20)  # 64 MiB, freed on return
+        return float(x[0])
+
+    _, peak = timed(work, torch.device("cpu"), repeats=2, warmup=1)
+    assert peak is not None and 48 <= peak <= 200, peak  # not the 3.9e-03 MiB of reused memory
