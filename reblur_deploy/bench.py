@@ -22,14 +22,14 @@ The networks are the paper's U-Net and MR with random output layers, or with
 ``run(BenchConfig(...))`` returns a JSON-able dict; ``to_markdown`` renders it. Timings are
 medians of ``repeats`` runs after a warm-up (CUDA timings synchronise the device). Peak memory is
 ``torch.cuda.max_memory_allocated`` on CUDA and, on the CPU, the largest increase of the
-process's resident set during the measurement (sampled every 2 ms), after glibc's
-``malloc_trim`` has returned what the warm-up freed (n/a where that is not available).
+process's resident set (sampled every 2 ms), both from before the warm-up: an engine allocates
+its buffers and arenas in its first call and reuses them after, so memory measured from after
+the warm-up would show almost nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import gc
 import importlib
@@ -131,23 +131,13 @@ class _PeakMemory:
         except (OSError, ValueError):
             return None
 
-    @staticmethod
-    def _trim() -> bool:
-        """Hand freed heap memory back to the OS (glibc), so that the block's allocations show
-        as growth of the resident set instead of reusing what the warm-up left; False where
-        that is not possible (the CPU figure is then n/a: it would measure nothing)."""
-        try:
-            return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
-        except (OSError, AttributeError):
-            return False
-
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
-        self._base = self._rss() if self._trim() else None
+        self._base = self._rss()
         self._max = self._base
         self._stop = threading.Event()
         if self._base is not None:
@@ -176,13 +166,15 @@ class _PeakMemory:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1):
-    """Median seconds of ``repeats`` calls after ``warmup`` calls, and the peak memory (MiB)."""
-    for _ in range(warmup):
-        fn()
+    """Median seconds of ``repeats`` calls after ``warmup`` calls, and the peak memory (MiB)
+    of all of them, measured from before the first (see the module docstring)."""
     _sync(device)
     gc.collect()
     times = []
     with _PeakMemory(device) as memory:
+        for _ in range(warmup):
+            fn()
+        _sync(device)
         for _ in range(max(1, repeats)):
             start = time.perf_counter()
             fn()
