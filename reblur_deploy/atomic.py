@@ -5,6 +5,7 @@ file under the final name."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 from collections.abc import Iterator
@@ -16,8 +17,33 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of ``path`` left by writers that no longer run (killed with
+    SIGKILL, or by a power cut): their names carry the writer's process id."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.stem)}.*.part{glob.escape(path.suffix)}"):
+        pid = tmp.name[len(path.stem) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def temporary_path(path: str | os.PathLike) -> Path:
-    """Create and return a new empty file ``.<stem>.<random>.part<suffix>`` beside ``path``.
+    """Create and return a new empty file ``.<stem>.<pid>-<random>.part<suffix>`` beside
+    ``path``, after removing stale ones of earlier, dead writers (``remove_stale``).
 
     The real suffix stays last (encoders choose formats by it); the file gets the permissions
     of an ordinary new file (umask), unlike ``mkstemp``'s private 0600.
@@ -25,8 +51,10 @@ def temporary_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path)
         while True:
-            tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}")
+            token = f"{os.getpid()}-{secrets.token_hex(4)}"
+            tmp = path.with_name(f".{path.stem}.{token}.part{path.suffix}")
             with contextlib.suppress(FileExistsError), open(tmp, "xb"):
                 return tmp
     except OSError as e:

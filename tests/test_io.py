@@ -1,9 +1,12 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from reblur_deploy import InputError
+from reblur_deploy.atomic import remove_stale
 from reblur_deploy.io import read_image, write_image
 
 
@@ -60,3 +63,17 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
     os.umask(umask)
     path = write_image(tmp_path / "x.png", np.zeros((2, 2, 3), np.uint8))
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    stale = tmp_path / f".out.{dead}-0a1b2c3d.part.png"
+    live = tmp_path / f".out.{os.getppid()}-0a1b2c3d.part.png"  # pytest's parent: running
+    other = tmp_path / f".other.{dead}-0a1b2c3d.part.png"  # another output's
+    for path in (stale, live, other):
+        path.write_bytes(b"half")
+    assert remove_stale(tmp_path / "out.png") == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+    write_image(tmp_path / "other.png", np.zeros((4, 4, 3), np.uint8))  # writing cleans up too
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "other.png"])

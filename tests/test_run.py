@@ -182,7 +182,9 @@ def test_a_corrupt_video_is_a_one_line_error(tmp_path, weights):
     assert not (tmp_path / "bad_deblurred.mp4").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "kill", "hangup"]
+)
 def test_an_interrupted_run_leaves_nothing_under_the_final_name(tmp_path, weights, sig):
     long_clip = make_video(tmp_path / "long.mp4", n=300, audio=False)
     out = tmp_path / "out"

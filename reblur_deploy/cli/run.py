@@ -170,7 +170,8 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, 
     reblur-run clip.mp4 --tta 5 -o out.mp4    → H.264, audio copied, same time stamps
     reblur-run frames/ --fps 30 -o clip.mp4   → a video from a folder of frames
     """
-    signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the terminal closed
+        signal.signal(sig, _terminate)
     if end is not None and end <= start:
         raise ConfigError(f"--end {end} must be after --start {start}")
     options = RunOptions(output, overwrite, side_by_side, start, end, fps, codec, crf, preset,
