@@ -150,6 +150,32 @@ def test_copy_keeps_audio_packets_bit_identical(source, copied):
     assert packets_out == packets_in  # same bytes, same time stamps and durations
 
 
+def remux(src, dst):
+    """A plain stream copy by FFmpeg's own muxer, as `ffmpeg -i src -c copy dst` makes it."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    return dst
+
+
+def decoded_samples(path) -> int:
+    with av.open(str(path)) as container:
+        return sum(frame.samples for frame in container.decode(audio=0))
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mov"])
+def test_every_container_keeps_every_audio_packet_priming_included(source, tmp_path, suffix):
+    original = remux(source, tmp_path / f"in{suffix}")
+    out = copy_video(original, tmp_path / f"out{suffix}")
+    packets_in, packets_out = audio_packets(original)[1], audio_packets(out)[1]
+    assert audio_packets(source)[1][0][0] < 0  # the AAC encoder's priming packet
+    assert [data for *_, data in packets_out] == [data for *_, data in packets_in]
+    assert decoded_samples(out) == decoded_samples(original)  # not 1,024 samples short
+
+
 def test_frame_range_keeps_its_frames_and_the_matching_audio(source, tmp_path):
     out = copy_video(source, tmp_path / "cut.mp4", start=10, end=20)
     frames_in = list(read_frames(source))

@@ -32,9 +32,11 @@ Defaults and what they mean:
   time line) are kept and shifted by ``audio_start``. By default both follow the video:
   ``audio_start`` = time of the first frame written, ``audio_end`` = end of the last frame
   written, so a frame range cut out of a video keeps the audio in sync with no arithmetic by the
-  caller. Packet granularity: for AAC ≈ 21 ms at 48 kHz. Encoder priming packets (negative time
-  stamps, AAC) are kept in MP4/MOV (their edit list hides them) and dropped in MKV/WebM/AVI,
-  which would otherwise delay every stream, video included.
+  caller. Packet granularity: for AAC ≈ 21 ms at 48 kHz. When the first frame written is the
+  input's first, every audio packet is copied, encoder priming (the AAC packet before the first
+  frame, with a negative time stamp) included: MP4/MOV hide it with an edit list, MKV/WebM/AVI
+  shift every stream by it (the video then starts a few ms after 0, in sync). The decoded
+  audio is then exactly the input's.
 * Rotation: the display rotation (``VideoInfo.rotation``) is stored as the stream's display
   matrix; frames themselves are never rotated. AVI cannot store it (a warning says so).
 * Safety: the file is written as ``.<name>.<random>.part<suffix>`` in the target folder and
@@ -381,6 +383,7 @@ class VideoWriter:
         if audio_start is not None and audio_end is not None and audio_end <= audio_start:
             raise ConfigError(f"empty audio span [{audio_start}, {audio_end}) seconds")
         self._audio_start = None if audio_start is None else Fraction(audio_start)
+        self._whole_start = audio_start is None or audio_start <= 0  # see _starts_input
         self._audio_end = None if audio_end is None else Fraction(audio_end)
 
         self.codec = codec or DEFAULT_CODECS[suffix]
@@ -487,8 +490,6 @@ class VideoWriter:
                 ) from None
             out_stream.metadata.update(template.metadata)
             self._audio_map[template.index] = out_stream
-        # MP4/MOV hide audio priming (negative time stamps) with an edit list.
-        self._negative_ts_ok = suffix in (".mp4", ".mov")
         if audio_streams:
             self._audio_packets = self._audio_in.demux(*audio_streams)
             self._audio_pending = None
@@ -532,6 +533,7 @@ class VideoWriter:
             self._last_pts = None
             if self._audio_start is None:
                 self._audio_start = pts * self.time_base
+                self._whole_start = self._starts_input(pts)
         elif pts <= self._last_pts:
             raise InputError(
                 f"frame {self.frames_written} for {self.path}: "
@@ -568,6 +570,13 @@ class VideoWriter:
 
     # -- audio ---------------------------------------------------------------------------------
 
+    def _starts_input(self, pts: int) -> bool:
+        """Whether ``pts`` is the first video frame of ``audio_from`` (no cut at the start)."""
+        videos = self._audio_in.streams.video if self._audio_in is not None else []
+        if not videos or videos[0].start_time is None or videos[0].time_base is None:
+            return False
+        return videos[0].start_time * videos[0].time_base == pts * self.time_base
+
     def _next_audio_packet(self):
         if self._audio_pending is not None:
             packet, self._audio_pending = self._audio_pending, None
@@ -602,11 +611,12 @@ class VideoWriter:
             if end is not None and time >= end:
                 past_end.add(index)
                 continue
-            if self._audio_start > 0 and time < self._audio_start - tb / 2:
-                continue  # before the span (with no cut at the start, priming packets stay)
+            if not self._whole_start and time < self._audio_start - tb / 2:
+                continue  # before a cut's start (a whole video keeps what precedes its frames)
+            # An encoder's priming packet keeps its negative time stamp: MP4/MOV hide it with an
+            # edit list, other containers shift every stream by it (the video then starts a
+            # few ms after 0, in sync); dropping it would cut the decoded audio short.
             shift = self._audio_shift.setdefault(index, round(self._audio_start / tb))
-            if packet.pts < shift and not self._negative_ts_ok:
-                continue  # encoder priming: MKV/WebM/AVI would shift every stream to keep it
             packet.pts -= shift
             packet.dts -= shift
             packet.stream = self._audio_map[index]
