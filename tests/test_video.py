@@ -309,6 +309,17 @@ def test_truncated_file_fails_at_the_missing_frame(tmp_path, copied):
     assert seen == list(range(len(seen)))  # every frame before the damage came out
 
 
+def test_a_truncated_mkv_is_refused_like_a_truncated_mp4(tmp_path, source):
+    whole = copy_video(source, tmp_path / "whole.mkv")
+    assert len(list(read_frames(whole))) == N  # the intact file passes the check
+    path = tmp_path / "cut_short.mkv"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # no index to count
+    seen = []
+    with pytest.raises(InputError, match=r"cut_short.mkv at frame \d+: the file is truncated"):
+        seen.extend(frame.index for frame in read_frames(path))
+    assert 0 < len(seen) < N and seen == list(range(len(seen)))
+
+
 def test_frame_range_errors(source):
     with pytest.raises(ConfigError):
         read_frames(source, 5, 5)

@@ -257,6 +257,7 @@ def _decoded(container, stream, path: Path, counter: list[int]):
     could be decoded.
     """
     packets = 0
+    end = None  # end time (s) of the last video packet read
     try:
         for packet in container.demux(stream):
             if packet.is_corrupt:  # cut short by the end of the file, or damaged
@@ -264,7 +265,11 @@ def _decoded(container, stream, path: Path, counter: list[int]):
                 raise InputError(
                     f"cannot decode {path} at frame {counter[0]}: truncated or corrupt data"
                 )
-            packets += packet.size > 0  # not the flush packet at the end
+            if packet.size > 0:  # not the flush packet at the end
+                packets += 1
+                if packet.pts is not None and stream.time_base:
+                    last = float((packet.pts + (packet.duration or 0)) * stream.time_base)
+                    end = last if end is None else max(end, last)
             yield from packet.decode()  # the flush packet at the end drains the decoder
     except (av.FFmpegError, OSError) as e:
         raise InputError(f"cannot decode {path} at frame {counter[0]}: {_reason(e)}") from None
@@ -274,6 +279,33 @@ def _decoded(container, stream, path: Path, counter: list[int]):
             f"cannot decode {path} at frame {counter[0]}: the file is truncated "
             f"({packets} of {indexed} video packets present)"
         )
+    expected = _stream_end(stream)
+    if end is not None and expected is not None and end < expected - 0.5:
+        raise InputError(
+            f"cannot decode {path} at frame {counter[0]}: the file is truncated (video ends at "
+            f"{end:.2f} s of the {expected:.2f} s its header gives)"
+        )
+
+
+def _stream_end(stream) -> float | None:
+    """The video stream's end in seconds as its container's header states it: the stream's
+    duration (MP4, MOV, ...) or Matroska's DURATION tag, which FFmpeg writes per stream (MKV
+    and WebM have no packet index before the end of the file to count against)."""
+    start = (
+        float(stream.start_time * stream.time_base)
+        if stream.start_time and stream.time_base
+        else 0.0
+    )
+    if stream.duration is not None and stream.time_base:
+        return start + float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if not tag:
+        return None
+    try:
+        h, m, sec = tag.split(":")
+        return start + int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
 
 
 def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int | None):
