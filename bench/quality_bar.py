@@ -102,7 +102,7 @@ def main() -> int:
     inputs, base, shipped, tta = table.values()
     figures = summarize(
         [
-            mr_figures(mr, *(array_to_tensor(x) for x in (out, s, b)))
+            mr_figures(mr, *(array_to_tensor(x)[0] for x in (out, s, b)))
             for out, s, b in zip(rows[f"L1 + L_Reblur ({label})"], sharp, blurry, strict=True)
         ]
     )
