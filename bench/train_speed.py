@@ -31,6 +31,18 @@ MODELS = {
 }
 
 
+def cpu_name() -> str:
+    """The CPU model and its bf16 matrix units, from /proc/cpuinfo (bf16 pays off with them)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.machine())  # fmt: skip
+    units = [flag for flag in ("amx_bf16", "avx512_bf16") if f" {flag}" in info]
+    return f"{model} ({', '.join(units) or 'no bf16 units'})"
+
+
 def peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
@@ -59,7 +71,7 @@ def main() -> int:
     args = parser.parse_args()
     peaks = {"fp32": peak_flops(torch.float32), "bf16": peak_flops(torch.bfloat16)}
     lines = [
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{cpu_name()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; peak (2048² matmul): "
         f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.",
         "",

@@ -254,6 +254,11 @@ class _Runner:
             self.log(f"interrupted after {done} frame(s) of {job.sources[0]}; "
                      f"nothing was written to {job.target}")  # fmt: skip
             raise
+        finally:
+            # Close the decoder now (its threads stop here), not at interpreter exit, where a
+            # threaded FFmpeg decoder finalised late can hang an interrupted run.
+            if hasattr(frames, "close"):
+                frames.close()
         return done
 
     def encode(self, source: Path, batch: list[tuple], writer: VideoWriter) -> int:

@@ -1,6 +1,7 @@
 """`reblur-run` end to end, as a real subprocess, on real images and real encoded video."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -200,15 +201,21 @@ def test_an_interrupted_run_leaves_nothing_under_the_final_name(tmp_path, weight
         "-o",
         out / "x.mp4",
     ]
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
     process = subprocess.Popen(
-        [RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     deadline = time.monotonic() + 60
     while not list(out.iterdir()) and time.monotonic() < deadline:  # wait for the temporary file
         time.sleep(0.1)
     time.sleep(1.0)
     process.send_signal(sig)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # say where it hangs
+        process.send_signal(signal.SIGABRT)
+        _, stderr = process.communicate(timeout=30)
+        pytest.fail(f"still running 60 s after {sig.name}; its stacks:\n{stderr[-5000:]}")
     assert process.returncode == 130, stderr
     assert "interrupted after" in stderr and "nothing was written" in stderr
     assert list(out.iterdir()) == []
