@@ -13,7 +13,6 @@ best rate of a 2048² matrix product in the same precision. Run it on an idle ma
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from reblur_deploy.bench import bf16_units, cpu_name, matmul_peak
 from train.config import TrainConfig
 from train.loop import Trainer
 
@@ -29,29 +29,6 @@ MODELS = {
     "unet-lite + MR n2 w16": ({"widths": [16, 32, 48], "n_blocks": 4}, 16),
     "paper U-Net + MR n2 w64": ({}, 64),
 }
-
-
-def cpu_name() -> str:
-    """The CPU model and its bf16 matrix units, from /proc/cpuinfo (bf16 pays off with them)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                  if line.startswith("model name")), platform.machine())  # fmt: skip
-    units = [flag for flag in ("amx_bf16", "avx512_bf16") if f" {flag}" in info]
-    return f"{model} ({', '.join(units) or 'no bf16 units'})"
-
-
-def peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def trainer(md_config: dict, width: int, amp: str, channels_last: bool, out: Path) -> Trainer:
@@ -69,9 +46,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     parser.add_argument("--scratch", type=Path, default=Path("runs/train_speed"))
     args = parser.parse_args()
-    peaks = {"fp32": peak_flops(torch.float32), "bf16": peak_flops(torch.bfloat16)}
+    cpu = torch.device("cpu")
+    peaks = {
+        "fp32": matmul_peak(cpu, torch.float32, 2048),
+        "bf16": matmul_peak(cpu, torch.bfloat16, 2048),
+    }
     lines = [
-        f"{cpu_name()}, {torch.get_num_threads()} threads, "
+        f"{cpu_name()} ({', '.join(bf16_units()) or 'no bf16 units'}), "
+        f"{torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; peak (2048² matmul): "
         f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.",
         "",

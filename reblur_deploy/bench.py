@@ -190,12 +190,39 @@ def _version(module: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str:
+def _cpuinfo() -> str:
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
+    return ""
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def bf16_units() -> list[str]:
+    """The CPU's bf16 matrix units (bf16 autocast pays off with them): AMX, avx512_bf16."""
+    flags = _cpuinfo()
+    return [flag for flag in ("amx_bf16", "avx512_bf16") if f" {flag}" in flags]
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` n×n matrix products (after 2 warm-up products)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def machine_info(device: torch.device) -> dict:
@@ -204,7 +231,7 @@ def machine_info(device: torch.device) -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": str(device),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
@@ -242,20 +269,8 @@ def bench_peak(device: torch.device, config: BenchConfig) -> dict:
     rows = []
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     for dtype in dtypes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        _sync(device)
-        best = float("inf")
-        for _ in range(max(5, config.repeats)):
-            start = time.perf_counter()
-            a @ b
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-        rows.append(
-            {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": 2 * n**3 / best / 1e12}
-        )
+        flops = matmul_peak(device, dtype, n, max(5, config.repeats))
+        rows.append({"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": flops / 1e12})
     return {"rows": rows, "peak_tflops": {r["dtype"]: r["tflops"] for r in rows}}
 
 

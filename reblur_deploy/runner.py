@@ -257,8 +257,7 @@ class _Runner:
         finally:
             # Close the decoder now (its threads stop here), not at interpreter exit, where a
             # threaded FFmpeg decoder finalised late can hang an interrupted run.
-            if hasattr(frames, "close"):
-                frames.close()
+            frames.close()
         return done
 
     def encode(self, source: Path, batch: list[tuple], writer: VideoWriter) -> int:

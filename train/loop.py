@@ -192,10 +192,9 @@ def mr_figures(
 ) -> dict[str, float]:
     """One image's MR figures (see ``mr_report``) and its three blur scores, from 1×3×H×W
     tensors in [0, 1]: the deblurred ``output`` L, the ``sharp`` S and the ``blurry`` B."""
-    scores = {
-        f"blur_{key}": float(losses.blur_score(image, mr)[0])
-        for key, image in (("output", output), ("sharp", sharp), ("input", blurry))
-    }
+    batch = torch.cat([output, sharp, blurry])
+    scores = dict(zip(("blur_output", "blur_sharp", "blur_input"),
+                      losses.blur_score(batch, mr).tolist(), strict=True))  # fmt: skip
     with torch.no_grad():
         reblurred = mr(torch.cat([output, sharp])).float().clamp(0, 1)
     out8, gt8, in8 = _to_u8(output), _to_u8(sharp), _to_u8(blurry)
