@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .backends import create_backend
+from .backends.exported import check_exported
 from .errors import ConfigError, InputError, WeightsError
 from .padding import pad_to_multiple
 from .tiling import run_tiled
@@ -208,9 +209,10 @@ class Deblurrer:
             weights = default_weights(self.device)
         if isinstance(weights, (str, os.PathLike)):
             weights = load_weights(weights)
-        if isinstance(weights, LoadedWeights):
-            self.metadata = weights.metadata
-            modules = {"deblur": weights.deblur, "reblur": weights.reblur}
+        loaded = weights if isinstance(weights, LoadedWeights) else None
+        if loaded is not None:
+            self.metadata = loaded.metadata
+            modules = {"deblur": loaded.deblur, "reblur": loaded.reblur}
         elif isinstance(weights, dict):
             self.metadata = {}
             modules = weights
@@ -239,6 +241,9 @@ class Deblurrer:
             backend = "torch"
         self.backend = create_backend(backend, self.deblur, self.device, self.dtype,
                                       **(backend_options or {}))  # fmt: skip
+        if loaded is not None and getattr(self.backend, "metadata", None):  # an exported file
+            name = loaded.path.name if loaded.path else "these weights"
+            check_exported(self.backend.metadata, self.backend.source, loaded.sha256, name)
         if tta and self.backend.frozen:
             raise ConfigError(
                 f"test-time adaptation needs gradients, and the {self.backend.name} backend runs "

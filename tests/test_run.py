@@ -256,3 +256,34 @@ def test_onnxruntime_backend_matches_torch_on_a_real_image(tmp_path, weights, cr
         image, "--weights", weights, "--backend", "onnxruntime", "--tta", "2", check=False
     )
     assert refused.returncode == 1 and "needs gradients" in refused.stderr
+
+
+def test_exported_files_are_checked_for_role_and_weights(tmp_path, weights, crop):
+    image = write_image(tmp_path / "a.png", crop)
+    export = str(Path(sys.executable).parent / "reblur-export")
+    files = {
+        "mr.onnx": ["--weights", weights, "--module", "reblur"],
+        "mine.onnx": ["--weights", weights],
+        "l1.onnx": ["--weights", "unet-lite-l1"],
+    }
+    for name, args in files.items():
+        cmd = [export, "--to", "onnx", *args, "-o", tmp_path / name]
+        subprocess.run(list(map(str, cmd)), check=True, capture_output=True)
+
+    def ort(onnx, *args):
+        return run(image, "--backend", "onnxruntime", "--onnx", tmp_path / onnx, *args,
+                   "-o", tmp_path / "out.png", "--overwrite", check=False)  # fmt: skip
+
+    wrong_role = ort("mr.onnx", "--weights", weights)
+    assert wrong_role.returncode == 1 and "holds the reblurring module" in wrong_role.stderr
+    assert not (tmp_path / "out.png").exists()
+    other_model = ort("l1.onnx", "--weights", weights)
+    assert other_model.returncode == 1
+    assert "exported from the bundled model 'unet-lite-l1', not from" in other_model.stderr
+    alone = ort("l1.onnx")  # no --weights: the model the file came from, said so
+    assert alone.returncode == 0, alone.stderr
+    assert "running" in alone.stderr and "the bundled model 'unet-lite-l1'" in alone.stderr
+    assert "using the bundled model" not in alone.stderr
+    unknown = ort("mine.onnx")
+    assert unknown.returncode == 1 and "not from a bundled model" in unknown.stderr
+    assert all(len(r.stderr.strip().splitlines()) <= 2 for r in (wrong_role, other_model, unknown))

@@ -60,6 +60,7 @@ class OnnxRuntimeBackend(Backend):
         ort = import_onnxruntime()
         if dtype not in (torch.float32, torch.float16):
             raise ConfigError("the onnxruntime backend runs fp32 or fp16 models, not bf16")
+        self.source = "the ONNX model"  # named in messages (see exported.check_exported)
         if model is None:
             if module is None:
                 raise ConfigError("the onnxruntime backend needs a module or an ONNX model")
@@ -68,7 +69,7 @@ class OnnxRuntimeBackend(Backend):
         elif not isinstance(model, bytes):
             if not Path(model).is_file():
                 raise ConfigError(f"no ONNX model {str(model)!r}")
-            model = str(model)
+            model = self.source = str(model)
 
         options = ort.SessionOptions()
         if threads:

@@ -165,6 +165,7 @@ class TensorRTBackend(Backend):
         index = device.index if device.index is not None else torch.cuda.current_device()
         device = torch.device("cuda", index)
         meta: dict = {}
+        self.source = "the TensorRT engine"  # named in messages (see exported.check_exported)
         if engine is None:
             if module is None:
                 raise ConfigError("the tensorrt backend needs a module or an engine file")
@@ -187,6 +188,7 @@ class TensorRTBackend(Backend):
             if not path.is_file():
                 raise ConfigError(f"no TensorRT engine {str(path)!r}")
             meta = read_sidecar(path)
+            self.source = str(path)
             engine = path.read_bytes()
 
         with torch.cuda.device(device):

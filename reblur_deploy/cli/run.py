@@ -9,6 +9,7 @@ import sys
 import click
 from tqdm import tqdm
 
+from ..backends.exported import bundled_source, exported_metadata, origin
 from ..errors import ConfigError
 from ..pipeline import Deblurrer, default_weights, resolve_device
 from ..runner import RunOptions, count_frames, plan_jobs, run_jobs
@@ -48,6 +49,26 @@ def _backend_options(backend: str, onnx_file: str | None, engine_file: str | Non
     if engine_file:
         options["engine"] = engine_file
     return options
+
+
+def _weights(weights, device, onnx_file, engine_file, say) -> str:
+    """The weights to load, saying which model runs. With --onnx/--engine and no --weights:
+    the bundled model the file was exported from (by its weights hash)."""
+    exported = onnx_file or engine_file
+    meta = exported_metadata(onnx_file, engine_file) if exported else {}
+    if weights is None and exported:
+        weights = bundled_source(meta)
+        if weights is None and meta.get("weights_sha256"):
+            raise ConfigError(
+                f"{exported} was exported from {origin(meta)}, not from a bundled model; "
+                "pass those weights with --weights"
+            )
+    if exported:
+        say(f"running {exported}, exported from {origin(meta)}")
+    if weights is None:
+        weights = default_weights(device)
+        say(f"using the bundled model {weights!r} (the default on {device.type})")
+    return weights
 
 
 def _terminate(signum, frame):
@@ -178,12 +199,8 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, 
                          _shard(shard), report)  # fmt: skip
     jobs = plan_jobs(inputs, options)
     device = resolve_device(_device(device))
-    if weights is None:
-        weights = default_weights(device)
-        if not quiet:
-            click.echo(
-                f"using the bundled model {weights!r} (the default on {device.type})", err=True
-            )
+    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    weights = _weights(weights, device, onnx_file, engine_file, say)
     deblurrer = Deblurrer(
         weights, device=device, dtype=dtype, tta_steps=tta_steps,
         batch_size=batch_size, tta_lr=tta_lr, tta_crop=tta_crop, tta_crops=tta_crops,
