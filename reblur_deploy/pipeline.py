@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,14 @@ from torch import nn
 from .backends import create_backend
 from .backends.exported import check_exported
 from .errors import ConfigError, InputError, WeightsError
+from .memory import (
+    HEADROOM,
+    activation_bytes_per_pixel,
+    available_bytes,
+    gigabytes,
+    parse_size,
+    plan_tile,
+)
 from .padding import pad_to_multiple
 from .tiling import run_tiled
 from .tta import TestTimeAdapter, TTAConfig
@@ -107,7 +116,9 @@ def array_to_tensor(image: np.ndarray) -> tuple[torch.Tensor, _Layout]:
     if image.shape[2] == 4:
         layout.alpha = image[..., 3].copy()
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb).astype(np.float32) / scale)
+    values = np.ascontiguousarray(rgb, dtype=np.float32)  # one float copy, scaled in place
+    values /= scale
+    tensor = torch.from_numpy(values)
     return tensor.permute(2, 0, 1).unsqueeze(0), layout
 
 
@@ -117,7 +128,9 @@ def tensor_to_array(tensor: torch.Tensor, layout: _Layout) -> np.ndarray:
     rgb = tensor.detach().float().cpu().permute(1, 2, 0).numpy()
     if len(layout.shape) == 2 or layout.shape[2] == 1:  # grayscale in, grayscale out
         rgb = rgb.mean(axis=2, keepdims=True)
-    out = np.rint(np.clip(rgb, 0.0, 1.0) * scale).astype(layout.dtype)
+    scaled = np.clip(rgb, 0.0, 1.0)  # one float copy, then in place (large frames)
+    scaled *= scale
+    out = np.rint(scaled, out=scaled).astype(layout.dtype)
     if layout.alpha is not None:
         out = np.concatenate([out, layout.alpha[..., None]], axis=2)
     return out.reshape(layout.shape)
@@ -168,6 +181,9 @@ class Deblurrer:
     ``tile``/``tile_overlap``: process frames in overlapping tiles of this size (bounds memory;
     use an overlap of at least the network's receptive field for seamless results). With TTA,
     tiling implies crop TTA on tiles of the same size unless ``tta_crop`` is given.
+    ``max_memory`` (bytes, or a size such as ``"2G"``; default: what the device has free): a
+    frame whose estimated need exceeds it is tiled automatically (and TTA then adapts on crops),
+    with a warning; one that fits in no tiles is refused with an ``InputError``.
 
     ``color``: channel order of array inputs and outputs, ``"rgb"`` or ``"bgr"`` (OpenCV).
 
@@ -195,10 +211,11 @@ class Deblurrer:
         tta_carry: int | None = None,
         tta_joint: bool = False,
         tile: int | None = None,
-        tile_overlap: int = 64,
+        tile_overlap: int | None = None,
         color: str = "rgb",
         backend: str = "torch",
         backend_options: dict | None = None,
+        max_memory: int | str | None = None,
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
@@ -232,9 +249,14 @@ class Deblurrer:
         self.color = color
         if tile is not None and tile < self.size_divisor:
             raise ConfigError(f"tile must be at least {self.size_divisor}, got {tile}")
+        if tile_overlap is None:  # 64 px, but at most a quarter of a small tile
+            tile_overlap = 64 if tile is None else min(64, tile // 4)
         if not 0 <= tile_overlap < (tile or tile_overlap + 1):
             raise ConfigError(f"tile overlap must be in [0, tile), got {tile_overlap}")
         self.tile, self.tile_overlap = tile, tile_overlap
+        self.max_memory = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
+        self._activation_bytes: float | None = None  # per pixel, measured on first need
+        self._auto_tile: int | None = None  # the tile size last chosen for lack of memory
         self._lock = threading.Lock()
         tta = bool(tta_steps or tta_carry)
         if tta and backend == "auto":
@@ -338,23 +360,60 @@ class Deblurrer:
             yield from self.run_arrays(buffer)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """One gradient-free pass of MD over whole frames (tiled when asked), any H×W."""
-        if self.tile is not None:
-            return run_tiled(self.backend.infer, batch, self.tile, self.tile_overlap,
+        """One gradient-free pass of MD over whole frames (tiled when asked or when the frame
+        would not fit in memory), any H×W."""
+        tile = self.tile or self._fitting_tile(batch)
+        if tile is not None:
+            return run_tiled(self.backend.infer, batch, tile, self.tile_overlap,
                              self.size_divisor, self.batch_size)  # fmt: skip
         padded, h, w = pad_to_multiple(batch, self.size_divisor)
         return self.backend.infer(padded)[..., :h, :w]
+
+    def _fitting_tile(self, batch: torch.Tensor, tta: bool = False) -> int | None:
+        """A tile size when ``batch`` would not fit in ``max_memory`` (default: what the device
+        has free) untiled; refuses, with one line, a frame that fits in no tiles. ``tta``: the
+        crop size for TTA's steps instead (their backward pass keeps about twice the
+        activations, for ``n_crops`` crops at once)."""
+        budget = self.max_memory
+        if budget is None:
+            free = available_bytes(self.device)
+            budget = None if free is None else int(free * HEADROOM)
+        if self._activation_bytes is None:
+            self._activation_bytes = activation_bytes_per_pixel(self.deblur, self.size_divisor)
+        per_pixel, calls = self._activation_bytes, self.batch_size
+        if tta:
+            per_pixel, calls = 2 * per_pixel, self.adapter.config.n_crops
+        tile = plan_tile(tuple(batch.shape), per_pixel, budget, calls, self.size_divisor,
+                         self.tile_overlap)  # fmt: skip
+        if tile is not None and tile != self._auto_tile:
+            h, w = batch.shape[-2:]
+            what = "adapting on" if tta else "deblurring it in"
+            warnings.warn(
+                f"a {w}×{h} frame does not fit in {gigabytes(budget)} of memory in one piece: "
+                f"{what} {tile} px tiles (set --tile to choose)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._auto_tile = tile
+        return tile
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
         """The model boundary: float32 NCHW in [0, 1] → float32 NCHW in [0, 1] on the device."""
         batch = batch.to(self.device, torch.float32)
         with self._lock:
-            if self.adapter is not None:
+            if self.adapter is not None and self.adapter.config.crop_size is None:
+                config = self.adapter.config  # whole-frame steps, unless the frame is too big
+                config.crop_size = self._fitting_tile(batch, tta=True)
+                try:
+                    out = self.adapter(batch)
+                finally:
+                    config.crop_size = None
+            elif self.adapter is not None:
                 out = self.adapter(batch)
             else:
                 with torch.inference_mode():
-                    out = self._forward(batch)
+                    out = self._forward(batch).clamp_(0.0, 1.0)  # in place; NaN stays NaN
         # A diverged network must not leak NaN pixels into anyone's pipeline.
         if not torch.isfinite(out).all():
             raise InputError("the network produced NaN or infinite values (diverged weights?)")
-        return out.clamp(0.0, 1.0)
+        return out

@@ -277,7 +277,14 @@ class _Runner:
         while True:
             try:
                 return deblurrer(images)
-            except torch.OutOfMemoryError:
+            except RuntimeError as e:  # the CPU allocator's failure is a plain RuntimeError
+                if not isinstance(e, torch.OutOfMemoryError) and "can't allocate" not in str(e):
+                    raise
+                if deblurrer.device.type != "cuda":
+                    raise ReblurError(
+                        "out of memory: give a smaller --max-memory or --tile than the estimate "
+                        "that was used"
+                    ) from None
                 if deblurrer.tile is not None and deblurrer.tile <= 128:
                     raise ReblurError("out of GPU memory even with 128 px tiles") from None
                 deblurrer.tile = 512 if deblurrer.tile is None else deblurrer.tile // 2

@@ -79,4 +79,4 @@ def run_tiled(
                 out[n, :, y : y + th, x : x + tw] += result * window
                 if n == 0:
                     total[..., y : y + th, x : x + tw] += window
-    return (out / total)[..., :h, :w]
+    return out.div_(total)[..., :h, :w]

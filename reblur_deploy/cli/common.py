@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 
 import click
+from tqdm import tqdm
 
 from .._version import __version__
 from ..errors import ReblurError
@@ -22,13 +24,20 @@ def console_script(name: str, **kwargs):
     return decorate
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    tqdm.write(f"warning: {message}", file=sys.stderr)  # above a progress bar, not inside it
+
+
 def one_line_errors(fn):
     """Turn library errors into one line on stderr and exit code 1 (traceback with --verbose)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                if not kwargs.get("verbose"):  # one line each, without file and source line
+                    warnings.showwarning = _one_line_warning
+                return fn(*args, **kwargs)
         except ReblurError as e:
             if kwargs.get("verbose"):
                 raise

@@ -148,7 +148,17 @@ def _terminate(signum, frame):
 @click.option(
     "--tile", type=click.IntRange(min=1), default=None, help="Process in tiles of this size."
 )
-@click.option("--tile-overlap", type=click.IntRange(min=0), default=64, show_default=True)
+@click.option(
+    "--tile-overlap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Overlap of the tiles [default: 64, at most a quarter of --tile].",
+)
+@click.option(
+    "--max-memory",
+    default=None,
+    help="Memory a frame may use, e.g. 2G; larger frames are tiled [default: what is free].",
+)
 @click.option("--side-by-side", is_flag=True, help="Write input | output next to each other.")
 @click.option("--start", type=click.IntRange(min=0), default=0, help="First video frame.")
 @click.option("--end", type=click.IntRange(min=1), default=None, help="Video frame to stop before.")
@@ -180,8 +190,8 @@ def _terminate(signum, frame):
 @one_line_errors
 def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, engine_file,
          batch_size, tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry, tile,
-         tile_overlap, side_by_side, start, end, fps, codec, crf, preset, shard, report, quiet,
-         verbose):  # fmt: skip
+         tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, shard,
+         report, quiet, verbose):  # fmt: skip
     """Deblur images, folders, globs and videos.
 
     \b
@@ -205,6 +215,7 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, 
         weights, device=device, dtype=dtype, tta_steps=tta_steps,
         batch_size=batch_size, tta_lr=tta_lr, tta_crop=tta_crop, tta_crops=tta_crops,
         tta_tol=tta_tol, tta_carry=tta_carry, tile=tile, tile_overlap=tile_overlap,
+        max_memory=max_memory,
         backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
     if backend == "auto" and not quiet:

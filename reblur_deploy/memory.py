@@ -1,0 +1,120 @@
+"""How much memory a frame needs, how much there is, and the tile size that makes it fit.
+
+A network's activations grow with the pixels it sees, so a large frame (a 20000×20000 scan, a
+panorama) is run in tiles chosen here, on the CPU as on a GPU, before anything is allocated;
+a frame whose buffers alone cannot fit is refused with one line. The estimate is an upper
+bound: every intermediate tensor of one forward pass counted as if all were alive at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, InputError
+
+# float32 bytes per pixel and image that a frame holds outside the network: the input tensor,
+# the output (or the tiled output and its blend weights) and the 8-bit arrays around them.
+FRAME_BYTES_PER_PIXEL = 3 * 4 + 3 * 4 + 4 + 2 * 3
+HEADROOM = 0.8  # of what is available: the allocator, the interpreter and others need some
+MIN_TILE = 128
+UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1.5G', '800000' → bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)i?B?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"memory sizes look like 512M or 2G, got {text!r}")
+    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**29 else f"{n / 2**20:.0f} MB"
+
+
+def _cgroup_room() -> int | None:
+    """What the process's cgroup (v2: a container's memory limit) still allows, if limited."""
+    try:
+        group = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[1]
+        folder = Path("/sys/fs/cgroup") / group.lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((folder / "memory.current").read_text())
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` (None when the system cannot say)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        info = Path("/proc/meminfo").read_text()
+        free = int(re.search(r"MemAvailable:\s+(\d+) kB", info).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+    room = _cgroup_room()
+    return free if room is None else min(free, room)
+
+
+def activation_bytes_per_pixel(module: nn.Module, divisor: int = 1) -> float:
+    """Bytes of every intermediate tensor of one forward pass, per input pixel (float32).
+
+    Measured once on a small probe input with forward hooks on the leaf modules (plus the
+    input and output); the sum bounds the peak, since not all are alive at once.
+    """
+    side = max(64, divisor * 4)
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel()
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    param = next(module.parameters())
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, 3, side, side, device=param.device, dtype=param.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 4.0 * (total + 2 * 3 * side * side) / (side * side)
+
+
+def plan_tile(
+    shape: tuple[int, ...],
+    per_pixel: float,
+    budget: int | None,
+    tiles_per_call: int,
+    divisor: int,
+    overlap: int,
+) -> int | None:
+    """The tile size that fits an N×3×H×W batch in ``budget`` bytes (None: no tiling needed).
+
+    Raises ``InputError`` when even the frame buffers, or the smallest useful tile, do not fit.
+    """
+    if budget is None:
+        return None
+    n, _, h, w = shape
+    frames = FRAME_BYTES_PER_PIXEL * n * h * w
+    if frames + per_pixel * n * h * w <= budget:
+        return None
+    room = budget - frames
+    smallest = max(MIN_TILE, 2 * overlap + divisor)
+    side = int((max(room, 0) / (per_pixel * tiles_per_call)) ** 0.5) // divisor * divisor
+    if side < smallest:
+        need = frames + per_pixel * tiles_per_call * smallest**2
+        raise InputError(
+            f"a {w}×{h} image needs about {gigabytes(need)} of memory even in tiles, and "
+            f"{gigabytes(budget)} are available; downscale or crop it, or raise --max-memory"
+        )
+    return min(side, max(h, w))

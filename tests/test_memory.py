@@ -1,0 +1,95 @@
+"""Frames too large for memory: tiled automatically, or refused with one line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from reblur_deploy import save_weights
+from reblur_deploy.errors import ConfigError, InputError
+from reblur_deploy.io import read_image, write_image
+from reblur_deploy.memory import activation_bytes_per_pixel, parse_size, plan_tile
+from reblur_deploy.models import build
+
+from .conftest import randomized
+
+# Runs reblur-run in this process and prints its peak resident memory (KiB) last.
+PEAK = """
+import resource, sys
+from reblur_deploy.cli.run import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    md = randomized(build("unet", widths=(16, 24, 32), n_blocks=1))
+    return str(save_weights(tmp_path_factory.mktemp("w") / "m.safetensors", {"deblur": md}))
+
+
+@pytest.fixture(scope="module")
+def large(data_dir, tmp_path_factory):
+    """A real 2560×1440 frame (GOPRO, upscaled ×2): 3.7 Mpixel."""
+    image = read_image(data_dir / "gopro" / "blur" / "blur_01.png")
+    big = cv2.resize(image, (2560, 1440), interpolation=cv2.INTER_CUBIC)
+    return write_image(tmp_path_factory.mktemp("in") / "large.png", big)
+
+
+def peak_run(*args) -> tuple[subprocess.CompletedProcess, int]:
+    result = subprocess.run([sys.executable, "-c", PEAK, *map(str, args)],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    return result, int(result.stderr.strip().splitlines()[-1]) * 1024
+
+
+def test_sizes_and_plans():
+    assert parse_size("2G") == 2 * 2**30 and parse_size("512M") == 512 * 2**20
+    assert parse_size("1.5GiB") == int(1.5 * 2**30) and parse_size("4096") == 4096
+    with pytest.raises(ConfigError):
+        parse_size("lots")
+    per_pixel = activation_bytes_per_pixel(build("unet"), 4)
+    assert 1000 < per_pixel < 20000  # the paper's U-Net: 64 channels at full resolution
+    shape = (1, 3, 720, 1280)
+    assert plan_tile(shape, per_pixel, 64 * 2**30, 4, 4, 64) is None  # fits: no tiles
+    tile = plan_tile(shape, per_pixel, 600 * 2**20, 4, 4, 64)
+    assert tile is not None and tile % 4 == 0 and 128 <= tile < 720
+    assert 34 * 720 * 1280 + per_pixel * 4 * tile**2 <= 600 * 2**20
+    with pytest.raises(InputError, match="even in tiles"):
+        plan_tile((1, 3, 20000, 20000), per_pixel, 4 * 2**30, 4, 4, 64)
+
+
+def test_a_frame_too_large_for_the_budget_is_tiled_and_stays_within_it(tmp_path, weights, large):
+    whole, whole_peak = peak_run(large, "--weights", weights, "-o", tmp_path / "whole.png")
+    assert whole.returncode == 0, whole.stderr
+    tiny, _ = peak_run(large, "--weights", weights, "-o", tmp_path / "tiny.png",
+                       "--max-memory", "1M")  # fmt: skip
+    assert tiny.returncode == 1 and not (tmp_path / "tiny.png").exists()
+    assert "even in tiles" in tiny.stderr and "Traceback" not in tiny.stderr
+    budget = 300 * 2**20
+    tiled, tiled_peak = peak_run(large, "--weights", weights, "-o", tmp_path / "auto.png",
+                                 "--max-memory", str(budget))  # fmt: skip
+    assert tiled.returncode == 0, tiled.stderr
+    warning = [line for line in tiled.stderr.splitlines() if "px tiles" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: a 2560×1440 frame"), tiled.stderr
+    tile = int(warning[0].split(" px tiles")[0].rsplit(" ", 1)[1])
+    explicit, _ = peak_run(large, "--weights", weights, "-o", tmp_path / "explicit.png",
+                           "--tile", tile, "--tile-overlap", 64)  # fmt: skip
+    assert explicit.returncode == 0, explicit.stderr
+    assert np.array_equal(read_image(tmp_path / "auto.png"), read_image(tmp_path / "explicit.png"))
+    # Whole, the frame needs far more than the budget; tiled, the run stays near it.
+    assert whole_peak - tiled_peak > budget / 2, (whole_peak, tiled_peak)
+    difference = np.abs(
+        read_image(tmp_path / "auto.png").astype(int) - read_image(tmp_path / "whole.png")
+    )
+    assert np.percentile(difference, 99.9) <= 2  # tiles blend into the untiled result
+
+
+def test_a_small_tile_gets_a_fitting_overlap(tmp_path, weights, large):
+    small = write_image(tmp_path / "s.png", read_image(large)[:96, :128])
+    result, _ = peak_run(small, "--weights", weights, "-o", tmp_path / "o.png", "--tile", 16)
+    assert result.returncode == 0, result.stderr
