@@ -62,6 +62,7 @@ class RunOptions:
     codec: str | None = None
     crf: int = 18
     preset: str = "medium"
+    pix_fmt: str | None = None
     shard: tuple[int, int] = (0, 1)
     report: str | None = None
 
@@ -210,13 +211,14 @@ class _Runner:
             return 1
         if job.kind == "frames":
             first = read_image(source)
-            if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
+            if first.ndim != 3 or first.shape[2] != 3 or first.dtype not in (np.uint8, np.uint16):
                 raise InputError(
-                    f"{source}: video frames must be 8-bit RGB, got {first.shape} {first.dtype}"
+                    f"{source}: video frames must be 8- or 16-bit RGB, got {first.shape} "
+                    f"{first.dtype}"
                 )
             fps = Fraction(options.fps).limit_denominator(1001)
             h, w = first.shape[:2]
-            writer = self.writer(job.target, fps, w, h)
+            writer = self.writer(job.target, fps, w, h, bit_depth=8 * first.itemsize)
             frames = ((i, read_image(p), None) for i, p in enumerate(job.sources))
             return self.encode_all(job, frames, writer)
         info = probe_video(source)
@@ -225,15 +227,17 @@ class _Runner:
         writer = self.writer(
             job.target, info.fps, info.width, info.height, time_base=info.time_base,
             rotation=info.rotation, audio_from=source if info.has_audio else None, color_from=info,
+            bit_depth=info.bit_depth,
         )  # fmt: skip
-        frames = ((f.index, f.rgb, f.pts) for f in read_frames(source, options.start, options.end))
+        decoded = read_frames(source, options.start, options.end, keep_depth=True)
+        frames = ((f.index, f.rgb, f.pts) for f in decoded)
         return self.encode_all(job, frames, writer)
 
     def writer(self, target: Path, fps: Fraction, width: int, height: int, **kwargs) -> VideoWriter:
         o = self.options
         width *= 2 if o.side_by_side else 1
         return VideoWriter(target, fps, width, height, codec=o.codec, crf=o.crf, preset=o.preset,
-                           overwrite=o.overwrite, **kwargs)  # fmt: skip
+                           pix_fmt=o.pix_fmt, overwrite=o.overwrite, **kwargs)  # fmt: skip
 
     def encode_all(self, job: Job, frames, writer: VideoWriter) -> int:
         """Deblur (index, rgb, pts) frames in batches and encode them in order; the writer

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from reblur_deploy import save_weights
-from reblur_deploy.io import probe_video, read_image, write_image
+from reblur_deploy.io import probe_video, read_frames, read_image, write_image
 from reblur_deploy.models import build
 
 from .conftest import randomized
@@ -287,3 +287,30 @@ def test_exported_files_are_checked_for_role_and_weights(tmp_path, weights, crop
     unknown = ort("mine.onnx")
     assert unknown.returncode == 1 and "not from a bundled model" in unknown.stderr
     assert all(len(r.stderr.strip().splitlines()) <= 2 for r in (wrong_role, other_model, unknown))
+
+
+def test_ten_bit_video_stays_ten_bit(tmp_path, weights, data_dir):
+    frames = sorted((data_dir / "gopro_clip_noGT").glob("*.png"))[:6]
+    source = tmp_path / "in10.mp4"
+    with av.open(str(source), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p10le"
+        stream.codec_context.options = {"crf": "8"}
+        for i, path in enumerate(frames):
+            rgb = read_image(path)[200:296, 300:428].astype(np.uint16) * 257
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le").reformat(format="yuv420p10le")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    assert probe_video(source).bit_depth == 10
+    run(source, "--weights", weights, "-o", tmp_path / "out.mp4")
+    written = probe_video(tmp_path / "out.mp4")
+    assert written.bit_depth == 10 and written.frames == 6
+    decoded = [f.rgb for f in read_frames(tmp_path / "out.mp4", keep_depth=True)]
+    assert decoded[0].dtype == np.uint16 and decoded[0].shape == (96, 128, 3)
+    run(source, "--weights", weights, "-o", tmp_path / "out8.mp4", "--pix-fmt", "yuv420p")
+    assert probe_video(tmp_path / "out8.mp4").bit_depth == 8
+    bad = run(source, "--weights", weights, "-o", tmp_path / "bad.mp4", "--pix-fmt", "rgb99",
+              check=False)  # fmt: skip
+    assert bad.returncode == 1 and "unknown pixel format 'rgb99'" in bad.stderr
+    assert not (tmp_path / "bad.mp4").exists()

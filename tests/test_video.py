@@ -341,7 +341,7 @@ def test_codec_not_available(tmp_path):
 
 def test_bad_frames_and_time_stamps_are_refused(tmp_path):
     with VideoWriter(tmp_path / "x.mp4", 30, W, H) as out:
-        with pytest.raises(InputError, match="uint8 RGB"):
+        with pytest.raises(InputError, match="uint8 or uint16 RGB"):
             out.write(np.zeros((H, W), np.uint8))
         out.write(pattern(0), pts=10)
         with pytest.raises(InputError, match="not after"):

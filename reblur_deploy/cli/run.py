@@ -178,6 +178,11 @@ def _terminate(signum, frame):
     help="x264/x265 quality (18 ≈ visually lossless; lower = better, bigger).",
 )
 @click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@click.option(
+    "--pix-fmt",
+    default=None,
+    help="Output pixel format, e.g. yuv420p10le [default: yuv420p, 10-bit for 10-bit input].",
+)
 @click.option("--shard", default=None, help="I/N: process every N-th input starting at I.")
 @click.option(
     "--report",
@@ -190,8 +195,8 @@ def _terminate(signum, frame):
 @one_line_errors
 def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, engine_file,
          batch_size, tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry, tile,
-         tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, shard,
-         report, quiet, verbose):  # fmt: skip
+         tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, pix_fmt,
+         shard, report, quiet, verbose):  # fmt: skip
     """Deblur images, folders, globs and videos.
 
     \b
@@ -206,7 +211,7 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, 
     if end is not None and end <= start:
         raise ConfigError(f"--end {end} must be after --start {start}")
     options = RunOptions(output, overwrite, side_by_side, start, end, fps, codec, crf, preset,
-                         _shard(shard), report)  # fmt: skip
+                         pix_fmt, _shard(shard), report)  # fmt: skip
     jobs = plan_jobs(inputs, options)
     device = resolve_device(_device(device))
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))

@@ -132,11 +132,13 @@ class VideoInfo:
     color_primaries: int = _UNSPECIFIED
     color_trc: int = _UNSPECIFIED
     color_range: int = 0
+    bit_depth: int = 8  # bits per sample of the decoded pixel format (10 for yuv420p10le)
 
 
 @dataclass
 class Frame:
-    """One decoded frame: H×W×3 uint8 RGB, its index in the file, time stamp and seconds."""
+    """One decoded frame: H×W×3 RGB (uint8; uint16 over the full 16-bit range for deeper video
+    read with ``keep_depth``), its index in the file, time stamp and seconds."""
 
     rgb: np.ndarray
     index: int
@@ -220,13 +222,19 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             color_primaries=int(first.color_primaries),
             color_trc=int(first.color_trc),
             color_range=int(first.color_range),
+            bit_depth=_bits(first.format),
         )
     finally:
         container.close()
 
 
-def read_frames(path: str | os.PathLike, start: int = 0, end: int | None = None) -> Iterator[Frame]:
+def read_frames(
+    path: str | os.PathLike, start: int = 0, end: int | None = None, *, keep_depth: bool = False
+) -> Iterator[Frame]:
     """Decode the frames ``[start, end)`` (by index, 0-based) of the first video stream.
+
+    Frames are 8-bit RGB; with ``keep_depth`` a video of more than 8 bits per sample (10-bit
+    HDR or camera footage) gives uint16 RGB instead, so that no precision is lost.
 
     The file is opened (and checked) when this is called; frames are decoded lazily. Frames
     before ``start`` are decoded (inter-frame codecs need them) but not converted to RGB.
@@ -245,7 +253,7 @@ def read_frames(path: str | os.PathLike, start: int = 0, end: int | None = None)
     except BaseException:
         container.close()
         raise
-    return _frames(container, stream, path, fps, start, end)
+    return _frames(container, stream, path, fps, start, end, keep_depth)
 
 
 def _decoded(container, stream, path: Path, counter: list[int]):
@@ -308,7 +316,13 @@ def _stream_end(stream) -> float | None:
         return None
 
 
-def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int | None):
+def _bits(video_format) -> int:
+    """Bits per sample of a pixel format (8 for yuv420p, 10 for yuv420p10le)."""
+    return max((c.bits for c in video_format.components), default=8)
+
+
+def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int | None,
+            keep_depth: bool):  # fmt: skip
     time_base = stream.time_base
     counter = [0]  # index of the next frame, shared with _decoded for its error messages
     try:
@@ -318,7 +332,8 @@ def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int |
             if index < start:
                 continue
             try:
-                rgb = av_frame.to_ndarray(format="rgb24")
+                deep = keep_depth and _bits(av_frame.format) > 8
+                rgb = av_frame.to_ndarray(format="rgb48le" if deep else "rgb24")
             except (av.FFmpegError, ValueError) as e:
                 raise InputError(f"cannot decode {path} at frame {index}: {_reason(e)}") from None
             pts = av_frame.pts
@@ -390,6 +405,8 @@ class VideoWriter:
         audio_end: float | None = None,
         color_from: VideoInfo | None = None,
         overwrite: bool = False,
+        pix_fmt: str | None = None,
+        bit_depth: int = 8,
     ) -> None:
         self.path = Path(path)
         self.frames_written = 0
@@ -422,15 +439,7 @@ class VideoWriter:
         if self.codec in _PRESET_CODECS and preset not in _X264_PRESETS:
             raise ConfigError(f"unknown preset {preset!r} (use one of {', '.join(_X264_PRESETS)})")
         encoder = _encoder(self.codec)
-        odd = self.width % 2 or self.height % 2
-        self.pix_fmt = "yuv444p" if odd else "yuv420p"
-        formats = {f.name for f in encoder.video_formats or ()}
-        if formats and self.pix_fmt not in formats:
-            need = "an even width and height" if odd else "a pixel format other than yuv420p"
-            raise ConfigError(
-                f"encoder {self.codec!r} needs {need} ({self.width}×{self.height} given); "
-                "use libx264 or another size"
-            )
+        self.pix_fmt = self._pixel_format(pix_fmt, encoder, bit_depth)
         # The encoder's time base: the caller's, except where the format cannot hold it.
         self._enc_tb = self.time_base
         if suffix == ".avi" or (self.codec == "mpeg4" and self.time_base.denominator > 65535):
@@ -472,6 +481,36 @@ class VideoWriter:
             raise
 
     # -- setup ---------------------------------------------------------------------------------
+
+    def _pixel_format(self, pix_fmt: str | None, encoder: av.Codec, bit_depth: int) -> str:
+        """``pix_fmt`` checked against the encoder; by default yuv420p, or yuv420p10le for
+        ``bit_depth`` > 8 where the encoder has it (else a warning). At an odd width or height,
+        where 4:2:0 and 4:2:2 cannot halve the chroma, the 4:4:4 format of the same depth."""
+        formats = {f.name for f in encoder.video_formats or ()}
+        chosen = pix_fmt or "yuv420p"
+        if pix_fmt is None and bit_depth > 8:
+            if "yuv420p10le" in formats:
+                chosen = "yuv420p10le"
+            else:
+                warnings.warn(
+                    f"{self.path}: the input has {bit_depth} bits per sample and {self.codec!r} "
+                    "writes 8; use --codec libx264 (or libx265) to keep 10 bits",
+                    stacklevel=3,
+                )
+        try:
+            av.VideoFormat(chosen)
+        except ValueError:
+            raise ConfigError(
+                f"unknown pixel format {chosen!r} (e.g. yuv420p, yuv420p10le)"
+            ) from None
+        if self.width % 2 or self.height % 2:
+            chosen = chosen.replace("420", "444").replace("422", "444")
+        if formats and chosen not in formats:
+            raise ConfigError(
+                f"encoder {self.codec!r} cannot write {chosen} ({self.width}×{self.height}); "
+                f"it writes {', '.join(sorted(formats))}"
+            )
+        return chosen
 
     def _open_output(self, suffix, crf, preset, rotation, audio_streams) -> None:
         options = {"movflags": "+faststart"} if suffix in (".mp4", ".mov") else {}
@@ -547,15 +586,20 @@ class VideoWriter:
     # -- writing -------------------------------------------------------------------------------
 
     def write(self, rgb: np.ndarray, pts: int | None = None) -> None:
-        """Encode one H×W×3 uint8 RGB frame; ``pts`` in ``time_base`` units (see module doc)."""
+        """Encode one H×W×3 RGB frame (uint8, or uint16 for deeper video); ``pts`` in
+        ``time_base`` units (see module doc)."""
         if self._done or self._out is None:
             raise ReblurError(f"cannot write {self.path}: the writer is closed")
         shape = (self.height, self.width, 3)
-        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.shape != shape:
+        if (
+            not isinstance(rgb, np.ndarray)
+            or rgb.dtype not in (np.uint8, np.uint16)
+            or rgb.shape != shape
+        ):
             got = f"{rgb.shape} {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb)
             raise InputError(
                 f"frame {self.frames_written} for {self.path}: expected a "
-                f"{self.height}×{self.width}×3 uint8 RGB array, got {got}"
+                f"{self.height}×{self.width}×3 uint8 or uint16 RGB array, got {got}"
             )
         if pts is None:
             pts = round(self.frames_written / self.fps / self.time_base)
@@ -578,7 +622,8 @@ class VideoWriter:
             enc_pts = self._last_enc_pts + 1  # rounding to a coarser (AVI) clock
         self._last_enc_pts = enc_pts
 
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        layout = "rgb24" if rgb.dtype == np.uint8 else "rgb48le"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=layout)
         frame = frame.reformat(
             format=self.pix_fmt,
             dst_colorspace=self._sws_matrix,
