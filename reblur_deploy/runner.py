@@ -63,6 +63,7 @@ class RunOptions:
     crf: int = 18
     preset: str = "medium"
     pix_fmt: str | None = None
+    skip_existing: bool = False
     shard: tuple[int, int] = (0, 1)
     report: str | None = None
 
@@ -76,10 +77,27 @@ class Summary:
     report: list[dict[str, Any]] = field(default_factory=list)
 
 
+OUTPUT_SUFFIX = "_deblurred"  # of outputs written beside their input
+
+
 def _media_in(folder: Path) -> list[Path]:
-    return sorted(
+    return _without_outputs(
         p for p in folder.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
     )
+
+
+def _without_outputs(paths: Iterable[Path]) -> list[Path]:
+    """Sorted media paths, less the ``X_deblurred`` outputs of an earlier run beside their
+    input ``X`` (a folder or glob run must not deblur its own earlier results)."""
+    paths = sorted(paths)
+    stems = {(p.parent, p.stem) for p in paths}
+    return [
+        p
+        for p in paths
+        if not (
+            p.stem.endswith(OUTPUT_SUFFIX) and (p.parent, p.stem[: -len(OUTPUT_SUFFIX)]) in stems
+        )
+    ]
 
 
 def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
@@ -99,14 +117,14 @@ def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
                     raise InputError(f"{path} holds no image frames to make {output} from")
                 jobs.append(Job("frames", frames, output, len(frames)))
                 continue
-            folder = output if output is not None else path.with_name(f"{path.name}_deblurred")
+            folder = output if output is not None else path.with_name(f"{path.name}{OUTPUT_SUFFIX}")
             media = _media_in(path)
             if not media:
                 raise InputError(f"{path} holds no images or videos")
             jobs += [_job(p, folder / p.name) for p in media]
         elif path.is_file():
             if output is None:
-                target = path.with_name(f"{path.stem}_deblurred{path.suffix}")
+                target = path.with_name(f"{path.stem}{OUTPUT_SUFFIX}{path.suffix}")
             elif into_folder or len(specs) > 1:
                 target = output / path.name
             else:
@@ -114,15 +132,15 @@ def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
             jobs.append(_job(path, target))
         elif GLOB_CHARS & set(spec):
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec)))
-            matches = [
+            matches = _without_outputs(
                 p
                 for p in matches
                 if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
-            ]
+            )
             if not matches:
                 raise InputError(f"no images or videos match {spec!r}")
             for p in matches:
-                name = f"{p.stem}_deblurred{p.suffix}"
+                name = f"{p.stem}{OUTPUT_SUFFIX}{p.suffix}"
                 jobs.append(_job(p, output / p.name if output else p.with_name(name)))
         else:
             raise InputError(f"no such file or folder: {spec}")
@@ -138,10 +156,25 @@ def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
     index, count = options.shard
     mine = jobs[index::count]
     # Only this shard's outputs: other processes may already be writing theirs.
+    if options.skip_existing and not options.overwrite:
+        mine = [job for job in mine if not job.target.exists()]
     for job in mine:
         if job.target.exists() and not options.overwrite:
-            raise ConfigError(f"{job.target} exists; refusing to overwrite it (use --overwrite)")
+            raise ConfigError(
+                f"{job.target} exists; refusing to overwrite it (use --overwrite, or "
+                "--skip-existing to do only what is missing)"
+            )
+        _check_writable(job.target)
     return mine
+
+
+def _check_writable(target: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be created or written."""
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {target}: {folder} is not a writable folder")
 
 
 def _job(source: Path, target: Path) -> Job:
@@ -231,7 +264,11 @@ class _Runner:
         )  # fmt: skip
         decoded = read_frames(source, options.start, options.end, keep_depth=True)
         frames = ((f.index, f.rgb, f.pts) for f in decoded)
-        return self.encode_all(job, frames, writer)
+        done = self.encode_all(job, frames, writer)
+        if options.end is not None and options.start + done < options.end:
+            self.log(f"warning: {source} ends after frame {options.start + done - 1}; "
+                     f"--end {options.end} is past its end")  # fmt: skip
+        return done
 
     def writer(self, target: Path, fps: Fraction, width: int, height: int, **kwargs) -> VideoWriter:
         o = self.options
@@ -243,11 +280,14 @@ class _Runner:
         """Deblur (index, rgb, pts) frames in batches and encode them in order; the writer
         renames its file only when everything succeeded."""
         done, batch = 0, []
+        # TTA adapts frame by frame anyway: batches would only delay the progress updates.
+        adapter = self.deblurrer.adapter
+        size = 1 if adapter is not None and not adapter.config.joint else self.deblurrer.batch_size
         try:
             with writer:
                 for item in frames:
                     batch.append(item)
-                    if len(batch) == self.deblurrer.batch_size:
+                    if len(batch) == size:
                         done += self.encode(job.sources[0], batch, writer)
                         batch = []
                 if batch:
@@ -325,9 +365,12 @@ def count_frames(job: Job, options: RunOptions) -> int | None:
     if job.kind != "video":
         return job.frames
     try:
-        total = probe_video(job.sources[0]).frames
+        info = probe_video(job.sources[0])
+        total = info.frames
     except ReblurError:
         return None  # reported properly when the job runs
+    if total is None and info.duration:  # MKV and WebM: no count, but a duration
+        total = round(info.duration * info.fps)
     if total is None:
         return None
     end = total if options.end is None else min(options.end, total)

@@ -314,3 +314,42 @@ def test_ten_bit_video_stays_ten_bit(tmp_path, weights, data_dir):
               check=False)  # fmt: skip
     assert bad.returncode == 1 and "unknown pixel format 'rgb99'" in bad.stderr
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_batches_resume_and_skip_earlier_outputs(tmp_path, weights, crop):
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / name, crop)
+    run(tmp_path / "a.png", "--weights", weights, "-q")  # an earlier run: a_deblurred.png beside
+    first = (tmp_path / "a_deblurred.png").stat().st_mtime_ns
+    # A glob over the folder leaves the earlier output alone instead of deblurring it again.
+    refused = run(tmp_path / "*.png", "--weights", weights, check=False)
+    assert refused.returncode == 1 and "--skip-existing" in refused.stderr
+    assert "frame" not in refused.stderr  # refused before any work
+    resumed = run(tmp_path / "*.png", "--weights", weights, "--skip-existing")
+    assert "1 item(s), 1 frame(s)" in resumed.stdout and "b_deblurred.png" in resumed.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.png", "a_deblurred.png", "b.png", "b_deblurred.png"
+    ]  # fmt: skip
+    assert (tmp_path / "a_deblurred.png").stat().st_mtime_ns == first
+    again = run(tmp_path, "-o", tmp_path / "out", "--weights", weights, "-q")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    nothing = run(tmp_path / "*.png", "--weights", weights, "--skip-existing")
+    assert "nothing to do" in nothing.stderr and again.returncode == nothing.returncode == 0
+
+
+def test_messages_are_single_lines_with_one_prefix(tmp_path, weights, crop, clip):
+    (tmp_path / "empty.png").write_bytes(b"")
+    failed = run(tmp_path / "empty.png", "--weights", weights, check=False)
+    assert failed.returncode == 1 and failed.stdout == ""  # no summary naming an unwritten file
+    assert failed.stderr.strip().splitlines() == [
+        f"error: cannot decode {tmp_path / 'empty.png'}: not an image, or a corrupt one"
+    ]
+    usage = run(tmp_path / "empty.png", "--crf", "99", check=False)
+    assert usage.returncode == 2 and usage.stderr.strip().splitlines()[-1].startswith("error: ")
+    past = run(clip, "--weights", weights, "--start", "25", "--end", "40", "-o", tmp_path / "p.mp4")
+    assert "warning: " in past.stderr and "--end 40 is past its end" in past.stderr
+    assert probe_video(tmp_path / "p.mp4").frames == 5
+    # Not on a terminal: plain progress lines, never a carriage return.
+    assert "\r" not in past.stderr and "5/5 frame(s)" in past.stderr
+    small_tile = run(write_image(tmp_path / "s.png", crop), "--weights", weights, "--tile", "8")
+    assert small_tile.returncode == 0 and "overlap" not in small_tile.stderr

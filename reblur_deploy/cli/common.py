@@ -13,12 +13,37 @@ from .._version import __version__
 from ..errors import ReblurError
 
 
+class _Command(click.Command):
+    """Usage errors (a bad option value, a missing argument) end in ``error: ...`` like every
+    other message of the tools, not click's ``Error: ...``."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            if e.ctx is not None:
+                click.echo(
+                    f"{e.ctx.get_usage()}\nTry '{e.ctx.command_path} -h' for help.", err=True
+                )
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
 def console_script(name: str, **kwargs):
     """``click.command`` for a console script: ``-h`` as well as ``--help``, and ``--version``."""
 
     def decorate(fn):
         fn = click.version_option(__version__, "--version", prog_name=name)(fn)
-        return click.command(name=name, context_settings={"help_option_names": ["-h", "--help"]},
+        return click.command(name=name, cls=_Command,
+                             context_settings={"help_option_names": ["-h", "--help"]},
                              **kwargs)(fn)  # fmt: skip
 
     return decorate
@@ -41,7 +66,8 @@ def one_line_errors(fn):
         except ReblurError as e:
             if kwargs.get("verbose"):
                 raise
-            raise click.ClickException(str(e)) from None
+            click.echo(f"error: {e}", err=True)  # the prefix of every message of the tools
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import click
 from tqdm import tqdm
@@ -79,6 +80,9 @@ def _terminate(signum, frame):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output file, or folder (end with / to force one).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never inputs).")
+@click.option(
+    "--skip-existing", is_flag=True, help="Leave inputs whose output exists (resume a batch)."
+)
 @click.option(
     "--weights",
     default=None,
@@ -193,8 +197,8 @@ def _terminate(signum, frame):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @one_line_errors
-def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, engine_file,
-         batch_size, tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry, tile,
+def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backend, onnx_file,
+         engine_file, batch_size, tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry, tile,
          tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, pix_fmt,
          shard, report, quiet, verbose):  # fmt: skip
     """Deblur images, folders, globs and videos.
@@ -211,8 +215,11 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, 
     if end is not None and end <= start:
         raise ConfigError(f"--end {end} must be after --start {start}")
     options = RunOptions(output, overwrite, side_by_side, start, end, fps, codec, crf, preset,
-                         pix_fmt, _shard(shard), report)  # fmt: skip
+                         pix_fmt, skip_existing, _shard(shard), report)  # fmt: skip
     jobs = plan_jobs(inputs, options)
+    if not jobs:  # --skip-existing found every output
+        click.echo("nothing to do: every output exists (--skip-existing)", err=True)
+        return
     device = resolve_device(_device(device))
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     weights = _weights(weights, device, onnx_file, engine_file, say)
@@ -227,18 +234,60 @@ def main(inputs, output, overwrite, weights, device, dtype, backend, onnx_file, 
         click.echo(f"backend: {deblurrer.backend.name} (picked by --backend auto)", err=True)
     counts = [count_frames(job, options) for job in jobs]
     total = None if None in counts else sum(counts)
-    with tqdm(total=total, unit="frame", disable=quiet, dynamic_ncols=True, file=sys.stderr) as bar:
+    if sys.stderr.isatty():  # a bar that redraws itself every frame
+        bar = tqdm(total=total, unit="frame", disable=quiet, dynamic_ncols=True, file=sys.stderr,
+                   miniters=1, mininterval=0.2)  # fmt: skip
+    else:  # a log file: plain lines, no carriage returns
+        bar = LogProgress(total, disable=quiet)
+    with bar:
         summary = run_jobs(
             deblurrer, jobs, options, bar.update, lambda m: bar.write(m, file=sys.stderr)
         )
-    if not quiet:
+    if not quiet and summary.items:
         fps_done = summary.frames / summary.seconds if summary.seconds else 0.0
-        where = output or (str(jobs[0].target) if len(jobs) == 1 else "beside the inputs")
+        written = [job for job in jobs if str(job.sources[0]) not in dict(summary.failed)]
+        where = output or (str(written[0].target) if len(written) == 1 else "beside the inputs")
         click.echo(f"{summary.items} item(s), {summary.frames} frame(s) in {summary.seconds:.1f} s "
                    f"({fps_done:.2f} fps) → {where}")  # fmt: skip
     if summary.failed:
-        click.echo(f"{len(summary.failed)} input(s) failed", err=True)
+        if len(jobs) > 1:  # with one input, its error line said it all
+            click.echo(f"{len(summary.failed)} of {len(jobs)} inputs failed", err=True)
         sys.exit(1)
+
+
+class LogProgress:
+    """Progress for a log (stderr not a terminal): a plain line at most every 10 s with frames
+    done, rate and time left, and one at the end; messages are printed as they come."""
+
+    def __init__(self, total: int | None, disable: bool = False, every: float = 10.0):
+        self.total, self.disable, self.every = total, disable, every
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            self.write(self.line(now - self.start))
+
+    def line(self, seconds: float) -> str:
+        rate = self.done / seconds if seconds > 0 else 0.0
+        text = f"{self.done}" + (f"/{self.total}" if self.total else "") + " frame(s)"
+        text += f", {seconds:.0f} s, {rate:.2f} frame/s"
+        if self.total and rate > 0 and self.done < self.total:
+            text += f", about {(self.total - self.done) / rate:.0f} s left"
+        return text
+
+    def write(self, message: str, file=None) -> None:
+        if not self.disable or message.startswith(("error", "warning")):
+            click.echo(message, err=True)
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 if __name__ == "__main__":
