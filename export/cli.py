@@ -4,6 +4,7 @@ a torch.export ExportedProgram, and verify the file against PyTorch before keepi
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import click
 
@@ -56,6 +57,7 @@ def parse_shape(ctx, param, value: str | None):
     type=click.Path(dir_okay=False),
     help="TensorRT timing cache, read and updated [~/.cache/reblur-deploy/tensorrt-timing.cache].",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing file (as reblur-run).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @one_line_errors
 def main(
@@ -70,6 +72,7 @@ def main(
     opt_shape,
     max_shape,
     timing_cache: str | None,
+    overwrite: bool,
     verbose: bool,
 ) -> None:
     """Export a network of a weight file and check it against PyTorch on two input shapes.
@@ -80,6 +83,8 @@ def main(
     fp16 = FP16_DEFAULT.get(target, False) if fp16 is None else fp16
     shapes = (min_shape, opt_shape, max_shape)
     _check_options(target, fp16, opset, simplify, shapes, timing_cache)
+    if Path(out).exists() and not overwrite:  # before minutes of export and verification
+        raise ConfigError(f"{out} exists; refusing to overwrite it (use --overwrite)")
     profile = shapes if any(shapes) else None
 
     if target == "onnx":

@@ -336,3 +336,15 @@ def test_torch_tensorrt_export(weight_files, tmp_path):
     with torch.inference_mode():
         assert (reloaded(x) - module(x)).abs().max().item() <= 2e-2
     assert np.isfinite(reloaded(x).cpu().numpy()).all()
+
+
+def test_cli_refuses_an_existing_file_before_work_unless_overwrite(weight_files, tmp_path):
+    out = tmp_path / "x.onnx"
+    out.write_bytes(b"an earlier export")
+    args = ["--to", "onnx", "--weights", str(weight_files["unet"]), "-o", str(out)]
+    refused = CliRunner().invoke(export_cli, args)
+    assert refused.exit_code == 1 and "use --overwrite" in refused.output
+    assert out.read_bytes() == b"an earlier export" and "parity" not in refused.output
+    replaced = CliRunner().invoke(export_cli, [*args, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert run_onnx(out, torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
