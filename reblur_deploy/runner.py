@@ -33,6 +33,7 @@ from .io import (
     probe_video,
     read_frames,
     read_image,
+    read_metadata,
     write_image,
 )
 from .losses import blur_score
@@ -63,6 +64,7 @@ class RunOptions:
     crf: int = 18
     preset: str = "medium"
     pix_fmt: str | None = None
+    quality: int = 95
     skip_existing: bool = False
     shard: tuple[int, int] = (0, 1)
     report: str | None = None
@@ -238,7 +240,8 @@ class _Runner:
             start = time.perf_counter()
             (out,) = self.deblur([image])
             seconds = time.perf_counter() - start
-            write_image(job.target, self.combine(image, out), overwrite=options.overwrite)
+            write_image(job.target, self.combine(image, out), overwrite=options.overwrite,
+                        metadata=read_metadata(source), quality=options.quality)  # fmt: skip
             self.record(source, 0, image, out, seconds)
             self.progress(1)
             return 1

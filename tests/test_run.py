@@ -353,3 +353,24 @@ def test_messages_are_single_lines_with_one_prefix(tmp_path, weights, crop, clip
     assert "\r" not in past.stderr and "5/5 frame(s)" in past.stderr
     small_tile = run(write_image(tmp_path / "s.png", crop), "--weights", weights, "--tile", "8")
     assert small_tile.returncode == 0 and "overlap" not in small_tile.stderr
+
+
+def test_photos_keep_exif_colour_profile_and_dpi(tmp_path, weights, crop):
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo = Image.fromarray(crop)
+    exif = photo.getexif()
+    exif[0x0110], exif[0x0112] = "reblur test camera", 6  # model; orientation: turned 90°
+    for suffix in (".jpg", ".png"):
+        source = tmp_path / f"photo{suffix}"
+        photo.save(source, exif=exif, icc_profile=icc, dpi=(300, 300), quality=90)
+        run(source, "--weights", weights)
+        with Image.open(tmp_path / f"photo_deblurred{suffix}") as out:
+            assert out.info["icc_profile"] == icc
+            assert out.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+            assert out.getexif()[0x0110] == "reblur test camera" and out.getexif()[0x0112] == 6
+        assert read_image(tmp_path / f"photo_deblurred{suffix}").shape == crop.shape
+    small = tmp_path / "q50.jpg"
+    run(tmp_path / "photo.jpg", "--weights", weights, "--quality", "50", "-o", small)
+    assert small.stat().st_size < 0.8 * (tmp_path / "photo_deblurred.jpg").stat().st_size

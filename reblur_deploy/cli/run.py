@@ -183,6 +183,13 @@ def _terminate(signum, frame):
 )
 @click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
 @click.option(
+    "--quality",
+    type=click.IntRange(1, 100),
+    default=95,
+    show_default=True,
+    help="JPEG and WebP quality of image outputs.",
+)
+@click.option(
     "--pix-fmt",
     default=None,
     help="Output pixel format, e.g. yuv420p10le [default: yuv420p, 10-bit for 10-bit input].",
@@ -199,8 +206,8 @@ def _terminate(signum, frame):
 @one_line_errors
 def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backend, onnx_file,
          engine_file, batch_size, tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry, tile,
-         tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, pix_fmt,
-         shard, report, quiet, verbose):  # fmt: skip
+         tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, quality,
+         pix_fmt, shard, report, quiet, verbose):  # fmt: skip
     """Deblur images, folders, globs and videos.
 
     \b
@@ -214,8 +221,11 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         signal.signal(sig, _terminate)
     if end is not None and end <= start:
         raise ConfigError(f"--end {end} must be after --start {start}")
-    options = RunOptions(output, overwrite, side_by_side, start, end, fps, codec, crf, preset,
-                         pix_fmt, skip_existing, _shard(shard), report)  # fmt: skip
+    options = RunOptions(
+        output=output, overwrite=overwrite, side_by_side=side_by_side, start=start, end=end,
+        fps=fps, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, quality=quality,
+        skip_existing=skip_existing, shard=_shard(shard), report=report,
+    )  # fmt: skip
     jobs = plan_jobs(inputs, options)
     if not jobs:  # --skip-existing found every output
         click.echo("nothing to do: every output exists (--skip-existing)", err=True)

@@ -1,6 +1,6 @@
 """Reading and writing media. Images here; video (PyAV) joins with reblur-run."""
 
-from .images import IMAGE_SUFFIXES, read_image, write_image
+from .images import IMAGE_SUFFIXES, ImageMetadata, read_image, read_metadata, write_image
 from .video import (
     VIDEO_SUFFIXES,
     Frame,
@@ -11,7 +11,13 @@ from .video import (
     read_frames,
 )
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "write_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageMetadata",
+    "read_image",
+    "read_metadata",
+    "write_image",
+]
 __all__ += [
     "VIDEO_SUFFIXES",
     "Frame",

@@ -2,11 +2,20 @@
 
 Arrays keep the file's bit depth (uint8 or uint16) and channels: H×W gray, H×W×3 RGB or
 H×W×4 RGBA. Writes go to a temporary file in the target folder and are renamed when complete.
+
+Metadata: ``read_metadata`` takes a file's EXIF, ICC colour profile and resolution (DPI), and
+``write_image(..., metadata=)`` puts them into a JPEG or PNG it writes (as the segments and
+chunks those formats define), so a deblurred photo keeps its camera data, colours and print
+size. Pixels are read as stored (EXIF orientation is not applied), so the orientation tag is
+copied as it is and viewers turn the output as they turned the input.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,6 +25,76 @@ from ..atomic import write_bytes_atomic
 from ..errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+EXIF_HEADER = b"Exif\x00\x00"
+ICC_HEADER = b"ICC_PROFILE\x00"
+ICC_CHUNK = 65535 - 2 - len(ICC_HEADER) - 2  # bytes of profile per JPEG APP2 segment
+
+
+@dataclass
+class ImageMetadata:
+    """What a photo carries besides pixels (each None when absent)."""
+
+    exif: bytes | None = None  # b"Exif\0\0" + the TIFF structure
+    icc: bytes | None = None
+    dpi: tuple[float, float] | None = None
+
+
+def read_metadata(path: str | os.PathLike) -> ImageMetadata:
+    """The EXIF, ICC profile and DPI of an image file (without decoding its pixels)."""
+    from PIL import Image  # scikit-image's dependency; only needed here
+
+    try:
+        with Image.open(path) as image:
+            info = image.info
+    except Exception:  # Pillow cannot read every format OpenCV reads: no metadata then
+        return ImageMetadata()
+    exif = info.get("exif")
+    if exif and not exif.startswith(EXIF_HEADER):
+        exif = EXIF_HEADER + exif
+    dpi = info.get("dpi")
+    return ImageMetadata(exif or None, info.get("icc_profile") or None,
+                         tuple(float(d) for d in dpi) if dpi else None)  # fmt: skip
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return struct.pack(">BBH", 0xFF, marker, len(payload) + 2) + payload
+
+
+def _jpeg_with(data: bytes, meta: ImageMetadata) -> bytes:
+    """A JPEG with ``meta`` added: density in its JFIF header, EXIF (APP1) and ICC (APP2)."""
+    if data[2:4] != b"\xff\xe0" or data[6:11] != b"JFIF\x00":  # OpenCV always writes JFIF
+        return data
+    end = 4 + struct.unpack(">H", data[4:6])[0]  # end of the JFIF segment
+    app0 = bytearray(data[4:end])
+    if meta.dpi:
+        app0[9:14] = struct.pack(">BHH", 1, *(min(65535, round(d)) for d in meta.dpi))
+    extra = b""
+    if meta.exif:
+        extra += _segment(0xE1, meta.exif)
+    if meta.icc:
+        parts = [meta.icc[i : i + ICC_CHUNK] for i in range(0, len(meta.icc), ICC_CHUNK)]
+        for n, part in enumerate(parts, 1):
+            extra += _segment(0xE2, ICC_HEADER + bytes([n, len(parts)]) + part)
+    return data[:4] + bytes(app0) + extra + data[end:]
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload)
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def _png_with(data: bytes, meta: ImageMetadata) -> bytes:
+    """A PNG with ``meta`` added after its header chunk: iCCP, pHYs and eXIf."""
+    end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4  # signature + IHDR
+    extra = b""
+    if meta.icc:
+        extra += _chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc))
+    if meta.dpi:
+        per_metre = (round(d / 0.0254) for d in meta.dpi)
+        extra += _chunk(b"pHYs", struct.pack(">IIB", *per_metre, 1))
+    if meta.exif:
+        extra += _chunk(b"eXIf", meta.exif[len(EXIF_HEADER) :])
+    return data[:end] + extra + data[end:]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -36,8 +115,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = False) -> Path:
-    """Write an RGB(A) or gray array; the format follows the file suffix."""
+def write_image(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    overwrite: bool = False,
+    *,
+    metadata: ImageMetadata | None = None,
+    quality: int = 95,
+) -> Path:
+    """Write an RGB(A) or gray array; the format follows the file suffix.
+
+    ``metadata`` (from ``read_metadata``) goes into JPEG and PNG files; ``quality`` (1–100) is
+    the JPEG and WebP quality.
+    """
+    if not 1 <= quality <= 100:
+        raise InputError(f"image quality must be in 1–100, got {quality}")
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; refusing to overwrite it (use --overwrite)")
@@ -49,8 +141,14 @@ def write_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = Fa
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
-    ok, encoded = cv2.imencode(path.suffix, image)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_WEBP_QUALITY, quality]
+    ok, encoded = cv2.imencode(path.suffix, image, params)
     if not ok:
         raise InputError(f"cannot encode a {image.dtype} {image.shape} image as {path.suffix}")
-    write_bytes_atomic(path, encoded.tobytes())
+    data = encoded.tobytes()
+    if metadata is not None and path.suffix.lower() in (".jpg", ".jpeg"):
+        data = _jpeg_with(data, metadata)
+    elif metadata is not None and path.suffix.lower() == ".png":
+        data = _png_with(data, metadata)
+    write_bytes_atomic(path, data)
     return path
