@@ -344,6 +344,11 @@ def test_messages_are_single_lines_with_one_prefix(tmp_path, weights, crop, clip
     assert failed.stderr.strip().splitlines() == [
         f"error: cannot decode {tmp_path / 'empty.png'}: not an image, or a corrupt one"
     ]
+    good = write_image(tmp_path / "good.png", crop).read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])  # libpng complains on fd 2
+    cut = run(tmp_path / "cut.png", "--weights", weights, check=False)
+    assert cut.returncode == 1 and len(cut.stderr.strip().splitlines()) == 1
+    assert cut.stderr.startswith(f"error: cannot decode {tmp_path / 'cut.png'}")
     usage = run(tmp_path / "empty.png", "--crf", "99", check=False)
     assert usage.returncode == 2 and usage.stderr.strip().splitlines()[-1].startswith("error: ")
     past = run(clip, "--weights", weights, "--start", "25", "--end", "40", "-o", tmp_path / "p.mp4")

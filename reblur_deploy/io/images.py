@@ -12,8 +12,10 @@ copied as it is and viewers turn the output as they turned the input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +105,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)  # imdecode copes with any file name
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    with _native_stderr() as said:  # libpng/libjpeg print their complaints to fd 2
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise InputError(f"cannot decode {path}: not an image, or a corrupt one")
+        detail = said[0].strip().splitlines()[-1:] if said else []
+        reason = f" ({detail[0]})" if detail else ""
+        raise InputError(f"cannot decode {path}: not an image, or a corrupt one{reason}")
     if image.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path}: {image.dtype} images are not supported (8- or 16-bit only)")
     if image.ndim == 3 and image.shape[2] == 3:
@@ -113,6 +118,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     return image
+
+
+@contextlib.contextmanager
+def _native_stderr():
+    """Capture what C libraries write to file descriptor 2 meanwhile (a list, filled after):
+    their warnings are noise, and their errors belong in our one-line message."""
+    said: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        yield said
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            said.append(capture.read().decode(errors="replace"))
 
 
 def write_image(
