@@ -31,7 +31,7 @@ from reblur_deploy.eval import list_images
 from reblur_deploy.io import read_image, write_image
 from reblur_deploy.metrics import niqe, psnr, ssim
 from reblur_deploy.pipeline import array_to_tensor
-from train.loop import MR_BARS, mr_figures, summarize
+from reblur_deploy.train.loop import MR_BARS, mr_figures, summarize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATA = [SHARED / "gopro", SHARED / "gopro_more"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from reblur_deploy.io import read_image
 from reblur_deploy.metrics import niqe, psnr
-from train.synthetic import BlurParams, synthesize
+from reblur_deploy.train.synthetic import BlurParams, synthesize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gopro"
 

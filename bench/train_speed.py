@@ -21,8 +21,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from reblur_deploy.bench import bf16_units, cpu_name, matmul_peak
-from train.config import TrainConfig
-from train.loop import Trainer
+from reblur_deploy.train.config import TrainConfig
+from reblur_deploy.train.loop import Trainer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gopro"
 MODELS = {

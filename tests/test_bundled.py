@@ -3,8 +3,10 @@ with the evaluation pairs held out, and better than their input on those pairs."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -74,3 +76,30 @@ def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
     assert "| PSNR above the input on every pair | PASS |" in table
     assert "| L1 + L_Reblur (unet-lite), TTA 1 |" in table
     assert read_image(tmp_path / "crops.png").shape == (256, 5 * 256, 3)  # 4 rows + sharp
+
+
+def test_the_wheel_installs_train_and_export_inside_the_package(tmp_path):
+    """No top-level `train`/`export` packages that could collide; both run from the wheel."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", tmp_path / "dist"],
+                   check=True, capture_output=True)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist()}
+        points = archive.read(next(n for n in archive.namelist() if "entry_points" in n))
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"reblur_deploy"}
+    assert b"reblur_deploy.export.cli:main" in points
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    tmp_path / "site", wheel], check=True, capture_output=True)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    code = (
+        "import reblur_deploy.train.main, reblur_deploy.export.cli, importlib.util as u; "
+        "print(reblur_deploy.train.main.__file__, u.find_spec('train'), u.find_spec('export'))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert shown[0].startswith(str(tmp_path / "site")) and shown[1:] == ["None", "None"]
+    command = [sys.executable, "-m", "reblur_deploy.train.main", "--help"]
+    usage = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    assert usage.startswith("usage: python -m reblur_deploy.train.main")

@@ -124,7 +124,7 @@ def test_bad_data_stops_before_training_with_one_line(tmp_path, data_dir):
 THREAD_PROBE = """
 import os, sys
 from pathlib import Path
-from train.main import main
+from reblur_deploy.train.main import main
 code = main(sys.argv[1:])
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
 Path(__file__).with_name(f"threads-{os.environ['RANK']}.txt").write_text(" ".join(names))

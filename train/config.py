@@ -496,7 +496,7 @@ The result is --out/last.safetensors (and best.safetensors with --val): reblur-r
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m train.main",
+        prog=f"python -m {__package__}.main",  # train.main in a checkout
         description="Train the deblurring module MD and the reblurring module MR of Nah et al., "
         '"Clean Images are Hard to Reblur" (ICLR 2022). Options override --config, which '
         "overrides the defaults shown.",
