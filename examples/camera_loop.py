@@ -17,7 +17,7 @@ import time
 
 import cv2
 
-from reblur_deploy import Deblurrer
+from reblur_deploy import Deblurrer, TTAConfig
 
 
 def frames(capture: cv2.VideoCapture, limit: int | None):
@@ -45,10 +45,8 @@ def main() -> None:
     if not capture.isOpened():
         raise SystemExit(f"cannot open {args.source}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    tta_steps = 5 if args.tta_carry is not None else 0
-    deblurrer = Deblurrer(
-        args.weights, color="bgr", batch_size=1, tta_steps=tta_steps, tta_carry=args.tta_carry
-    )
+    tta = None if args.tta_carry is None else TTAConfig(steps=5, carry=args.tta_carry)
+    deblurrer = Deblurrer(args.weights, color="bgr", batch_size=1, tta=tta)
     pending: collections.deque = collections.deque()  # inputs whose outputs are not out yet
 
     def remember(source_frames):

@@ -13,6 +13,7 @@ from .errors import (
 from .histmatch import match_histograms
 from .losses import blur_score
 from .pipeline import Deblurrer
+from .tta import TTAConfig
 from .weights import LoadedWeights, load_weights, save_weights
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LoadedWeights",
     "NotAvailableError",
     "ReblurError",
+    "TTAConfig",
     "WeightsError",
     "__version__",
     "blur_score",

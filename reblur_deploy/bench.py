@@ -490,7 +490,7 @@ def bench_tta(device: torch.device, config: BenchConfig) -> dict:
                     {"compile": True, "amp_dtype": torch.bfloat16, "fused": True},
                 )
             )
-    modes = [("full frame", {}), ("crops 4×256²", {"crop_size": 256, "n_crops": 4})]
+    modes = [("full frame", {}), ("crops 4×256²", {"crop": 256, "crops": 4})]
     rows = []
     for size in config.sizes:
         x = torch.rand(1, 3, *size, device=device)

@@ -21,6 +21,7 @@ A column that cannot be measured says "n/a" and the report's ``notes`` say why i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import inspect
 import io
@@ -46,6 +47,7 @@ from .io import IMAGE_SUFFIXES, read_image
 from .metrics import niqe, psnr, ssim
 from .metrics.lpips import backbone_hint, find_backbone, load_lpips, to_tensor
 from .pipeline import Deblurrer
+from .tta import TTAConfig
 from .weights import resolve as resolve_weights
 
 # column key → (header, format); the order is the table's
@@ -545,6 +547,7 @@ def evaluate_model(
     data: str | list[Pair],
     *,
     tta: str | Sequence[int] = (0,),
+    tta_config: TTAConfig | None = None,
     device: str = "auto",
     dtype: str = "fp32",
     tile: int | None = None,
@@ -558,8 +561,10 @@ def evaluate_model(
 
     One row per TTA setting (like the paper's Table G): LPIPS, NIQE, PSNR and SSIM against the
     ground truth when there is one, the blur score of the output under the weights' MR, and
-    seconds per image (the Deblurrer call, TTA included, after one warm-up run). ``tile`` and
-    ``tile_overlap`` go to the Deblurrer (tiled inference, and TTA on tiles of that size).
+    seconds per image (the Deblurrer call, TTA included, after one warm-up run). ``tta_config``
+    gives the other TTA options of every row (its ``steps`` are replaced by each of ``tta``).
+    ``tile`` and ``tile_overlap`` go to the Deblurrer (tiled inference, and TTA on tiles of
+    that size).
     """
     if not isinstance(weights, (str, os.PathLike)):
         raise ConfigError("evaluate_model takes a weight file path or a bundled model name")
@@ -571,7 +576,11 @@ def evaluate_model(
     # One Deblurrer per setting, each with its own copy of the networks, all built before any
     # work so that an unusable setting fails at once.
     options = {"device": device, "dtype": dtype, **_tile_options(tile, tile_overlap)}
-    runners = [Deblurrer(weights, tta_steps=n, **options) for n in steps]
+    base = tta_config or TTAConfig()
+    runners = [
+        Deblurrer(weights, tta=dataclasses.replace(base, steps=n) if n else None, **options)
+        for n in steps
+    ]
     first = runners[0]
     notes: list[str] = []
     score = _BlurScore(first.reblur, first.device, notes, weights_given=True)

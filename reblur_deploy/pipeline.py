@@ -17,6 +17,7 @@ Input conventions (returned in the same kind):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -172,15 +173,14 @@ class Deblurrer:
     ``"cuda:1"``, ... ``dtype``: compute precision of the forward passes (fp32, fp16, bf16,
     by autocast; the weights stay float32 so that TTA's small steps are not lost).
 
-    ``tta_steps`` > 0 adapts the deblurring module to every image (Algorithm A of the paper,
-    see ``reblur_deploy.tta``); the weights must hold a reblurring module. The ``tta_*`` options
-    select the variants: ``tta_crop``/``tta_crops`` (adapt on random crops), ``tta_tol`` (early
-    stop), ``tta_carry`` (video: keep adapted weights across calls, ``tta_carry`` steps per frame
-    after the first; ``reset()`` starts a new video), ``tta_joint`` (one adaptation per batch).
+    ``tta``: a ``TTAConfig`` adapts the deblurring module to every image (Algorithm A of the
+    paper with the variants the config selects, see ``reblur_deploy.tta``: crops, early stop,
+    video carry-over, where ``reset()`` starts a new video, and the speed options); the weights
+    must hold a reblurring module. ``tta_steps=N`` is the shorthand for ``tta=TTAConfig(steps=N)``.
 
     ``tile``/``tile_overlap``: process frames in overlapping tiles of this size (bounds memory;
     use an overlap of at least the network's receptive field for seamless results). With TTA,
-    tiling implies crop TTA on tiles of the same size unless ``tta_crop`` is given.
+    tiling implies crop TTA on tiles of the same size unless the config gives ``crop``.
     ``max_memory`` (bytes, or a size such as ``"2G"``; default: what the device has free): a
     frame whose estimated need exceeds it is tiled automatically (and TTA then adapts on crops),
     with a warning; one that fits in no tiles is refused with an ``InputError``.
@@ -202,14 +202,9 @@ class Deblurrer:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "fp32",
         tta_steps: int = 0,
+        tta: TTAConfig | None = None,
         batch_size: int = 4,
         *,
-        tta_lr: float = 3e-6,
-        tta_crop: int | None = None,
-        tta_crops: int = 4,
-        tta_tol: float | None = None,
-        tta_carry: int | None = None,
-        tta_joint: bool = False,
         tile: int | None = None,
         tile_overlap: int | None = None,
         color: str = "rgb",
@@ -258,34 +253,35 @@ class Deblurrer:
         self._activation_bytes: float | None = None  # per pixel, measured on first need
         self._auto_tile: int | None = None  # the tile size last chosen for lack of memory
         self._lock = threading.Lock()
-        tta = bool(tta_steps or tta_carry)
-        if tta and backend == "auto":
+        if tta_steps < 0:
+            raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
+        if tta is not None and tta_steps:
+            raise ConfigError("give tta_steps (the shorthand) or tta (a TTAConfig), not both")
+        if tta is None and tta_steps:
+            tta = TTAConfig(steps=tta_steps)
+        if tta is not None and backend == "auto":
             backend = "torch"
         self.backend = create_backend(backend, self.deblur, self.device, self.dtype,
                                       **(backend_options or {}))  # fmt: skip
         if loaded is not None and getattr(self.backend, "metadata", None):  # an exported file
             name = loaded.path.name if loaded.path else "these weights"
             check_exported(self.backend.metadata, self.backend.source, loaded.sha256, name)
-        if tta and self.backend.frozen:
+        if tta is not None and self.backend.frozen:
             raise ConfigError(
                 f"test-time adaptation needs gradients, and the {self.backend.name} backend runs "
                 "frozen weights; use --backend torch (or compile) with --tta"
             )
 
-        if tta_steps < 0:
-            raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
-        self.tta_steps = tta_steps
         self.adapter: TestTimeAdapter | None = None
-        if tta:
+        if tta is not None:
             if self.reblur is None:
                 raise WeightsError(
                     "test-time adaptation needs a reblurring module, and these weights hold "
                     "only a deblurring module; use weights trained with the reblurring loss"
                 )
             amp = None if self.dtype == torch.float32 else self.dtype
-            crop = tta_crop if tta_crop is not None else tile  # whole-frame steps would not fit
-            config = TTAConfig(tta_steps, tta_lr, crop, tta_crops, tta_tol, tta_carry,
-                               joint=tta_joint, amp_dtype=amp)  # fmt: skip
+            crop = tta.crop if tta.crop is not None else tile  # whole frames would not fit
+            config = dataclasses.replace(tta, crop=crop, amp_dtype=tta.amp_dtype or amp)
             self.adapter = TestTimeAdapter(self.deblur, self.reblur, config, self._forward)
 
     def reset(self) -> None:
@@ -344,7 +340,7 @@ class Deblurrer:
         Frames are batched for throughput: a batch is run when it holds ``batch_size`` frames or,
         with ``latency`` (seconds), as soon as its oldest frame has waited that long (checked
         as frames arrive; ``latency=0`` runs every frame at once, the lowest delay). The models
-        stay resident; with ``tta_carry`` the adapted weights follow the stream.
+        stay resident; with TTA carry-over the adapted weights follow the stream.
         """
         buffer: list[np.ndarray] = []
         oldest = 0.0
@@ -373,7 +369,7 @@ class Deblurrer:
         """A tile size when ``batch`` would not fit in ``max_memory`` (default: what the device
         has free) untiled; refuses, with one line, a frame that fits in no tiles. ``tta``: the
         crop size for TTA's steps instead (their backward pass keeps about twice the
-        activations, for ``n_crops`` crops at once)."""
+        activations, for ``crops`` crops at once)."""
         budget = self.max_memory
         if budget is None:
             free = available_bytes(self.device)
@@ -382,7 +378,7 @@ class Deblurrer:
             self._activation_bytes = activation_bytes_per_pixel(self.deblur, self.size_divisor)
         per_pixel, calls = self._activation_bytes, self.batch_size
         if tta:
-            per_pixel, calls = 2 * per_pixel, self.adapter.config.n_crops
+            per_pixel, calls = 2 * per_pixel, self.adapter.config.crops
         tile = plan_tile(tuple(batch.shape), per_pixel, budget, calls, self.size_divisor,
                          self.tile_overlap)  # fmt: skip
         if tile is not None and tile != self._auto_tile:
@@ -401,13 +397,13 @@ class Deblurrer:
         """The model boundary: float32 NCHW in [0, 1] → float32 NCHW in [0, 1] on the device."""
         batch = batch.to(self.device, torch.float32)
         with self._lock:
-            if self.adapter is not None and self.adapter.config.crop_size is None:
+            if self.adapter is not None and self.adapter.config.crop is None:
                 config = self.adapter.config  # whole-frame steps, unless the frame is too big
-                config.crop_size = self._fitting_tile(batch, tta=True)
+                config.crop = self._fitting_tile(batch, tta=True)
                 try:
                     out = self.adapter(batch)
                 finally:
-                    config.crop_size = None
+                    config.crop = None
             elif self.adapter is not None:
                 out = self.adapter(batch)
             else:

@@ -12,12 +12,12 @@ with the initial weights, so L0 costs nothing extra.
 
 Variants (all off by default, so the defaults are Algorithm A):
 
-* ``crop_size``/``n_crops``: each step adapts on ``n_crops`` random crops instead of the whole
+* ``crop``/``crops``: each step adapts on ``crops`` random crops instead of the whole
   frame; the whole frame is inferred twice without gradient (L0 and LN). The backward pass, the
   expensive and memory-hungry part, then scales with the crops, not the frame.
 * ``tol``: early stop when the loss improves by less than this relative amount in a step.
-* ``carry_steps`` (video): keep the adapted weights from frame to frame; after a reset (the
-  first frame or a scene cut) a frame gets ``steps`` steps, every other frame ``carry_steps``.
+* ``carry`` (video): keep the adapted weights from frame to frame; after a reset (the
+  first frame or a scene cut) a frame gets ``steps`` steps, every other frame ``carry``.
   A scene cut is detected when the colour-histogram distance between consecutive frames exceeds
   ``scene_cut`` (see ``histogram_distance``).
 * ``amp_dtype``: autocast precision of the forward passes (e.g. torch.bfloat16 on CUDA); the
@@ -67,12 +67,16 @@ SCENE_CUT_BINS = 32
 
 @dataclass
 class TTAConfig:
+    """Every TTA option, by the name it has everywhere: ``reblur-run --tta-NAME`` (``--tta``
+    for ``steps``), ``TTAConfig(NAME=...)``, ``Deblurrer(tta=TTAConfig(...))``. The defaults are
+    the paper's Algorithm A; see the module docstring for each variant."""
+
     steps: int = 5
     lr: float = 3e-6
-    crop_size: int | None = None
-    n_crops: int = 4
+    crop: int | None = None
+    crops: int = 4
     tol: float | None = None
-    carry_steps: int | None = None
+    carry: int | None = None
     scene_cut: float = 0.3
     joint: bool = False
     amp_dtype: torch.dtype | None = None
@@ -84,12 +88,12 @@ class TTAConfig:
     def __post_init__(self):
         if self.histmatch not in ("exact", "fast"):
             raise ConfigError(f"TTA histmatch must be 'exact' or 'fast', got {self.histmatch!r}")
-        if self.steps < 0 or self.lr <= 0 or self.n_crops < 1:
-            raise ConfigError("TTA needs steps ≥ 0, lr > 0 and n_crops ≥ 1")
-        if self.crop_size is not None and self.crop_size < 1:
-            raise ConfigError(f"TTA crop size must be ≥ 1, got {self.crop_size}")
-        if self.carry_steps is not None and self.carry_steps < 0:
-            raise ConfigError(f"TTA carry steps must be ≥ 0, got {self.carry_steps}")
+        if self.steps < 0 or self.lr <= 0 or self.crops < 1:
+            raise ConfigError("TTA needs steps ≥ 0, lr > 0 and crops ≥ 1")
+        if self.crop is not None and self.crop < 1:
+            raise ConfigError(f"TTA crop size must be ≥ 1, got {self.crop}")
+        if self.carry is not None and self.carry < 0:
+            raise ConfigError(f"TTA carry steps must be ≥ 0, got {self.carry}")
         if self.tol is not None and self.tol < 0:
             raise ConfigError(f"TTA tolerance must be ≥ 0, got {self.tol}")
 
@@ -120,7 +124,7 @@ class TestTimeAdapter:
     """Adapts MD to images with a frozen MR; keeps the original weights to restore them.
 
     Call it on N×3×H×W float tensors in [0, 1] (any H×W: padded to MD's size_divisor here).
-    Without ``carry_steps`` every call starts from the original weights; with it, calls are
+    Without ``carry`` every call starts from the original weights; with it, calls are
     consecutive video frames and ``reset()`` starts a new video.
     """
 
@@ -155,7 +159,7 @@ class TestTimeAdapter:
     def __call__(self, blurry: torch.Tensor) -> torch.Tensor:
         self.stats = TTAStats()
         padded, h, w = pad_to_multiple(blurry, getattr(self.md, "size_divisor", 1))
-        if self.config.carry_steps is not None:
+        if self.config.carry is not None:
             out = torch.cat([self._adapt_frame(frame[None]) for frame in padded])
         elif self.config.joint:
             out = self._adapt(padded, self.config.steps, restore=True)
@@ -176,7 +180,7 @@ class TestTimeAdapter:
             self.reset()
             self._previous_frame = frame
             return self._adapt(frame, self.config.steps, restore=False)
-        return self._adapt(frame, self.config.carry_steps or 0, restore=False)
+        return self._adapt(frame, self.config.carry or 0, restore=False)
 
     def _autocast(self, device: torch.device):
         if self.config.amp_dtype is None:
@@ -188,13 +192,13 @@ class TestTimeAdapter:
             return self.md(x).float()
 
     def _random_crops(self, x: torch.Tensor) -> torch.Tensor:
-        """``n_crops`` random crops per image, at multiples of MD's size_divisor."""
+        """``crops`` random crops per image, at multiples of MD's size_divisor."""
         divisor = getattr(self.md, "size_divisor", 1)
         h, w = x.shape[-2:]
-        ch = max(divisor, min(h, self.config.crop_size) // divisor * divisor)
-        cw = max(divisor, min(w, self.config.crop_size) // divisor * divisor)
+        ch = max(divisor, min(h, self.config.crop) // divisor * divisor)
+        cw = max(divisor, min(w, self.config.crop) // divisor * divisor)
         crops = []
-        for _ in range(self.config.n_crops):
+        for _ in range(self.config.crops):
             top = int(torch.randint(0, h - ch + 1, (1,), generator=self._generator))
             left = int(torch.randint(0, w - cw + 1, (1,), generator=self._generator))
             crops.append(x[..., top : top + ch, left : left + cw])
@@ -203,7 +207,7 @@ class TestTimeAdapter:
     def _adapt(self, blurry: torch.Tensor, steps: int, restore: bool) -> torch.Tensor:
         """Algorithm A (with the configured variants) on one image or a joint batch."""
         config = self.config
-        crop = config.crop_size is not None
+        crop = config.crop is not None
         step = self._compiled_step(blurry) if config.compile and steps else None
         if step is not None:
             if restore or self._optimizer is None:
@@ -382,6 +386,6 @@ def adapt(
     """Algorithm A on an N×3×H×W batch in [0, 1]; returns the adapted, histogram-matched images.
 
     MD's weights are restored afterwards. ``options`` are the other fields of ``TTAConfig``
-    (``crop_size``, ``n_crops``, ``tol``, ``joint``, ``amp_dtype``, ``seed``).
+    (``crop``, ``crops``, ``tol``, ``joint``, ``amp_dtype``, ``seed``, ...).
     """
     return TestTimeAdapter(md, mr, TTAConfig(steps=steps, lr=lr, **options))(blurry)

@@ -387,7 +387,7 @@ def test_compiled_tta_step_equals_the_eager_step_and_compiles_once_per_shape(mod
     md, mr = models
     frames = torch.rand(2, 3, 32, 44, generator=torch.Generator().manual_seed(0))
     md_eager, md_compiled = copy.deepcopy(md), copy.deepcopy(md)
-    options = {"steps": 3, "lr": 1e-3, "carry_steps": 1}  # carry-over keeps the adapted weights
+    options = {"steps": 3, "lr": 1e-3, "carry": 1}  # carry-over keeps the adapted weights
     eager = TestTimeAdapter(md_eager, mr, TTAConfig(**options))
     compiled = TestTimeAdapter(md_compiled, mr, TTAConfig(**options, compile=True))
     from torch._dynamo.utils import counters

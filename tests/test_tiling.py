@@ -50,7 +50,7 @@ def test_tiling_options_are_checked(small_unet):
 def test_tiled_tta_adapts_on_tiles(image, small_unet, small_reblur):
     deblurrer = Deblurrer({"deblur": small_unet, "reblur": small_reblur}, device="cpu",
                           tta_steps=2, tile=128, tile_overlap=32)  # fmt: skip
-    assert deblurrer.adapter.config.crop_size == 128
+    assert deblurrer.adapter.config.crop == 128
     out = deblurrer(image)
     assert out.shape == image.shape and out.dtype == np.uint8
 

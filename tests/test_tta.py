@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from reblur_deploy import Deblurrer, blur_score, losses
+from reblur_deploy import ConfigError, Deblurrer, blur_score, losses
 from reblur_deploy.io import read_image
 from reblur_deploy.models import build
 from reblur_deploy.tta import TestTimeAdapter, TTAConfig, adapt, histogram_distance
@@ -46,7 +46,7 @@ def test_algorithm_a_lowers_the_self_supervised_loss(frame, md, mr):
     with torch.no_grad():
         initial = md(frame)
         before = losses.l1(mr(initial), initial).item()
-    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=5, carry_steps=0))  # keeps the weights
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=5, carry=0))  # keeps the weights
     adapter(frame)
     with torch.no_grad():
         after = losses.l1(mr(md(frame)), initial).item()
@@ -88,7 +88,7 @@ def test_batch_images_are_adapted_independently(frame, md, mr):
 
 def test_crop_tta_adapts_on_crops_and_infers_the_whole_frame(frame, md, mr):
     saved = snapshot(md)
-    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, crop_size=32, n_crops=2, lr=1e-3))
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, crop=32, crops=2, lr=1e-3))
     seen = []
     hook = md.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     out = adapter(frame[..., :63, :77])  # odd sizes are padded to the divisor
@@ -117,7 +117,7 @@ def test_scene_cut_threshold_on_real_frames(data_dir):
 
 def test_carry_over_keeps_weights_within_a_shot_and_resets_at_a_cut(frame, md, mr):
     saved = snapshot(md)
-    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry_steps=1, lr=1e-4))
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry=1, lr=1e-4))
     shot = [frame, frame.roll(1, -1), frame.roll(2, -1)]
     for x in shot:
         adapter(x)
@@ -129,12 +129,12 @@ def test_carry_over_keeps_weights_within_a_shot_and_resets_at_a_cut(frame, md, m
     assert adapter.stats.scene_cuts == 1 and adapter.stats.steps == [3]
     adapter.reset()
     assert same_weights(md, saved)
-    fresh = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry_steps=1, lr=1e-4))
+    fresh = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry=1, lr=1e-4))
     torch.testing.assert_close(outs[-1], fresh(cut))  # after a cut: as if the video started there
 
 
 def test_carry_over_costs_carry_steps_per_frame(frame, md, mr):
-    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry_steps=1))
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry=1))
     history = []
     for shift in range(3):
         adapter(frame.roll(shift, -1))
@@ -158,9 +158,8 @@ def test_deblurrer_runs_tta_and_leaves_the_weights_alone(frame, md, mr):
     plain = Deblurrer({"deblur": md, "reblur": mr}, device="cpu")(image)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        adapted = Deblurrer({"deblur": md, "reblur": mr}, device="cpu", tta_steps=3, tta_lr=1e-3)(
-            image
-        )
+        config = TTAConfig(steps=3, lr=1e-3)
+        adapted = Deblurrer({"deblur": md, "reblur": mr}, device="cpu", tta=config)(image)
     assert adapted.shape == image.shape and adapted.dtype == np.uint8
     assert not np.array_equal(adapted, plain)
     assert same_weights(md, saved)
@@ -178,3 +177,37 @@ def test_blur_score_is_the_per_image_self_supervised_loss(frame, mr):
     with torch.no_grad():
         assert scores[0] == pytest.approx(losses.self_supervised_loss(mr, frame).item(), rel=1e-5)
     assert blur_score(batch, build("reblur")).abs().max() == 0  # an identity MR sees no blur
+
+
+def test_every_tta_field_is_one_option_with_its_name_in_both_commands():
+    """--tta-NAME ↔ TTAConfig.NAME, the same in reblur-run and reblur-eval, defaults included."""
+    import dataclasses
+
+    from reblur_deploy.cli import eval as eval_cli
+    from reblur_deploy.cli import run as run_cli
+    from reblur_deploy.cli.common import tta_config
+
+    fields = {f.name for f in dataclasses.fields(TTAConfig)} - {"steps", "amp_dtype"}
+    for command in (run_cli.main, eval_cli.main):
+        params = {p.name: p for p in command.params if p.name.startswith("tta_")}
+        assert set(params) - {"tta_steps", "tta"} == {f"tta_{name}" for name in fields}
+        for name in fields:
+            assert params[f"tta_{name}"].opts == ["--tta-" + name.replace("_", "-")]
+        defaults = {name: p.default for name, p in params.items()}
+        assert tta_config(5, defaults) == TTAConfig(steps=5)  # the paper's Algorithm A
+        assert tta_config(0, defaults) is None
+        with pytest.raises(ConfigError, match="--tta-crop needs --tta N"):
+            tta_config(0, {**defaults, "tta_crop": 256})
+        chosen = tta_config(3, {**defaults, "tta_crop": 256, "tta_histmatch": "fast"})
+        assert (chosen.steps, chosen.crop, chosen.histmatch) == (3, 256, "fast")
+
+
+def test_deblurrer_takes_one_config_and_the_steps_shorthand(md, mr):
+    modules = {"deblur": md, "reblur": mr}
+    config = TTAConfig(steps=2, crop=32, histmatch="fast")
+    adapter = Deblurrer(modules, device="cpu", tta=config).adapter
+    assert (adapter.config.steps, adapter.config.crop, adapter.config.histmatch) == (2, 32, "fast")
+    assert Deblurrer(modules, device="cpu", tta_steps=4).adapter.config == TTAConfig(steps=4)
+    assert Deblurrer(modules, device="cpu").adapter is None
+    with pytest.raises(ConfigError, match="not both"):
+        Deblurrer(modules, device="cpu", tta_steps=4, tta=config)

@@ -10,7 +10,8 @@ import click
 from tqdm import tqdm
 
 from .._version import __version__
-from ..errors import ReblurError
+from ..errors import ConfigError, ReblurError
+from ..tta import TTAConfig
 
 
 class _Command(click.Command):
@@ -73,3 +74,44 @@ def one_line_errors(fn):
             sys.exit(130)
 
     return wrapper
+
+
+_TTA_DEFAULTS = TTAConfig()
+# --tta-NAME → TTAConfig(NAME=...): (click type, help). --tta itself (steps) is per command.
+_TTA_OPTIONS = {
+    "lr": (float, "Adam learning rate of the TTA steps."),
+    "crop": (click.IntRange(min=1), "Adapt on random crops of this size, not the whole frame."),
+    "crops": (click.IntRange(min=1), "Crops per step with --tta-crop."),
+    "tol": (float, "Stop early when a step improves the loss by less than this fraction."),
+    "carry": (click.IntRange(min=0), "Video: keep the adapted weights, this many steps a frame."),
+    "scene_cut": (float, "Video: colour-histogram distance that resets carried weights."),
+    "joint": (bool, "Adapt once per batch instead of once per image."),
+    "seed": (int, "Seed of the random crops."),
+    "compile": (bool, "Run each step as a torch.compile graph (first frame compiles)."),
+    "fused": (bool, "MR's ResBlocks through the fused Triton kernel (CUDA)."),
+    "histmatch": (click.Choice(["exact", "fast"]), "Final histogram matching."),
+}
+
+
+def tta_options(fn):
+    """The --tta-NAME options of every TTAConfig field (their defaults are TTAConfig's)."""
+    for name, (kind, text) in reversed(_TTA_OPTIONS.items()):
+        flag = "--tta-" + name.replace("_", "-")
+        default = getattr(_TTA_DEFAULTS, name)
+        if kind is bool:
+            fn = click.option(flag, f"tta_{name}", is_flag=True, default=False, help=text)(fn)
+        else:
+            fn = click.option(flag, f"tta_{name}", type=kind, default=default, help=text,
+                              show_default=default is not None)(fn)  # fmt: skip
+    return fn
+
+
+def tta_config(steps: int, options: dict) -> TTAConfig | None:
+    """The TTAConfig of ``--tta STEPS`` and the --tta-NAME options (None: no TTA)."""
+    fields = {name: options[f"tta_{name}"] for name in _TTA_OPTIONS}
+    if not steps and fields["carry"] is None:
+        changed = [n for n, v in fields.items() if v != getattr(_TTA_DEFAULTS, n)]
+        if changed:
+            raise ConfigError(f"--tta-{changed[0].replace('_', '-')} needs --tta N")
+        return None
+    return TTAConfig(steps=steps, **fields)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import ConfigError
-from .common import console_script, one_line_errors
+from .common import console_script, one_line_errors, tta_config, tta_options
 
 EPILOG = """\b
 Examples:
@@ -81,6 +81,7 @@ paired:DIR is DIR/blur + DIR/sharp, or DIR/<sequence>/blur + DIR/<sequence>/shar
 @click.option("--per-image", is_flag=True, help="Also print one line per image.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
+@tta_options
 @one_line_errors
 def main(
     pred,
@@ -100,6 +101,7 @@ def main(
     per_image,
     no_progress,
     verbose,
+    **tta_opts,
 ) -> None:
     """Measure deblurring quality as the paper does: LPIPS, NIQE, PSNR, SSIM, blur score.
 
@@ -135,6 +137,7 @@ def main(
             weights,
             data,
             tta=tta or "0",
+            tta_config=tta_config(1, tta_opts),  # every row's options; its steps are the row's
             device=device,
             dtype=dtype,
             tile=tile,

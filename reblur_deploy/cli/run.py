@@ -14,7 +14,7 @@ from ..backends.exported import bundled_source, exported_metadata, origin
 from ..errors import ConfigError
 from ..pipeline import Deblurrer, default_weights, resolve_device
 from ..runner import RunOptions, count_frames, plan_jobs, run_jobs
-from .common import console_script, one_line_errors
+from .common import console_script, one_line_errors, tta_config, tta_options
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "auto")
 
@@ -123,32 +123,7 @@ def _terminate(signum, frame):
     show_default=True,
     help="Test-time adaptation steps per image (0 = none; the paper uses 5).",
 )
-@click.option("--tta-lr", type=float, default=3e-6, show_default=True)
-@click.option(
-    "--tta-crop",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Adapt on random crops of this size instead of the whole frame.",
-)
-@click.option(
-    "--tta-crops",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Crops per TTA step with --tta-crop.",
-)
-@click.option(
-    "--tta-tol",
-    type=float,
-    default=None,
-    help="Stop TTA early when the loss improves by less than this fraction.",
-)
-@click.option(
-    "--tta-carry",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Video: keep adapted weights across frames, this many steps per frame.",
-)
+@tta_options
 @click.option(
     "--tile", type=click.IntRange(min=1), default=None, help="Process in tiles of this size."
 )
@@ -205,9 +180,9 @@ def _terminate(signum, frame):
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @one_line_errors
 def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backend, onnx_file,
-         engine_file, batch_size, tta_steps, tta_lr, tta_crop, tta_crops, tta_tol, tta_carry, tile,
+         engine_file, batch_size, tta_steps, tile,
          tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, quality,
-         pix_fmt, shard, report, quiet, verbose):  # fmt: skip
+         pix_fmt, shard, report, quiet, verbose, **tta):  # fmt: skip
     """Deblur images, folders, globs and videos.
 
     \b
@@ -234,9 +209,8 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     weights = _weights(weights, device, onnx_file, engine_file, say)
     deblurrer = Deblurrer(
-        weights, device=device, dtype=dtype, tta_steps=tta_steps,
-        batch_size=batch_size, tta_lr=tta_lr, tta_crop=tta_crop, tta_crops=tta_crops,
-        tta_tol=tta_tol, tta_carry=tta_carry, tile=tile, tile_overlap=tile_overlap,
+        weights, device=device, dtype=dtype, tta=tta_config(tta_steps, tta),
+        batch_size=batch_size, tile=tile, tile_overlap=tile_overlap,
         max_memory=max_memory,
         backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
