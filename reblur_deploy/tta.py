@@ -18,6 +18,9 @@ Variants (all off by default, so the defaults are Algorithm A):
 * ``tol``: early stop when the loss improves by less than this relative amount in a step.
 * ``carry`` (video): keep the adapted weights from frame to frame; after a reset (the
   first frame or a scene cut) a frame gets ``steps`` steps, every other frame ``carry``.
+  After each frame the weights are pulled back towards the original ones (keeping
+  1 − carry/steps of their change), so the adaptation a frame sees settles at about ``steps``
+  steps' worth instead of growing with the length of the shot.
   A scene cut is detected when the colour-histogram distance between consecutive frames exceeds
   ``scene_cut`` (see ``histogram_distance``).
 * ``amp_dtype``: autocast precision of the forward passes (e.g. torch.bfloat16 on CUDA); the
@@ -179,8 +182,24 @@ class TestTimeAdapter:
         if previous is None:
             self.reset()
             self._previous_frame = frame
-            return self._adapt(frame, self.config.steps, restore=False)
-        return self._adapt(frame, self.config.carry or 0, restore=False)
+            out = self._adapt(frame, self.config.steps, restore=False)
+        else:
+            out = self._adapt(frame, self.config.carry or 0, restore=False)
+        self._decay()
+        return out
+
+    def _decay(self) -> None:
+        """Pull the carried weights back towards the original ones, keeping 1 − carry/steps of
+        their change. Each frame's ``carry`` steps move a weight by about ``lr`` each (Adam), so
+        the change a frame sees settles at ``steps`` steps' worth (d = keep·d + carry·lr gives
+        d = steps·lr): never more than per-frame Algorithm A, however long the shot."""
+        steps, carry = self.config.steps, self.config.carry or 0
+        keep = max(0.0, 1.0 - carry / steps) if steps else 0.0
+        with torch.no_grad():
+            for key, value in self.md.state_dict().items():
+                if value.is_floating_point():
+                    original = self._original[key]
+                    value.sub_(original).mul_(keep).add_(original)
 
     def _autocast(self, device: torch.device):
         if self.config.amp_dtype is None:
