@@ -57,8 +57,22 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "psnr": ("PSNR↑", "{:.2f}"),
     "ssim": ("SSIM↑", "{:.4f}"),
     "blur_score": ("blur score↓", "{:.3e}"),  # scores span decades: 2e-06 to 1e-02
+    "flicker": ("flicker↓", "{:+.5f}"),  # --sequence only, see flicker()
     "seconds": ("s/img", "{:.3f}"),
 }
+
+
+def flicker(out: np.ndarray, previous: np.ndarray, ref: np.ndarray, ref_prev: np.ndarray) -> float:
+    """Temporal instability of consecutive outputs, flow-free: the mean absolute change between
+    them minus that of the reference frames (the sharp ones, else the inputs), in [0, 1] units.
+    Motion in the scene changes both alike; what a method adds frame to frame (weights that
+    drift, adaptation that differs per frame) shows as a positive value."""
+    change = np.abs(out.astype(np.float32) - previous).mean()
+    return float(change - np.abs(ref.astype(np.float32) - ref_prev).mean()) / _peak(out)
+
+
+def _peak(image: np.ndarray) -> float:
+    return 65535.0 if image.dtype == np.uint16 else 255.0
 
 
 # ------------------------------------------------------------------------------------ data
@@ -423,8 +437,9 @@ def _report(rows: list[Row], columns: list[str], notes: list[str], config: dict)
     return Report(rows, columns, notes, {**config, "package_version": __version__})
 
 
-def _columns(with_gt: bool, timed: bool) -> list[str]:
-    names = list(COLUMNS) if with_gt else ["niqe", "blur_score", "seconds"]
+def _columns(with_gt: bool, timed: bool, sequence: bool = False) -> list[str]:
+    names = list(COLUMNS) if with_gt else ["niqe", "blur_score", "flicker", "seconds"]
+    names = names if sequence else [c for c in names if c != "flicker"]
     return names if timed else [c for c in names if c != "seconds"]
 
 
@@ -556,6 +571,7 @@ def evaluate_model(
     lpips_backbone: str | os.PathLike | None = None,
     jobs: int | None = None,
     progress: bool = True,
+    sequence: bool = False,
 ) -> Report:
     """Run the model with each number of TTA steps on ``data`` and measure its outputs.
 
@@ -564,7 +580,9 @@ def evaluate_model(
     seconds per image (the Deblurrer call, TTA included, after one warm-up run). ``tta_config``
     gives the other TTA options of every row (its ``steps`` are replaced by each of ``tta``).
     ``tile`` and ``tile_overlap`` go to the Deblurrer (tiled inference, and TTA on tiles of
-    that size).
+    that size). ``sequence``: the images are the frames of one video in name order (each row's
+    Deblurrer sees them in that order, so TTA carry-over works as on a video) and a ``flicker``
+    column measures temporal stability (see ``flicker``).
     """
     if not isinstance(weights, (str, os.PathLike)):
         raise ConfigError("evaluate_model takes a weight file path or a bundled model name")
@@ -590,9 +608,11 @@ def evaluate_model(
     try:
         warm = Deblurrer({"deblur": first.deblur, "reblur": first.reblur}, **options)
         warm(read_image(pairs[0].source))  # first-call costs stay out of the timings
+        previous: dict[str, Any] = {}  # the last frame's reference and each row's output
         for pair in pairs:
             blurry = read_image(pair.source)
             gt_image = read_image(pair.gt) if pair.gt is not None else None
+            ref = gt_image if gt_image is not None else blurry
             for row, runner in zip(rows, runners, strict=True):
                 start = time.perf_counter()
                 output = _named(pair.name, runner, blurry)
@@ -600,10 +620,14 @@ def evaluate_model(
                     torch.cuda.synchronize(runner.device)
                 entry = {"image": pair.name, "seconds": time.perf_counter() - start}
                 entry["blur_score"] = score(output)
+                if sequence and row.setting in previous:
+                    entry["flicker"] = flicker(output, previous[row.setting], ref, previous["ref"])
+                previous[row.setting] = output
                 if measure_lpips is not None:
                     entry["lpips"] = _named(pair.name, measure_lpips, output, gt_image)
                 row.per_image.append(entry)
                 collector.submit(entry, output, gt_image)
+            previous["ref"] = ref
         collector.finish()
     finally:
         collector.close()
@@ -617,11 +641,12 @@ def evaluate_model(
         "dtype": dtype,
         "tile": tile,
         "tile_overlap": tile_overlap,
+        "sequence": sequence,
         "lpips_backbone": str(measure_lpips.path)
         if measure_lpips and measure_lpips.model
         else None,
     }
-    return _report(rows, _columns(with_gt, timed=True), notes, config)
+    return _report(rows, _columns(with_gt, timed=True, sequence=sequence), notes, config)
 
 
 # -------------------------------------------------------------------------------- plot

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,6 +20,7 @@ from reblur_deploy import (
     Deblurrer,
     DependencyError,
     InputError,
+    TTAConfig,
     blur_score,
     save_weights,
 )
@@ -275,3 +277,22 @@ def test_tta_lists():
         with pytest.raises(ConfigError):
             parse_tta(bad)
     assert parse_tta("0, 5, 10") == parse_tta((0, 5, 10)) == [0, 5, 10]
+
+
+def test_sequence_mode_measures_flicker_of_video_tta(data_dir, no_backbone):
+    """Real REDS frames in order: the flicker column is the outputs' frame-to-frame change
+    minus the sharp frames'; carry-over runs the frames in order."""
+    pairs = paired_data(data_dir / "train" / "reds027_x4")[:5]
+    config = TTAConfig(carry=1, lr=1e-4)
+    report = evaluate_model("unet-lite", pairs, tta=(0, 2), tta_config=config, device="cpu",
+                            progress=False, sequence=True)  # fmt: skip
+    assert "flicker" in report.columns
+    plain = report.rows[0]
+    assert plain.per_image[0]["flicker"] is None  # no previous frame
+    outputs = [Deblurrer("unet-lite", device="cpu")(read_image(p.source)) for p in pairs[:2]]
+    sharp = [read_image(p.gt) for p in pairs[:2]]
+    expected = (np.abs(outputs[1].astype(np.float32) - outputs[0]).mean()
+                - np.abs(sharp[1].astype(np.float32) - sharp[0]).mean()) / 255  # fmt: skip
+    assert plain.per_image[1]["flicker"] == pytest.approx(expected, abs=1e-6)
+    assert all(np.isfinite(e["flicker"]) for row in report.rows for e in row.per_image[1:])
+    assert "flicker↓" in report.markdown()

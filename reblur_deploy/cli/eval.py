@@ -79,6 +79,12 @@ paired:DIR is DIR/blur + DIR/sharp, or DIR/<sequence>/blur + DIR/<sequence>/shar
     help="PSNR vs NIQE/LPIPS across TTA steps as an image (needs matplotlib: the plot extra).",
 )
 @click.option("--per-image", is_flag=True, help="Also print one line per image.")
+@click.option(
+    "--sequence",
+    is_flag=True,
+    help="The images are one video's frames in name order: run them in order (for "
+    "--tta-carry) and add a flicker column (temporal stability).",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @tta_options
@@ -99,6 +105,7 @@ def main(
     outs,
     plot,
     per_image,
+    sequence,
     no_progress,
     verbose,
     **tta_opts,
@@ -121,8 +128,10 @@ def main(
         raise ConfigError("give either --pred (existing images) or --data (run a model), not both")
     if gt and not pred:
         raise ConfigError("--gt goes with --pred")
-    if (tta, tile, tile_overlap) != (None, None, None) and not (weights and data):
-        raise ConfigError("--tta and --tile run the model: they need --weights and --data")
+    if (tta, tile, tile_overlap, sequence) != (None, None, None, False) and not (weights and data):
+        raise ConfigError(
+            "--tta, --tile and --sequence run the model: they need --weights and --data"
+        )
     for out in outs:  # refuse bad output names before the work, not after it
         ev.check_report_path(out)
     if plot:
@@ -138,6 +147,7 @@ def main(
             data,
             tta=tta or "0",
             tta_config=tta_config(1, tta_opts),  # every row's options; its steps are the row's
+            sequence=sequence,
             device=device,
             dtype=dtype,
             tile=tile,
