@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import inspect
 import io
 import json
 import math
@@ -44,6 +43,7 @@ from ._version import __version__
 from .atomic import write_bytes_atomic
 from .errors import ConfigError, DependencyError, InputError, ReblurError
 from .io import IMAGE_SUFFIXES, read_image
+from .losses import blur_score
 from .metrics import niqe, psnr, ssim
 from .metrics.lpips import backbone_hint, find_backbone, load_lpips, to_tensor
 from .pipeline import Deblurrer
@@ -406,11 +406,6 @@ class _BlurScore:
     def __init__(self, reblur, device: torch.device, notes: list[str], weights_given: bool):
         self.fn = self.mr = None
         self.device = device
-        try:
-            from . import blur_score
-        except ImportError:
-            notes.append("blur score: n/a (reblur_deploy.blur_score is not in this release yet)")
-            return
         if reblur is None:
             why = "the weights hold no reblurring module MR" if weights_given else "pass --weights"
             notes.append(f"blur score: n/a (it needs a reblurring module: {why})")
@@ -528,18 +523,11 @@ def _sha256(weights: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def tiling_supported() -> bool:
-    """Whether this release's Deblurrer can process frames in tiles."""
-    return "tile" in inspect.signature(Deblurrer).parameters
-
-
 def _tile_options(tile: int | None, overlap: int | None) -> dict[str, int]:
     if tile is None:
         if overlap is not None:
             raise ConfigError("a tile overlap needs a tile size (--tile)")
         return {}
-    if not tiling_supported():
-        raise ConfigError("tiled processing (--tile) is not available in this release yet")
     return {"tile": tile} if overlap is None else {"tile": tile, "tile_overlap": overlap}
 
 

@@ -33,7 +33,6 @@ from reblur_deploy.eval import (
     paired_data,
     parse_tta,
     plot_report,
-    tiling_supported,
 )
 from reblur_deploy.io import read_image, write_image
 from reblur_deploy.metrics import niqe, psnr, ssim
@@ -242,10 +241,6 @@ def test_no_ground_truth_mode_measures_niqe_and_blur_score(small, weights, data_
 
 def test_tile_is_passed_on_only_where_the_deblurrer_tiles(small, weights, no_backbone):
     pairs = paired_data(small)[:1]
-    if not tiling_supported():
-        with pytest.raises(ConfigError, match="not available"):
-            evaluate_model(weights, pairs, tile=128, device="cpu", progress=False)
-        return
     tiled = evaluate_model(weights, pairs, tile=128, tile_overlap=32, device="cpu", progress=False)
     assert tiled.config["tile"] == 128 and tiled.table()[0]["psnr"] > 10
     with pytest.raises(ConfigError, match="needs a tile size"):

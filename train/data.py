@@ -417,15 +417,6 @@ def check_items(
     return first
 
 
-def decoded_bytes(items: Sequence[Item]) -> int:
-    """About what the decoded images of ``items`` take in memory (headers only, 8 bits)."""
-    total = 0
-    for ref in {ref for item in items for ref in item.refs}:
-        h, w = image_size(ref)
-        total += h * w * 3
-    return total
-
-
 # ------------------------------------------------------------------------------ samples
 
 
@@ -635,6 +626,3 @@ class BatchStream(Sampler):
                     yield batch
                     batch = []
             epoch, k = epoch + 1, 0
-
-    def iterations_per_epoch(self) -> float:
-        return len(self.sampler) / self.batch_size

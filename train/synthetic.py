@@ -249,8 +249,3 @@ def synthesize_reblur(
         noise = rng.normal(0.0, rng.uniform(0.0, params.noise), x.shape).astype(np.float32)
         x, y = x + noise, y + noise
     return _finish(x, image.dtype), _finish(y, image.dtype)
-
-
-def synthesize_pair(image: np.ndarray, seed: int, params: BlurParams | None = None):
-    """``synthesize`` on the whole image with ``numpy.random.default_rng(seed)``."""
-    return synthesize(image, np.random.default_rng(seed), params)
