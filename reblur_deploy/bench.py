@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .device import autocast, resolve_device
 from .errors import ConfigError
 
 SIZES = {"256": (256, 256), "512": (512, 512), "720p": (720, 1280), "1080p": (1080, 1920)}
@@ -428,7 +429,7 @@ def bench_resblock(device: torch.device, config: BenchConfig) -> dict:
 
         def step(model, x=x, dtype=dtype):
             inp = x.clone().requires_grad_()
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            with autocast(device, dtype):
                 y = model(inp)
             y.float().sum().backward()
             return inp.grad
@@ -596,8 +597,6 @@ def bench_infer(device: torch.device, config: BenchConfig, peak: dict | None) ->
 
 
 def run(config: BenchConfig) -> dict:
-    from .pipeline import resolve_device
-
     device = resolve_device(config.device)
     if config.sizes is None:
         # 720p/1080p TTA takes minutes per step on a CPU: there the default is 256² only

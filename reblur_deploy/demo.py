@@ -17,11 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli.common import one_line_errors
+from .device import resolve_device
 from .errors import ReblurError, WeightsError
 from .io import read_image, write_image
 from .losses import blur_score
 from .models import build
-from .pipeline import Deblurrer, array_to_tensor, default_weights, resolve_device
+from .pipeline import Deblurrer, array_to_tensor, default_weights
 from .runner import Job, RunOptions, run_jobs
 
 SAMPLE = Path(__file__).parent / "assets" / "samples" / "gopro_blur_00_crop.png"

@@ -31,6 +31,7 @@ from torch import nn
 
 from .backends import create_backend
 from .backends.exported import check_exported
+from .device import resolve_device, resolve_dtype
 from .errors import ConfigError, InputError, WeightsError
 from .memory import (
     HEADROOM,
@@ -45,33 +46,7 @@ from .tiling import run_tiled
 from .tta import TestTimeAdapter, TTAConfig
 from .weights import ASSETS, LoadedWeights, load_weights
 
-DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}  # fmt: skip
 RANGE_TOLERANCE = 1e-3  # tensors this far outside [0, 1] are clamped; further out is an error
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` takes CUDA when present, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"invalid device {device!r}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for, but this torch build sees no CUDA GPU")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ConfigError(f"unsupported dtype {dtype!r}; choose fp32, fp16 or bf16")
 
 
 def default_weights(device: torch.device) -> str:

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .device import autocast, frozen
 from .errors import ConfigError, InputError
 from .histmatch import match_histograms, match_histograms_fast
 from .losses import self_supervised_loss
@@ -202,9 +203,7 @@ class TestTimeAdapter:
                     value.sub_(original).mul_(keep).add_(original)
 
     def _autocast(self, device: torch.device):
-        if self.config.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.config.amp_dtype)
+        return autocast(device, self.config.amp_dtype)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast(x.device):
@@ -241,7 +240,7 @@ class TestTimeAdapter:
         losses: list[float] = []
         failure = None
         with (
-            _frozen(self.mr),
+            frozen(self.mr),
             torch.inference_mode(False),
             torch.enable_grad(),
             self._mr_kernels(blurry),
@@ -379,19 +378,6 @@ class _CompiledStep:
 def _converged(losses: list[float], tol: float) -> bool:
     """The last step improved the loss by less than ``tol`` (relative)."""
     return len(losses) > 1 and losses[-2] - losses[-1] < tol * losses[-2]
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module):
-    """No gradients for ``module``'s parameters (they still flow through it), restored after."""
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
 
 
 def adapt(

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from reblur_deploy.device import resolve_device
 from reblur_deploy.errors import ConfigError
-from reblur_deploy.pipeline import resolve_device
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from reblur_deploy import losses
 from reblur_deploy._version import __version__
+from reblur_deploy.device import autocast, frozen
 from reblur_deploy.errors import ConfigError, DependencyError, InputError, ReblurError
 from reblur_deploy.metrics import psnr, ssim
 from reblur_deploy.models import SRN, build, name_of
@@ -100,19 +101,6 @@ def multiscale_l1(outputs: list[torch.Tensor], sharp: torch.Tensor) -> torch.Ten
         target = F.avg_pool2d(sharp, factor) if factor > 1 else sharp
         terms.append(losses.l1(output, target))
     return torch.stack(terms).mean() if len(terms) > 1 else terms[0]
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module | None) -> Iterator[None]:
-    """Parameters of ``modules`` do not require gradients inside the block."""
-    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def pseudo_sharp(md: nn.Module, sharp: torch.Tensor) -> torch.Tensor:
@@ -463,11 +451,7 @@ class Trainer:
             raise ConfigError(f"{path} is at iteration {self.start}, past the run's {self.total}")
 
     def autocast(self):
-        return torch.autocast(
-            self.ctx.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        )
+        return autocast(self.ctx.device, self.amp_dtype)
 
     # ------------------------------------------------------------------------- a step
 

@@ -29,6 +29,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError, DependencyError
 from .base import Backend, BackendError
 from .eager import CompiledBackend, EagerBackend, compile_available
@@ -56,8 +57,6 @@ def available_backends(device: str | torch.device = "auto") -> list[str]:
     (2 cores, 256×256); on a GPU, a TensorRT engine is expected to be fastest (measure with
     ``reblur-bench``).
     """
-    from ..pipeline import resolve_device
-
     dev = resolve_device(device)
     names = []
     if dev.type == "cuda" and _installed("tensorrt"):
@@ -81,8 +80,6 @@ def create_backend(
     **options,
 ) -> Backend:
     """Build the backend ``name`` (see the module docstring) for the deblurring module."""
-    from ..pipeline import resolve_device, resolve_dtype
-
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     key = ALIASES.get(name, name)
     if key == "auto":

@@ -9,6 +9,7 @@ import shutil
 import torch
 from torch import nn
 
+from ..device import autocast
 from .base import Backend
 
 
@@ -27,9 +28,7 @@ class EagerBackend(Backend):
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         # No inference_mode here: TTA calls this for its gradient-free passes, and tensors made
         # under inference_mode cannot enter autograd. Callers choose no_grad/inference_mode.
-        if self.dtype == torch.float32:
-            return self.runner(batch).float()
-        with torch.autocast(self.device.type, dtype=self.dtype):
+        with autocast(self.device, self.dtype):
             return self.runner(batch).float()
 
 

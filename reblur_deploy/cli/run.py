@@ -11,8 +11,9 @@ import click
 from tqdm import tqdm
 
 from ..backends.exported import bundled_source, exported_metadata, origin
+from ..device import resolve_device
 from ..errors import ConfigError
-from ..pipeline import Deblurrer, default_weights, resolve_device
+from ..pipeline import Deblurrer, default_weights
 from ..runner import RunOptions, count_frames, plan_jobs, run_jobs
 from .common import console_script, one_line_errors, tta_config, tta_options
 

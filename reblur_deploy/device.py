@@ -1,0 +1,64 @@
+"""Where and in what precision networks run: the small torch helpers every layer shares.
+
+``resolve_device``/``resolve_dtype`` turn user strings into torch objects (with one-line errors),
+``autocast`` is the forward-pass precision context (a no-op for float32) and ``frozen`` turns
+off the gradients of some modules' parameters for a block (gradients still flow through them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}  # fmt: skip
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` takes CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"invalid device {device!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but this torch build sees no CUDA GPU")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConfigError(f"unsupported dtype {dtype!r}; choose fp32, fp16 or bf16")
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``; float32 or None runs as it is."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """No gradients for the parameters of ``modules`` inside the block (gradients still flow
+    through them to their inputs); restored afterwards."""
+    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
