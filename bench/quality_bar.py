@@ -28,9 +28,8 @@ import numpy as np
 
 from reblur_deploy import Deblurrer, blur_score, load_weights
 from reblur_deploy.eval import list_images
-from reblur_deploy.io import read_image, write_image
+from reblur_deploy.io import array_to_tensor, read_image, write_image
 from reblur_deploy.metrics import niqe, psnr, ssim
-from reblur_deploy.pipeline import array_to_tensor
 from reblur_deploy.train.loop import MR_BARS, mr_figures, summarize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -50,7 +49,7 @@ def held_out(weights: str, folders: list[Path]) -> list[Path]:
 
 
 def scores(images: list[np.ndarray], mr) -> list[float]:
-    return [blur_score(array_to_tensor(x)[0], mr).item() for x in images]
+    return [blur_score(x, mr) for x in images]
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from .errors import ReblurError, WeightsError
 from .io import read_image, write_image
 from .losses import blur_score
 from .models import build
-from .pipeline import Deblurrer, array_to_tensor, default_weights
+from .pipeline import Deblurrer, default_weights
 from .runner import Job, RunOptions, run_jobs
 
 SAMPLE = Path(__file__).parent / "assets" / "samples" / "gopro_blur_00_crop.png"
@@ -101,7 +101,7 @@ def main(image, clip, weights, tta, out_dir, device, verbose) -> None:  # fmt: s
     h, w = blurry.shape[:2]
     scores = ""
     if deblurrer.reblur is not None:  # lower = sharper, under the model's own MR
-        values = [blur_score(array_to_tensor(x)[0], deblurrer.reblur).item() for x in panels]
+        values = [blur_score(x, deblurrer.reblur) for x in panels]
         scores = ", blur score " + " → ".join(f"{v:.3e}" for v in values)
         scores += " (input → deblurred → TTA)" if tta else " (input → deblurred)"
     click.echo(f"image: {w}×{h} in {seconds:.2f} s{scores} → {both}")

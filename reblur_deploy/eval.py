@@ -401,22 +401,16 @@ class _Lpips:
 
 
 class _BlurScore:
-    """``reblur_deploy.blur_score`` of 8-bit images under the weights' MR, or None (+ note)."""
+    """``reblur_deploy.blur_score`` of image arrays under the weights' MR, or None (+ note)."""
 
-    def __init__(self, reblur, device: torch.device, notes: list[str], weights_given: bool):
-        self.fn = self.mr = None
-        self.device = device
+    def __init__(self, reblur, notes: list[str], weights_given: bool):
+        self.mr = reblur
         if reblur is None:
             why = "the weights hold no reblurring module MR" if weights_given else "pass --weights"
             notes.append(f"blur score: n/a (it needs a reblurring module: {why})")
-            return
-        self.fn, self.mr = blur_score, reblur
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray) -> float | None:
-        if self.fn is None:
-            return None
-        return float(self.fn(to_tensor(image, self.device), self.mr).reshape(-1)[0])
+        return None if self.mr is None else blur_score(image, self.mr)
 
 
 def _report(rows: list[Row], columns: list[str], notes: list[str], config: dict) -> Report:
@@ -479,11 +473,11 @@ def evaluate_folders(
     if weights is not None:
         model = Deblurrer(weights, device=device)
         dev, reblur = model.device, model.reblur
-    score = _BlurScore(reblur, dev, notes, weights_given=weights is not None)
+    score = _BlurScore(reblur, notes, weights_given=weights is not None)
     measure_lpips = _Lpips(lpips, lpips_backbone, dev, notes) if with_gt else None
     row = Row(setting or (Path(pred).name if pred is not None else "images"), None)
     collector = _Collector(jobs, len(pairs), progress)
-    needs_pixels = collector.inline or score.fn or getattr(measure_lpips, "model", None)
+    needs_pixels = collector.inline or score.mr is not None or getattr(measure_lpips, "model", None)
     try:
         for pair in pairs:
             entry: dict[str, Any] = {"image": pair.name}
@@ -589,7 +583,7 @@ def evaluate_model(
     ]
     first = runners[0]
     notes: list[str] = []
-    score = _BlurScore(first.reblur, first.device, notes, weights_given=True)
+    score = _BlurScore(first.reblur, notes, weights_given=True)
     measure_lpips = _Lpips(lpips, lpips_backbone, first.device, notes) if with_gt else None
     rows = [Row(f"TTA {n}", n) for n in steps]
     collector = _Collector(jobs, len(pairs) * len(runners), progress)

@@ -6,9 +6,12 @@ image, MD the deblurring module, MR the reblurring module. All losses are mean a
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .io.arrays import array_to_tensor
 
 
 def l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,12 +46,15 @@ def self_supervised_loss(
     return error.flatten(1).mean(1) if per_image else error.mean()
 
 
-def blur_score(image: torch.Tensor, mr: nn.Module) -> torch.Tensor:
+def blur_score(image: torch.Tensor | np.ndarray, mr: nn.Module) -> torch.Tensor | float:
     """A no-reference blurriness figure: the self-supervised reblurring loss per image.
 
-    ``image`` is N×3×H×W in [0, 1]; returns N values (lower = sharper, 0 = MR leaves the image
-    unchanged). Comparable only between images scored by the same MR.
+    ``image`` is an N×3×H×W tensor in [0, 1] (returns N values) or one uint8/uint16 image array
+    (returns a float). Lower = sharper, 0 = MR leaves the image unchanged; comparable only
+    between images scored by the same MR.
     """
+    if isinstance(image, np.ndarray):
+        return blur_score(array_to_tensor(image)[0], mr).item()
     param = next(mr.parameters())
     with torch.no_grad():
         return self_supervised_loss(mr, image.to(param.device, param.dtype), per_image=True).float()

@@ -37,7 +37,7 @@ from .io import (
     write_image,
 )
 from .losses import blur_score
-from .pipeline import Deblurrer, array_to_tensor
+from .pipeline import Deblurrer
 
 GLOB_CHARS = set("*?[")
 
@@ -348,7 +348,7 @@ class _Runner:
         entry: dict[str, Any] = {"input": str(source), "frame": index, "seconds": round(seconds, 4)}
         mr = self.deblurrer.reblur
         for key, array in (("blur_before", image), ("blur_after", out)):  # full precision
-            entry[key] = None if mr is None else blur_score(array_to_tensor(array)[0], mr).item()
+            entry[key] = None if mr is None else blur_score(array, mr)
         self.summary.report.append(entry)
 
 

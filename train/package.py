@@ -19,8 +19,8 @@ import torch
 
 from reblur_deploy.atomic import atomic_path
 from reblur_deploy.errors import ReblurError, WeightsError
-from reblur_deploy.io import read_image
-from reblur_deploy.pipeline import Deblurrer, array_to_tensor
+from reblur_deploy.io import array_to_tensor, read_image
+from reblur_deploy.pipeline import Deblurrer
 from reblur_deploy.weights import ASSETS, BUNDLED, load_weights, save_weights
 
 SAMPLE = ASSETS.parent / "samples" / "gopro_blur_00_crop.png"

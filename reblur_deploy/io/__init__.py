@@ -1,5 +1,6 @@
-"""Reading and writing media. Images here; video (PyAV) joins with reblur-run."""
+"""Media in and out: image files, video files, and arrays ↔ the networks' float tensors."""
 
+from .arrays import array_to_tensor, swap_red_blue, tensor_to_array
 from .images import IMAGE_SUFFIXES, ImageMetadata, read_image, read_metadata, write_image
 from .video import (
     VIDEO_SUFFIXES,
@@ -13,17 +14,18 @@ from .video import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "ImageMetadata",
-    "read_image",
-    "read_metadata",
-    "write_image",
-]
-__all__ += [
     "VIDEO_SUFFIXES",
     "Frame",
+    "ImageMetadata",
     "VideoInfo",
     "VideoWriter",
+    "array_to_tensor",
     "is_video",
     "probe_video",
     "read_frames",
+    "read_image",
+    "read_metadata",
+    "swap_red_blue",
+    "tensor_to_array",
+    "write_image",
 ]
