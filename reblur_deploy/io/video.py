@@ -256,41 +256,46 @@ def read_frames(
     return _frames(container, stream, path, fps, start, end, keep_depth)
 
 
-def _decoded(container, stream, path: Path, counter: list[int]):
-    """Yield av.VideoFrames; FFmpeg errors become InputError naming the frame index.
+def _decoded(container, stream, path: Path):
+    """Yield (index, av.VideoFrame) pairs; FFmpeg errors become InputError naming the index of
+    the frame that could not be decoded.
 
     A truncated file mostly just ends early (FFmpeg logs "partial file" and reports the end of
     the file): a packet the demuxer flags as corrupt, or fewer packets than the file's index
     (MP4/MOV/AVI list every packet up front) is reported as an error after the frames that
     could be decoded.
     """
-    packets = 0
+    packets = index = 0  # index: of the next frame
     end = None  # end time (s) of the last video packet read
     try:
         for packet in container.demux(stream):
             if packet.is_corrupt:  # cut short by the end of the file, or damaged
-                yield from stream.decode(None)  # the frames complete before the damage
+                for frame in stream.decode(None):  # the frames complete before the damage
+                    yield index, frame
+                    index += 1
                 raise InputError(
-                    f"cannot decode {path} at frame {counter[0]}: truncated or corrupt data"
+                    f"cannot decode {path} at frame {index}: truncated or corrupt data"
                 )
             if packet.size > 0:  # not the flush packet at the end
                 packets += 1
                 if packet.pts is not None and stream.time_base:
                     last = float((packet.pts + (packet.duration or 0)) * stream.time_base)
                     end = last if end is None else max(end, last)
-            yield from packet.decode()  # the flush packet at the end drains the decoder
+            for frame in packet.decode():  # the flush packet at the end drains the decoder
+                yield index, frame
+                index += 1
     except (av.FFmpegError, OSError) as e:
-        raise InputError(f"cannot decode {path} at frame {counter[0]}: {_reason(e)}") from None
+        raise InputError(f"cannot decode {path} at frame {index}: {_reason(e)}") from None
     indexed = len(stream.index_entries)
     if packets < indexed:
         raise InputError(
-            f"cannot decode {path} at frame {counter[0]}: the file is truncated "
+            f"cannot decode {path} at frame {index}: the file is truncated "
             f"({packets} of {indexed} video packets present)"
         )
     expected = _stream_end(stream)
     if end is not None and expected is not None and end < expected - 0.5:
         raise InputError(
-            f"cannot decode {path} at frame {counter[0]}: the file is truncated (video ends at "
+            f"cannot decode {path} at frame {index}: the file is truncated (video ends at "
             f"{end:.2f} s of the {expected:.2f} s its header gives)"
         )
 
@@ -324,11 +329,10 @@ def _bits(video_format) -> int:
 def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int | None,
             keep_depth: bool):  # fmt: skip
     time_base = stream.time_base
-    counter = [0]  # index of the next frame, shared with _decoded for its error messages
+    count = 0  # frames decoded
     try:
-        for av_frame in _decoded(container, stream, path, counter):
-            index = counter[0]
-            counter[0] += 1
+        for index, av_frame in _decoded(container, stream, path):
+            count = index + 1
             if index < start:
                 continue
             try:
@@ -341,10 +345,10 @@ def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int |
             yield Frame(rgb=rgb, index=index, pts=pts, time=time)
             if end is not None and index + 1 >= end:
                 return
-        if counter[0] == 0:
+        if count == 0:
             raise InputError(f"{path} has no video frames")
-        if counter[0] <= start:
-            raise InputError(f"{path} has {counter[0]} video frames: start={start} is past the end")
+        if count <= start:
+            raise InputError(f"{path} has {count} video frames: start={start} is past the end")
     finally:
         container.close()
 
