@@ -224,9 +224,22 @@ class TestTimeAdapter:
 
     def _adapt(self, blurry: torch.Tensor, steps: int, restore: bool) -> torch.Tensor:
         """Algorithm A (with the configured variants) on one image or a joint batch."""
-        config = self.config
-        crop = config.crop is not None
-        step = self._compiled_step(blurry) if config.compile and steps else None
+        step = self._choose_optimizer(blurry, steps, restore)
+        with (
+            frozen(self.mr),
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            self._mr_kernels(blurry),
+        ):
+            initial, latest, losses, failure = self._run_steps(blurry, steps, step)
+        return self._result(initial, latest, losses, failure, restore)
+
+    def _choose_optimizer(
+        self, blurry: torch.Tensor, steps: int, restore: bool
+    ) -> _CompiledStep | None:
+        """Adam for this adaptation: fresh unless carried over; the compiled step's own Adam
+        (zeroed, never recreated, which would recompile) with ``compile``."""
+        step = self._compiled_step(blurry) if self.config.compile and steps else None
         if step is not None:
             if restore or self._optimizer is None:
                 step.reset_optimizer()
@@ -236,48 +249,52 @@ class TestTimeAdapter:
             or self._optimizer is None
             or self._optimizer is getattr(self._compiled, "optimizer", None)
         ):
-            self._optimizer = torch.optim.Adam(self.md.parameters(), lr=config.lr)
+            self._optimizer = torch.optim.Adam(self.md.parameters(), lr=self.config.lr)
+        return step
+
+    def _run_steps(self, blurry: torch.Tensor, steps: int, step: _CompiledStep | None):
+        """The step loop: (L0, the newest whole-frame output LN, the losses, a failure or
+        None). Stops early at a non-finite loss or output, or when ``tol`` is reached."""
+        crop = self.config.crop is not None
         losses: list[float] = []
-        failure = None
-        with (
-            frozen(self.mr),
-            torch.inference_mode(False),
-            torch.enable_grad(),
-            self._mr_kernels(blurry),
-        ):
-            initial = None  # L0
-            if crop or steps == 0:
-                with torch.no_grad():
-                    initial = self._full_forward(blurry)
-            latest = initial  # the newest full-frame output of the current weights
-            for _ in range(steps):
-                x = self._random_crops(blurry) if crop else blurry
-                if step is not None:
-                    output, loss = step.forward_loss(x)
-                else:
-                    output = self._forward(x)
-                    loss = self_supervised_loss(self.mr, output)
-                if not crop:
-                    initial = output.detach() if initial is None else initial
-                    latest = output.detach()
-                if not (torch.isfinite(loss) and torch.isfinite(output).all()):
-                    failure = f"a non-finite {'loss' if torch.isfinite(output).all() else 'output'}"
-                    break
-                losses.append(loss.item())
-                if config.tol is not None and _converged(losses, config.tol):
-                    break  # in full-frame mode ``latest`` is already this step's output
-                self._optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if step is not None:
-                    step.update()
-                else:
-                    self._optimizer.step()
-                latest = None  # the weights changed
-            if latest is None and failure is None:
-                with torch.no_grad():
-                    latest = self._full_forward(blurry)  # LN
-                if not torch.isfinite(latest).all():
-                    failure = "a non-finite output after the last step"
+        initial = None  # L0
+        if crop or steps == 0:
+            with torch.no_grad():
+                initial = self._full_forward(blurry)
+        latest = initial  # the newest full-frame output of the current weights
+        for _ in range(steps):
+            x = self._random_crops(blurry) if crop else blurry
+            if step is not None:
+                output, loss = step.forward_loss(x)
+            else:
+                output = self._forward(x)
+                loss = self_supervised_loss(self.mr, output)
+            if not crop:
+                initial = output.detach() if initial is None else initial
+                latest = output.detach()
+            if not (torch.isfinite(loss) and torch.isfinite(output).all()):
+                what = "loss" if torch.isfinite(output).all() else "output"
+                return initial, latest, losses, f"a non-finite {what}"
+            losses.append(loss.item())
+            if self.config.tol is not None and _converged(losses, self.config.tol):
+                break  # in full-frame mode ``latest`` is already this step's output
+            self._optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step is not None:
+                step.update()
+            else:
+                self._optimizer.step()
+            latest = None  # the weights changed
+        if latest is None:
+            with torch.no_grad():
+                latest = self._full_forward(blurry)  # LN
+            if not torch.isfinite(latest).all():
+                return initial, latest, losses, "a non-finite output after the last step"
+        return initial, latest, losses, None
+
+    def _result(self, initial, latest, losses: list[float], failure: str | None, restore: bool):
+        """LN matched to L0's histograms; after a failure, the last finite output (L0 at
+        worst) with a warning and the weights reset."""
         if initial is None or not torch.isfinite(initial).all():
             raise InputError("the network produced NaN or infinite values (diverged weights?)")
         if failure is not None:
@@ -285,7 +302,7 @@ class TestTimeAdapter:
                 f"TTA stopped after {len(losses)} step(s): {failure}; "
                 "returning the last finite result and resetting the weights",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             self.stats.fell_back = True
             latest = latest if latest is not None and torch.isfinite(latest).all() else initial
@@ -296,7 +313,7 @@ class TestTimeAdapter:
             self.reset()
         if latest is initial:
             return initial.clamp(0, 1)
-        if config.histmatch == "fast":
+        if self.config.histmatch == "fast":
             return match_histograms_fast(latest, initial).clamp_(0, 1)
         return match_histograms(latest, initial).clamp_(0, 1)
 
