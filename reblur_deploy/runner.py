@@ -349,6 +349,13 @@ class _Runner:
         mr = self.deblurrer.reblur
         for key, array in (("blur_before", image), ("blur_after", out)):  # full precision
             entry[key] = None if mr is None else blur_score(array, mr)
+        adapter = self.deblurrer.adapter
+        if adapter is not None and len(adapter.stats.losses) == 1:  # this frame's adaptation
+            losses = adapter.stats.losses[0]
+            entry["tta_steps"] = len(losses)
+            entry["tta_loss_first"], entry["tta_loss_last"] = (
+                (losses[0], losses[-1]) if losses else (None, None)
+            )
         self.summary.report.append(entry)
 
 

@@ -68,6 +68,11 @@ def test_a_folder_of_mixed_images_keeps_each_format(tmp_path, weights, crop):
     assert all(e["blur_before"] is not None and e["seconds"] >= 0 for e in report["per_frame"])
     scores = [e[k] for e in report["per_frame"] for k in ("blur_before", "blur_after")]
     assert any(len(repr(v).split("e")[0]) > 8 for v in scores)  # full precision, not rounded
+    assert "tta_steps" not in report["per_frame"][0]
+    run(src / "rgb.png", "--weights", weights, "--tta", "2", "--tta-lr", "1e-3", "-o",
+        tmp_path / "tta.png", "--report", tmp_path / "tta.json")  # fmt: skip
+    (entry,) = json.loads((tmp_path / "tta.json").read_text())["per_frame"]
+    assert entry["tta_steps"] == 2 and entry["tta_loss_last"] < entry["tta_loss_first"]
 
 
 def test_outputs_and_inputs_are_never_overwritten(tmp_path, weights, crop):
