@@ -129,6 +129,29 @@ class Deblurrer:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
         self.batch_size = batch_size
+        if color not in ("rgb", "bgr"):
+            raise ConfigError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        self.color = color
+        loaded = self._load(weights)
+        self._set_tiling(tile, tile_overlap, max_memory)
+        self._lock = threading.Lock()
+        if tta_steps < 0:
+            raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
+        if tta is not None and tta_steps:
+            raise ConfigError("give tta_steps (the shorthand) or tta (a TTAConfig), not both")
+        if tta is None and tta_steps:
+            tta = TTAConfig(steps=tta_steps)
+        if tta is not None and backend == "auto":
+            backend = "torch"
+        self.backend = create_backend(backend, self.deblur, self.device, self.dtype,
+                                      **(backend_options or {}))  # fmt: skip
+        if loaded is not None and getattr(self.backend, "metadata", None):  # an exported file
+            name = loaded.path.name if loaded.path else "these weights"
+            check_exported(self.backend.metadata, self.backend.source, loaded.sha256, name)
+        self.adapter = None if tta is None else self._adapter(tta)
+
+    def _load(self, weights) -> LoadedWeights | None:
+        """Sets ``deblur``, ``reblur`` (on the device, float32, eval mode) and ``metadata``."""
         if weights is None:
             weights = default_weights(self.device)
         if isinstance(weights, (str, os.PathLike)):
@@ -151,50 +174,35 @@ class Deblurrer:
         reblur = modules.get("reblur")
         self.reblur = reblur.to(self.device, torch.float32).eval() if reblur is not None else None
         self.size_divisor = int(getattr(self.deblur, "size_divisor", 1))
-        if color not in ("rgb", "bgr"):
-            raise ConfigError(f"color must be 'rgb' or 'bgr', got {color!r}")
-        self.color = color
+        return loaded
+
+    def _set_tiling(self, tile: int | None, overlap: int | None, max_memory) -> None:
         if tile is not None and tile < self.size_divisor:
             raise ConfigError(f"tile must be at least {self.size_divisor}, got {tile}")
-        if tile_overlap is None:  # 64 px, but at most a quarter of a small tile
-            tile_overlap = 64 if tile is None else min(64, tile // 4)
-        if not 0 <= tile_overlap < (tile or tile_overlap + 1):
-            raise ConfigError(f"tile overlap must be in [0, tile), got {tile_overlap}")
-        self.tile, self.tile_overlap = tile, tile_overlap
+        if overlap is None:  # 64 px, but at most a quarter of a small tile
+            overlap = 64 if tile is None else min(64, tile // 4)
+        if not 0 <= overlap < (tile or overlap + 1):
+            raise ConfigError(f"tile overlap must be in [0, tile), got {overlap}")
+        self.tile, self.tile_overlap = tile, overlap
         self.max_memory = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
         self._activation_bytes: float | None = None  # per pixel, measured on first need
         self._auto_tile: int | None = None  # the tile size last chosen for lack of memory
-        self._lock = threading.Lock()
-        if tta_steps < 0:
-            raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
-        if tta is not None and tta_steps:
-            raise ConfigError("give tta_steps (the shorthand) or tta (a TTAConfig), not both")
-        if tta is None and tta_steps:
-            tta = TTAConfig(steps=tta_steps)
-        if tta is not None and backend == "auto":
-            backend = "torch"
-        self.backend = create_backend(backend, self.deblur, self.device, self.dtype,
-                                      **(backend_options or {}))  # fmt: skip
-        if loaded is not None and getattr(self.backend, "metadata", None):  # an exported file
-            name = loaded.path.name if loaded.path else "these weights"
-            check_exported(self.backend.metadata, self.backend.source, loaded.sha256, name)
-        if tta is not None and self.backend.frozen:
+
+    def _adapter(self, tta: TTAConfig) -> TestTimeAdapter:
+        if self.backend.frozen:
             raise ConfigError(
                 f"test-time adaptation needs gradients, and the {self.backend.name} backend runs "
                 "frozen weights; use --backend torch (or compile) with --tta"
             )
-
-        self.adapter: TestTimeAdapter | None = None
-        if tta is not None:
-            if self.reblur is None:
-                raise WeightsError(
-                    "test-time adaptation needs a reblurring module, and these weights hold "
-                    "only a deblurring module; use weights trained with the reblurring loss"
-                )
-            amp = None if self.dtype == torch.float32 else self.dtype
-            crop = tta.crop if tta.crop is not None else tile  # whole frames would not fit
-            config = dataclasses.replace(tta, crop=crop, amp_dtype=tta.amp_dtype or amp)
-            self.adapter = TestTimeAdapter(self.deblur, self.reblur, config, self._forward)
+        if self.reblur is None:
+            raise WeightsError(
+                "test-time adaptation needs a reblurring module, and these weights hold "
+                "only a deblurring module; use weights trained with the reblurring loss"
+            )
+        amp = None if self.dtype == torch.float32 else self.dtype
+        crop = tta.crop if tta.crop is not None else self.tile  # whole frames would not fit
+        config = dataclasses.replace(tta, crop=crop, amp_dtype=tta.amp_dtype or amp)
+        return TestTimeAdapter(self.deblur, self.reblur, config, self._forward)
 
     def reset(self) -> None:
         """Forget what TTA carried over from earlier frames (start of a new video)."""
