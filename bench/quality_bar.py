@@ -169,7 +169,8 @@ def main() -> int:
         name, top, left = FIGURE
         index = names.index(name) if name in names else 0
         panels = [images[index] for images in rows.values()] + [sharp[index]]
-        write_image(args.figure, np.hstack([x[top : top + 256, left : left + 256] for x in panels]))
+        crops = np.hstack([x[top : top + 256, left : left + 256] for x in panels])
+        write_image(args.figure, crops, overwrite=True)  # this script's own figure
     return 0 if all(ok for _, ok, _ in bars) else 1
 
 
