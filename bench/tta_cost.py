@@ -18,7 +18,7 @@ import time
 CONFIGS = {
     "inference (no TTA)": {"steps": 0},
     "Algorithm A, full frame": {},
-    "crop TTA 4×256²": {"crop_size": 256, "n_crops": 4},
+    "crop TTA 4×256²": {"crop": 256, "crops": 4},
 }
 
 
@@ -32,7 +32,7 @@ def measure(config: dict, device: str, size: tuple[int, int], steps: int) -> dic
     md, mr = build("unet").to(device), build("reblur").to(device)
     x = torch.rand(1, 3, *size, device=device)
     options = {"steps": steps, **config}
-    adapt(x[..., :64, :64], md, mr, **{**options, "crop_size": None, "steps": 1})  # warm-up
+    adapt(x[..., :64, :64], md, mr, **{**options, "crop": None, "steps": 1})  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
