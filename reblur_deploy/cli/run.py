@@ -195,6 +195,9 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
     """
     for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the terminal closed
         signal.signal(sig, _terminate)
+    # Ctrl-C: Python leaves SIGINT ignored when it starts ignored (a background job of a
+    # script); a run told to stop with SIGINT must stop cleanly all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if end is not None and end <= start:
         raise ConfigError(f"--end {end} must be after --start {start}")
     options = RunOptions(
