@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -77,3 +78,26 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
     write_image(tmp_path / "other.png", np.zeros((4, 4, 3), np.uint8))  # writing cleans up too
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "other.png"])
+
+
+def test_decoding_in_threads_leaves_stderr_where_it_was(tmp_path, data_dir):
+    """Decoders' stderr lines are captured by redirecting file descriptor 2; threads decoding
+    at once (as the training data check does) must not leave it redirected."""
+    import threading
+
+    good = (data_dir / "gopro" / "blur" / "blur_01.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 3])  # libpng complains
+    before = os.fstat(2)
+
+    def decode_many():
+        for _ in range(15):
+            with contextlib.suppress(InputError):
+                read_image(tmp_path / "cut.png")
+
+    threads = [threading.Thread(target=decode_many) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)

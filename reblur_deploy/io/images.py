@@ -16,6 +16,7 @@ import contextlib
 import os
 import struct
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,25 +121,40 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+_CAPTURING = threading.Lock()  # file descriptor 2 is the process's: one capture at a time
+
+
 @contextlib.contextmanager
 def _native_stderr():
     """Capture what C libraries write to file descriptor 2 meanwhile (a list, filled after):
-    their warnings are noise, and their errors belong in our one-line message."""
+    their warnings are noise, and their errors belong in our one-line message.
+
+    Only one thread redirects at a time: a thread that finds a capture running decodes without
+    its own (its libraries' lines then land in that capture), so that no two threads ever save
+    and restore the descriptor crosswise, which would leave stderr pointing at a deleted file.
+    """
     said: list[str] = []
+    if not _CAPTURING.acquire(blocking=False):
+        yield said
+        return
     try:
         saved = os.dup(2)
     except OSError:  # no stderr at all
+        _CAPTURING.release()
         yield said
         return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield said
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            said.append(capture.read().decode(errors="replace"))
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield said
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                said.append(capture.read().decode(errors="replace"))
+    finally:
+        _CAPTURING.release()
 
 
 def write_image(
