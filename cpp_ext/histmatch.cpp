@@ -86,34 +86,56 @@ Range plane_range(const scalar_t* p, int64_t n) {
 }
 
 // One chunk's histogram into h[0, bins) (h holds 2 * bins entries: scratch for the second).
+// The chunk goes by blocks of kBlock pixels: their bins are computed first in a vectorised loop,
+// then scattered (a scatter loop that also computes the bin runs 30 % slower).
 // Pass 1, branch-free: count, min and max in two interleaved histograms (even and odd pixels),
 // which breaks the store-to-load chains of runs of equal bins that natural images are full of.
 // Pass 2: the pixels equal to their bin's min, the exact quantile of a reference knot and of a
-// source bin's lowest value (clamped images hold many equal values at 0 and 1).
+// source bin's lowest value (clamped images hold many equal values at 0 and 1). Counting them in
+// pass 1 (resetting at each lower min) chains every update to the min and is slower.
+constexpr int kBlock = 1024;
+
+// The canonical values of a block of m <= kBlock pixels and their bins (vectorised).
+template <typename scalar_t>
+void bin_block(const scalar_t* p, int m, float lo, float scale, int bins, float* xs,
+               int32_t* idx) {
+#pragma omp simd
+  for (int j = 0; j < m; ++j) {
+    const float x = canonical(static_cast<float>(p[j]));
+    xs[j] = x;
+    idx[j] = bin_of(x, lo, scale, bins);
+  }
+}
+
 template <typename scalar_t>
 void chunk_histogram(const scalar_t* p, int64_t n, float lo, float scale, int bins, Bin* h) {
   Bin* odd = h + bins;
-  auto add = [lo, scale, bins](Bin* hist, float x) {
-    Bin& e = hist[bin_of(x, lo, scale, bins)];
+  float xs[kBlock];
+  int32_t idx[kBlock];
+  auto add = [](Bin& e, float x) {
     e.count += 1;
     e.mn = x < e.mn ? x : e.mn;
     e.mx = x > e.mx ? x : e.mx;
   };
-  int64_t i = 0;
-  for (; i + 1 < n; i += 2) {
-    add(h, canonical(static_cast<float>(p[i])));
-    add(odd, canonical(static_cast<float>(p[i + 1])));
+  for (int64_t s = 0; s < n; s += kBlock) {
+    const int m = static_cast<int>(std::min<int64_t>(kBlock, n - s));
+    bin_block(p + s, m, lo, scale, bins, xs, idx);
+    int j = 0;
+    for (; j + 1 < m; j += 2) {
+      add(h[idx[j]], xs[j]);
+      add(odd[idx[j + 1]], xs[j + 1]);
+    }
+    if (j < m) add(h[idx[j]], xs[j]);
   }
-  if (i < n) add(h, canonical(static_cast<float>(p[i])));
   for (int b = 0; b < bins; ++b) {
     h[b].count += odd[b].count;
     h[b].mn = std::min(h[b].mn, odd[b].mn);
     h[b].mx = std::max(h[b].mx, odd[b].mx);
   }
-  for (int64_t j = 0; j < n; ++j) {
-    const float x = canonical(static_cast<float>(p[j]));
-    Bin& e = h[bin_of(x, lo, scale, bins)];
-    e.cmin += x == e.mn;
+  for (int64_t s = 0; s < n; s += kBlock) {
+    const int m = static_cast<int>(std::min<int64_t>(kBlock, n - s));
+    bin_block(p + s, m, lo, scale, bins, xs, idx);
+    for (int j = 0; j < m; ++j) h[idx[j]].cmin += xs[j] == h[idx[j]].mn;
   }
 }
 

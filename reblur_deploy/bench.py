@@ -310,8 +310,8 @@ def bench_histmatch(device: torch.device, config: BenchConfig) -> dict:
         return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous().to(dev)
 
     cpu = torch.device("cpu")
-    exact_cpu = match_histograms(tensor(source, cpu), tensor(reference, cpu))
-    exact8 = match_histograms(tensor(source8, cpu), tensor(reference8, cpu))
+    exact_cpu = match_histograms(tensor(source, cpu), tensor(reference, cpu), exact=True)
+    exact8 = match_histograms(tensor(source8, cpu), tensor(reference8, cpu), exact=True)
     repeats = max(3, config.repeats)
     rows = []
 
@@ -343,7 +343,19 @@ def bench_histmatch(device: torch.device, config: BenchConfig) -> dict:
     for dev in devices:
         s32, r32 = tensor(source, dev), tensor(reference, dev)
         s8, r8 = tensor(source8, dev), tensor(reference8, dev)
-        add("torch exact (reference)", dev, "float32", lambda s=s32, r=r32: match_histograms(s, r))
+        add(
+            "torch exact (exact=True)",
+            dev,
+            "float32",
+            lambda s=s32, r=r32: match_histograms(s, r, exact=True),
+        )
+        add(
+            "match_histograms (default)",
+            dev,
+            "float32",
+            lambda s=s32, r=r32: match_histograms(s, r),
+            exact_cpu,
+        )
         impls = ["torch"]
         ok, why = kernels.ext_available(dev)
         if ok:

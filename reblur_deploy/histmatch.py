@@ -1,28 +1,32 @@
 """Per-channel histogram matching: the last step of the paper's TTA (Algorithm A).
 
-``match_histograms`` is the pure-torch reference. For every image and channel it maps the
-source's unique values through the reference's empirical quantiles with linear interpolation,
-which is exactly what ``skimage.exposure.match_histograms(..., channel_axis=-1)`` does for float
-images (same unique-value quantiles, same ``np.interp`` end-point rules). Quantiles and
-interpolation run in float64 so that the result agrees with scikit-image to rounding.
+``match_histograms(image, reference)`` maps, for every image and channel, the source's values
+through the reference's empirical quantiles with linear interpolation: the mapping of
+``skimage.exposure.match_histograms(..., channel_axis=-1)`` for float images. Two paths:
 
-``match_histograms_fast`` is the binned variant for speed: per plane a histogram of
-``HIST_BINS`` = 8192 bins (with each bin's min, max and count of its min), a CDF scan, a
-quantile-interpolated lookup table and one lookup per pixel; C++ on the CPU and CUDA on a GPU
-(cpp_ext/, dispatched by ``reblur_deploy.kernels``), or the same operations in torch when the
-extension cannot be built. Its contract:
+* **exact** (``exact=True``, or ``match_histograms_exact``): the pure-torch reference over the
+  unique values (same quantiles, same ``np.interp`` end-point rules, float64), which agrees with
+  scikit-image to rounding;
+* **binned** (the default, ``match_histograms_fast`` with its default tolerance): per plane a
+  histogram of ``HIST_BINS`` = 8192 bins (with each bin's min, max and count of its min), a CDF
+  scan, a quantile-interpolated lookup table and one lookup per pixel; C++ on the CPU and CUDA
+  on a GPU (cpp_ext/, dispatched by ``reblur_deploy.kernels``), or the same operations in torch
+  when the extension cannot be built. Its contract:
 
-* **exact** (bit-identical to ``match_histograms``) whenever no bin holds two distinct values of
-  a plane: 8-bit images (uint8 tensors, or floats k/255) always, since their levels are 1/255
-  apart and the bins at most 1/8192 of the plane's range;
-* otherwise (float data) within a **proven bound**: each plane's bound of |fast − exact| is
-  computed from its histograms (see cpp_ext/histmatch_common.h) and every plane whose bound
-  exceeds ``tolerance`` (default ``TOLERANCE`` = 0.5/255, half an 8-bit level) is recomputed with
-  the exact reference. The result is therefore always within 0.5/255 of ``match_histograms``.
-  On TTA's case at 1280×720 (the adapted output matched to the initial one, GOPRO frames) the
-  bound is 0.15–0.35/255 and the measured error 0.04–0.1/255, so no plane falls back; small
-  or unusual images (sparse histogram tails) may fall back on some planes, which costs the
-  exact path's time for those planes only.
+  * bit-identical to the exact path whenever no bin holds two distinct values of a plane: 8-bit
+    images (uint8 tensors, or floats k/255) always, since their levels are 1/255 apart and the
+    bins at most 1/8192 of the plane's range;
+  * otherwise (float data) within a **proven bound**: each plane's bound of |binned − exact| is
+    computed from its histograms (see cpp_ext/histmatch_common.h) and every plane whose bound
+    exceeds ``tolerance`` (default ``TOLERANCE`` = 0.5/255, half an 8-bit level) is recomputed
+    with the exact path. The result is therefore always within 0.5/255 of the exact one. On
+    TTA's case at 1280×720 (the adapted output matched to the initial one, GOPRO frames) the
+    bound is 0.15–0.35/255 and the measured error 0.04–0.1/255, so no plane falls back; small
+    or unusual images (sparse histogram tails) may fall back on some planes, which costs the
+    exact path's time for those planes only.
+
+Other dtypes (float64, wider integers) and mixed dtypes take the exact path: the binned one
+computes in float32 or uint8.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from .errors import ConfigError, InputError, NotAvailableError
 
 HIST_BINS = 8192
+_BINNED_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 TOLERANCE = 0.5 / 255
 # |fast − exact| ≤ bound + float32 rounding of both results (a few ulps of values of order 1)
 ROUNDING_SLACK = 1e-6
@@ -70,12 +75,23 @@ def _check(image: torch.Tensor, reference: torch.Tensor, name: str = "match_hist
         raise InputError(f"{name} got an empty tensor")
 
 
-def match_histograms(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def match_histograms(
+    image: torch.Tensor, reference: torch.Tensor, *, exact: bool = False
+) -> torch.Tensor:
     """Match each channel of each image in ``image`` (N×C×H×W) to ``reference`` (N×C×h×w).
 
     The two may differ in H×W but not in N or C. Returns a tensor of ``image``'s dtype and
-    device. Not differentiable (a lookup through sorted values).
+    device. By default through the binned kernels, within 0.5/255 of the exact mapping (and
+    identical to it on 8-bit data); ``exact=True`` computes the exact mapping (10–40× slower on
+    a 720p frame). Not differentiable (a lookup through sorted values).
     """
+    if exact or image.dtype != reference.dtype or image.dtype not in _BINNED_DTYPES:
+        return match_histograms_exact(image, reference)
+    return match_histograms_fast(image, reference)
+
+
+def match_histograms_exact(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The exact mapping, scikit-image's to rounding (see the module's docstring)."""
     _check(image, reference)
     out = torch.empty_like(image)
     with torch.no_grad():
@@ -97,13 +113,14 @@ def match_histograms_fast(
     tolerance: float | None = TOLERANCE,
     implementation: str | None = None,
 ) -> torch.Tensor:
-    """``match_histograms`` through per-plane histograms of ``bins`` bins: exact for 8-bit data,
+    """Histogram matching through per-plane histograms of ``bins`` bins: exact for 8-bit data,
     otherwise within ``tolerance`` of the exact result (planes whose proven bound exceeds it are
     recomputed exactly; ``tolerance=None`` skips that check and returns the binned result).
 
-    Same arguments and result as ``match_histograms``. uint8 and float32 tensors are matched as
-    they are, other float dtypes in float32. ``implementation``: ``"ext"`` (C++/CUDA kernels) or
-    ``"torch"``; by default ``reblur_deploy.kernels`` picks (``REBLUR_KERNELS`` forces).
+    Same arguments and result as ``match_histograms_exact``. uint8 and float32 tensors are
+    matched as they are, other float dtypes in float32. ``implementation``: ``"ext"`` (C++/CUDA
+    kernels) or ``"torch"``; by default ``reblur_deploy.kernels`` picks (``REBLUR_KERNELS``
+    forces).
     """
     out, bound = match_histograms_binned(image, reference, bins=bins, implementation=implementation)
     if tolerance is not None:

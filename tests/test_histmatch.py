@@ -20,12 +20,22 @@ def pair(data_dir):
 
 @pytest.mark.parametrize("noise", [0.0, 0.02], ids=["8-bit-levels", "continuous"])
 def test_equals_skimage_on_real_images(pair, noise):
+    """exact=True is scikit-image's mapping to rounding; the default (binned) path is within
+    half an 8-bit level of it, and identical on 8-bit levels."""
     source, reference = pair
     source = source + np.random.default_rng(0).normal(0, noise, source.shape).astype(np.float32)
     expected = skimage_match(source, reference, channel_axis=-1)
-    ours = match_histograms(to_tensor(source), to_tensor(reference))[0].permute(1, 2, 0).numpy()
-    assert ours.dtype == np.float32
-    assert np.abs(ours - expected).max() <= 1e-5
+
+    def ours(**kw):
+        out = match_histograms(to_tensor(source), to_tensor(reference), **kw)
+        return out[0].permute(1, 2, 0).numpy()
+
+    exact, default = ours(exact=True), ours()
+    assert exact.dtype == default.dtype == np.float32
+    assert np.abs(exact - expected).max() <= 1e-5
+    assert np.abs(default - expected).max() <= 0.5 / 255 + 1e-6
+    if noise == 0:
+        assert np.array_equal(default, exact)
 
 
 def test_batches_are_matched_image_by_image(pair):
@@ -47,6 +57,15 @@ def test_output_takes_the_reference_values_when_sizes_agree():
     out = match_histograms(source, reference)
     torch.testing.assert_close(out.flatten(2).sort().values, reference.flatten(2).sort().values)
     assert torch.equal(out.flatten(2).argsort(), source.flatten(2).argsort())  # order is kept
+
+
+def test_other_dtypes_take_the_exact_path(pair):
+    source, reference = (to_tensor(x) for x in pair)
+    wide = match_histograms(source.double(), reference.double())
+    assert wide.dtype == torch.float64
+    torch.testing.assert_close(wide, match_histograms(source, reference, exact=True).double())
+    levels = match_histograms((source * 1000).to(torch.int32), (reference * 1000).to(torch.int32))
+    assert levels.dtype == torch.int32
 
 
 def test_mismatched_shapes_are_refused():

@@ -102,7 +102,7 @@ def test_cpu_kernel_equals_its_torch_reference(ext, shapes, kind):
 def test_exact_on_8_bit_data(ext, shapes, kind):
     source, reference = random_pair(shapes, kind, seed=7)
     ours, bound = kernel_call(ext, source, reference)
-    assert torch.equal(ours, match_histograms(source, reference))
+    assert torch.equal(ours, match_histograms(source, reference, exact=True))
     assert (bound == 0).all()
 
 
@@ -112,7 +112,7 @@ def test_the_bound_holds_for_any_bin_count(ext, bins):
         source, reference = random_pair(SIZES[1], "float", seed)
         reference = reference**3  # skewed, so that bins are crowded and bounds large
         ours, bound = kernel_call(ext, source, reference, bins)
-        error = (ours.double() - match_histograms(source, reference).double()).abs()
+        error = (ours.double() - match_histograms(source, reference, exact=True).double()).abs()
         assert (error.flatten(2).amax(2).flatten() <= bound + 1e-6).all()
 
 
@@ -140,7 +140,7 @@ def test_real_frames_tta_like_within_the_stated_bound_without_fallback(ext, fram
         _, bound = match_histograms_binned(source, reference)
         assert (bound <= TOLERANCE).all()  # so no plane falls back to the exact path
         fast = match_histograms_fast(source, reference)
-        assert (fast - match_histograms(source, reference)).abs().max() <= 0.2 / 255
+        assert (fast - match_histograms(source, reference, exact=True)).abs().max() <= 0.2 / 255
     crops = [to_tensor(f[:360, :640]) for f in frames]  # 8-bit frames: exact
     assert torch.equal(match_histograms_fast(*crops), match_histograms(*crops))
 
@@ -153,7 +153,7 @@ def test_fast_matching_falls_back_to_exact_planes_beyond_the_tolerance(ext):
     _, bound = match_histograms_binned(source, reference, bins=64)
     assert bound[0] > TOLERANCE  # the crowded plane cannot meet the tolerance binned
     fast = match_histograms_fast(source, reference, bins=64)
-    exact = match_histograms(source, reference)
+    exact = match_histograms(source, reference, exact=True)
     assert torch.equal(fast[:, 0], exact[:, 0])  # recomputed exactly
     assert (fast - exact).abs().max() <= TOLERANCE
 
@@ -164,14 +164,16 @@ def test_non_finite_planes_get_an_infinite_bound_and_the_exact_result(ext):
     _, bound = match_histograms_binned(source, reference)
     assert torch.isinf(bound[1]) and torch.isfinite(bound[[0, 2]]).all()
     fast = match_histograms_fast(source, reference)
-    assert torch.equal(fast[:, 1], match_histograms(source, reference)[:, 1])
+    assert torch.equal(fast[:, 1], match_histograms(source, reference, exact=True)[:, 1])
 
 
 def test_other_float_dtypes_are_matched_in_float32(ext):
     source, reference = random_pair(SIZES[1], "8-bit levels", seed=2)
     out = match_histograms_fast(source.half(), reference.half())
     assert out.dtype == torch.float16
-    torch.testing.assert_close(out.float(), match_histograms(source, reference), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        out.float(), match_histograms(source, reference, exact=True), atol=1e-3, rtol=0
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +273,7 @@ def test_cuda_kernel_equals_the_cpu_kernel_and_the_torch_reference(ext, kind):
         cpu, cpu_bound = kernel_call(ext, source, reference)
         assert torch.equal(gpu.cpu(), cpu) and torch.equal(gpu_bound.cpu(), cpu_bound)
         if kind in ("8-bit levels", "uint8"):
-            assert torch.equal(gpu.cpu(), match_histograms(source, reference))
+            assert torch.equal(gpu.cpu(), match_histograms(source, reference, exact=True))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,7 +89,10 @@ _TTA_OPTIONS = {
     "seed": (int, "Seed of the random crops."),
     "compile": (bool, "Run each step as a torch.compile graph (first frame compiles)."),
     "fused": (bool, "MR's ResBlocks through the fused Triton kernel (CUDA)."),
-    "histmatch": (click.Choice(["exact", "fast"]), "Final histogram matching."),
+    "histmatch": (
+        click.Choice(["exact", "fast"]),
+        "Final histogram matching: binned, within 0.5/255 of exact (fast), or exact.",
+    ),
 }
 
 
