@@ -1,14 +1,18 @@
 """Where and in what precision networks run: the small torch helpers every layer shares.
 
 ``resolve_device``/``resolve_dtype`` turn user strings into torch objects (with one-line errors),
-``autocast`` is the forward-pass precision context (a no-op for float32) and ``frozen`` turns
-off the gradients of some modules' parameters for a block (gradients still flow through them).
+``autocast`` is the forward-pass precision context (a no-op for float32), ``native_bf16`` says
+whether bf16 autocast pays on a device, and ``frozen`` turns off the gradients of some modules'
+parameters for a block (gradients still flow through them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import platform
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,6 +52,28 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def cpu_flags() -> str:
+    """The CPU's instruction-set flags (the ``flags`` line of /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether bf16 arithmetic runs natively on this kind of device: a CUDA GPU with bf16
+    support, or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels; elsewhere bf16 autocast
+    on a CPU is emulated and slower than float32)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    flags = cpu_flags().split()
+    return device_type == "cpu" and ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 @contextlib.contextmanager

@@ -68,6 +68,9 @@ class RunOptions:
     skip_existing: bool = False
     shard: tuple[int, int] = (0, 1)
     report: str | None = None
+    # TTA of videos: True the video mode (TTAConfig.for_video), False per-frame as configured,
+    # None (auto) the video mode unless the configuration already says carry or crop
+    tta_video: bool | None = None
 
 
 @dataclass
@@ -215,6 +218,7 @@ def run_jobs(
     start = time.perf_counter()
     for job in jobs:
         deblurrer.reset()  # TTA carry-over never crosses from one input to the next
+        deblurrer.video_mode(uses_video_mode(deblurrer, job, options))
         try:
             runner.summary.frames += runner.run(job)
             runner.summary.items += 1
@@ -225,6 +229,15 @@ def run_jobs(
     if options.report:
         _write_report(Path(options.report), runner.summary)
     return runner.summary
+
+
+def uses_video_mode(deblurrer: Deblurrer, job: Job, options: RunOptions) -> bool:
+    """Whether ``job`` runs TTA in the video mode (see ``RunOptions.tta_video``)."""
+    if job.kind not in ("video", "frames") or deblurrer.tta is None:
+        return False
+    if options.tta_video is not None:
+        return options.tta_video
+    return deblurrer.tta.carry is None and deblurrer.tta.crop is None
 
 
 class _Runner:

@@ -164,6 +164,26 @@ def test_video_keeps_frames_time_stamps_and_audio_with_tta(tmp_path, weights, cl
     assert "1 item(s), 30 frame(s)" in result.stdout
 
 
+def test_videos_adapt_in_the_video_mode_unless_told_per_frame(tmp_path, weights, clip):
+    """--tta N on a video: N steps on the first frame, then one crop step a frame (carried
+    over); --tta-per-frame gives every frame N whole-frame steps; images stay per frame."""
+
+    def steps(*args):
+        report = tmp_path / "r.json"
+        result = run(clip, "--weights", weights, "--tta", "3", "--end", "4", "--report", report,
+                     "-o", tmp_path / "o.mp4", "--overwrite", *args)  # fmt: skip
+        return [f["tta_steps"] for f in json.loads(report.read_text())["per_frame"]], result
+
+    counts, result = steps()
+    assert counts == [3, 1, 1, 1]
+    assert "TTA of videos: the video mode" in result.stderr
+    counts, result = steps("--tta-per-frame")
+    assert counts == [3, 3, 3, 3] and "video mode" not in result.stderr
+    assert steps("--tta-carry", "2")[0] == [3, 2, 2, 2]  # carry as asked, no crops added
+    result = run(clip, "--weights", weights, "--tta-video", "-o", tmp_path / "x.mp4", check=False)
+    assert result.returncode == 1 and result.stderr == "error: --tta-video needs --tta N\n"
+
+
 def test_video_frame_range(tmp_path, weights, clip):
     out = tmp_path / "range.mp4"
     run(clip, "--weights", weights, "--start", "10", "--end", "20", "-o", out, "-q")

@@ -192,7 +192,9 @@ def test_every_tta_field_is_one_option_with_its_name_in_both_commands():
     fields = {f.name for f in dataclasses.fields(TTAConfig)} - {"steps", "amp_dtype"}
     for command in (run_cli.main, eval_cli.main):
         params = {p.name: p for p in command.params if p.name.startswith("tta_")}
-        assert set(params) - {"tta_steps", "tta"} == {f"tta_{name}" for name in fields}
+        # --tta-video/--tta-per-frame (reblur-run): which configuration videos get
+        extra = {"tta_steps", "tta", "tta_video"}
+        assert set(params) - extra == {f"tta_{name}" for name in fields}
         for name in fields:
             assert params[f"tta_{name}"].opts == ["--tta-" + name.replace("_", "-")]
         defaults = {name: p.default for name, p in params.items()}
@@ -233,3 +235,28 @@ def test_carry_over_does_not_drift_on_a_long_real_clip(data_dir):
     reference = np.mean([psnr(per_frame(blurry[order[t]]), sharp[order[t]]) for t in last])
     drifted = np.mean([psnr(outputs[t], sharp[order[t]]) for t in last])
     assert drifted >= reference - 0.1, (drifted, reference)
+
+
+def test_video_mode_crop_steps_take_bf16_where_the_cpu_has_it_within_one_level(data_dir):
+    """The video mode (carry-over, one crop step a frame); its crop steps run under bf16
+    autocast on CPUs with native bf16 (L0 and LN stay float32 whole-frame passes), which moves
+    the output of real frames by at most one 8-bit level against float32 steps."""
+    from reblur_deploy.device import native_bf16
+
+    video = TTAConfig(steps=3).for_video()
+    assert (video.carry, video.crop, video.crops) == (1, 256, 1)
+    assert TTAConfig(steps=3, carry=2, crop=128).for_video() == TTAConfig(
+        steps=3, carry=2, crop=128
+    )
+    auto = Deblurrer("unet-lite", device="cpu", tta=video)
+    expected = torch.bfloat16 if native_bf16("cpu") else None
+    assert auto.adapter.config.amp_dtype == expected
+    assert Deblurrer("unet-lite", device="cpu", tta_steps=3).adapter.config.amp_dtype is None
+    fp32 = dataclasses.replace(video, amp_dtype=torch.float32)
+    reference = Deblurrer("unet-lite", device="cpu", tta=fp32)
+    root = data_dir / "train" / "reds027_x4" / "blur"
+    for path in sorted(root.iterdir())[:4]:
+        frame = read_image(path)
+        a, b = auto(frame).astype(np.int16), reference(frame).astype(np.int16)
+        assert np.abs(a - b).max() <= 1
+    assert auto.adapter.stats.steps == reference.adapter.stats.steps == [1]

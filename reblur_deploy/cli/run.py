@@ -14,7 +14,7 @@ from ..backends.exported import bundled_source, exported_metadata, origin
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..pipeline import Deblurrer, default_weights
-from ..runner import RunOptions, count_frames, plan_jobs, run_jobs
+from ..runner import RunOptions, count_frames, plan_jobs, run_jobs, uses_video_mode
 from .common import console_script, one_line_errors, tta_config, tta_options
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "auto")
@@ -126,6 +126,13 @@ def _terminate(signum, frame):
 )
 @tta_options
 @click.option(
+    "--tta-video/--tta-per-frame",
+    default=None,
+    help="TTA of videos: the video mode (carry-over, one 256² crop step a frame, about 2–3× "
+    "plain inference) or per-frame Algorithm A (--tta steps on every frame). [default: the "
+    "video mode for videos unless --tta-carry or --tta-crop is given]",
+)
+@click.option(
     "--tile", type=click.IntRange(min=1), default=None, help="Process in tiles of this size."
 )
 @click.option(
@@ -181,7 +188,7 @@ def _terminate(signum, frame):
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @one_line_errors
 def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backend, onnx_file,
-         engine_file, batch_size, tta_steps, tile,
+         engine_file, batch_size, tta_steps, tta_video, tile,
          tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, quality,
          pix_fmt, shard, report, quiet, verbose, **tta):  # fmt: skip
     """Deblur images, folders, globs and videos.
@@ -190,7 +197,8 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
     reblur-run photo.jpg                      → photo_deblurred.jpg
     reblur-run shots/ -o sharp/               → sharp/<same names>
     reblur-run 'shots/*.png' --tta 5          → *_deblurred.png, adapted per image
-    reblur-run clip.mp4 --tta 5 -o out.mp4    → H.264, audio copied, same time stamps
+    reblur-run clip.mp4 --tta 5 -o out.mp4    → H.264, audio copied, same time stamps;
+                                                TTA in the video mode (--tta-video)
     reblur-run frames/ --fps 30 -o clip.mp4   → a video from a folder of frames
     """
     for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the terminal closed
@@ -203,7 +211,7 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
     options = RunOptions(
         output=output, overwrite=overwrite, side_by_side=side_by_side, start=start, end=end,
         fps=fps, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, quality=quality,
-        skip_existing=skip_existing, shard=_shard(shard), report=report,
+        skip_existing=skip_existing, shard=_shard(shard), report=report, tta_video=tta_video,
     )  # fmt: skip
     jobs = plan_jobs(inputs, options)
     if not jobs:  # --skip-existing found every output
@@ -211,15 +219,20 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         return
     device = resolve_device(_device(device))
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    tta_setting = tta_config(tta_steps, tta)
+    if tta_video and tta_setting is None:
+        raise ConfigError("--tta-video needs --tta N")
     weights = _weights(weights, device, onnx_file, engine_file, say)
     deblurrer = Deblurrer(
-        weights, device=device, dtype=dtype, tta=tta_config(tta_steps, tta),
+        weights, device=device, dtype=dtype, tta=tta_setting,
         batch_size=batch_size, tile=tile, tile_overlap=tile_overlap,
         max_memory=max_memory,
         backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
     if backend == "auto" and not quiet:
         click.echo(f"backend: {deblurrer.backend.name} (picked by --backend auto)", err=True)
+    if tta_video is None and any(uses_video_mode(deblurrer, job, options) for job in jobs):
+        say("TTA of videos: the video mode (--tta-per-frame for Algorithm A on every frame)")
     counts = [count_frames(job, options) for job in jobs]
     total = None if None in counts else sum(counts)
     if sys.stderr.isatty():  # a bar that redraws itself every frame

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from ..device import cpu_flags
 
 LOG = logging.getLogger("reblur_deploy.kernels")
 # -fopenmp: ATen's parallel_for is inline OpenMP code, parallel only when the extension itself is
@@ -57,16 +58,6 @@ def cache_root() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "reblur-deploy" / "ext"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def cuda_buildable() -> tuple[bool, str]:
@@ -97,7 +88,7 @@ def _key(folder: Path, sources: list[Path], cuda: bool) -> str:
     for part in (CPP_FLAGS, CUDA_FLAGS if cuda else [], ARCHS if cuda else ()):
         digest.update(repr(part).encode())
     digest.update(f"{torch.__version__}|{sys.version}|{torch.version.cuda}|{cuda}".encode())
-    digest.update(_cpu_flags().encode())
+    digest.update(cpu_flags().encode())
     return digest.hexdigest()[:16]
 
 
