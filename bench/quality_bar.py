@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from reblur_deploy import Deblurrer, blur_score, load_weights
-from reblur_deploy.eval import list_images
 from reblur_deploy.io import array_to_tensor, read_image, write_image
+from reblur_deploy.io.pairs import list_images
 from reblur_deploy.metrics import niqe, psnr, ssim
 from reblur_deploy.train.loop import MR_BARS, mr_figures, summarize
 

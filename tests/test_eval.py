@@ -25,16 +25,9 @@ from reblur_deploy import (
     save_weights,
 )
 from reblur_deploy.cli.eval import main as cli
-from reblur_deploy.eval import (
-    evaluate_folders,
-    evaluate_model,
-    image_data,
-    match_pairs,
-    paired_data,
-    parse_tta,
-    plot_report,
-)
+from reblur_deploy.eval import evaluate_folders, evaluate_model, parse_tta, plot_report
 from reblur_deploy.io import read_image, write_image
+from reblur_deploy.io.pairs import image_data, match_pairs, paired_data
 from reblur_deploy.metrics import niqe, psnr, ssim
 from reblur_deploy.metrics.lpips import BACKBONE_ENV, AlexNetFeatures
 from reblur_deploy.models import build

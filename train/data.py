@@ -8,7 +8,7 @@ Sources are given as ``KIND:PATH`` (``--data``, repeatable), optionally with a s
 * ``reds:ROOT``   REDS: ``ROOT/train/train_{blur,sharp}/<seq>/*.png`` or the flat
   ``ROOT/train_{blur,sharp}/<seq>/*.png`` (``val`` instead of ``train`` for ``--val``).
 * ``paired:ROOT`` ``ROOT/blur`` + ``ROOT/sharp`` (or ``ROOT/<seq>/blur`` + ``ROOT/<seq>/sharp``),
-  paired by name exactly as ``reblur-eval`` pairs them (``reblur_deploy.eval.paired_data``:
+  paired by name exactly as ``reblur-eval`` pairs them (``reblur_deploy.io.pairs.paired_data``:
   the same name, else ``blur`` → ``sharp`` in the name).
 * ``synthetic:DIR`` every image under DIR is a sharp image; the blurry one is synthesised for
   every sample (``train/synthetic.py``). ``synthetic:skimage`` uses the photos bundled with
@@ -39,8 +39,8 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from reblur_deploy.errors import ConfigError, InputError, ReblurError
-from reblur_deploy.eval import list_images, match_pairs, paired_data
 from reblur_deploy.io import IMAGE_SUFFIXES, read_image
+from reblur_deploy.io.pairs import list_images, match_pairs, paired_data
 
 from .synthetic import BlurParams, synthesize, synthesize_reblur, to_float
 

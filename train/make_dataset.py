@@ -29,8 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from reblur_deploy.errors import ConfigError, InputError, ReblurError
-from reblur_deploy.eval import list_images
 from reblur_deploy.io import read_frames, read_image, write_image
+from reblur_deploy.io.pairs import list_images
 
 from .synthetic import average_linear
 
