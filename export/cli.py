@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from reblur_deploy.backends import graphs
 from reblur_deploy.cli.common import console_script, one_line_errors
 from reblur_deploy.errors import ConfigError
 
@@ -45,7 +46,9 @@ def parse_shape(ctx, param, value: str | None):
     "Default: fp16 for trt and torch-trt, fp32 for the others (which offer fp32 only, "
     "except onnx).",
 )
-@click.option("--opset", type=int, default=None, help="ONNX opset (≥ 17; default 18).")
+@click.option(
+    "--opset", type=int, default=None, help=f"ONNX opset (≥ 17; default {graphs.DEFAULT_OPSET})."
+)
 @click.option(
     "--simplify/--no-simplify", default=None, help="onnxsim pass (default: when installed)."
 )
@@ -91,7 +94,8 @@ def main(
         from .onnx import export_onnx
 
         kwargs = {"fp16": fp16, "simplify": simplify}
-        result = export_onnx(weights, out, role=role, opset=opset or 18, log=_log, **kwargs)
+        opset = opset or graphs.DEFAULT_OPSET
+        result = export_onnx(weights, out, role=role, opset=opset, log=_log, **kwargs)
     elif target == "trt":
         from .tensorrt import export_tensorrt, require_tensorrt
 

@@ -28,7 +28,7 @@ from .base import BackendError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-DEFAULT_OPSET = 18  # ONNX Runtime ≥ 1.14 and TensorRT ≥ 8.6 read it; the issue asks for ≥ 17
+DEFAULT_OPSET = 18  # ONNX Runtime ≥ 1.14 and TensorRT ≥ 8.6 read it; 17 is the oldest we export
 MIN_OPSET = 17
 ONNX_HINT = "pip install 'onnx>=1.16' 'onnxscript>=0.1' onnxruntime (or pip install -e '.[onnx]')"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
+from ..atomic import write_bytes_atomic
 from ..bench import SECTIONS, BenchConfig, parse_sizes, run, to_markdown
 from ..errors import ConfigError
 from .common import console_script, one_line_errors
@@ -18,6 +18,7 @@ Examples:
   reblur-bench --only histmatch                 # 1280x720 histogram matching vs scikit-image
   reblur-bench --sizes 720p,1080p --json out.json --md out.md
   reblur-bench --append docs/BENCHMARKS.md      # keep this run's tables in the docs
+  reblur-bench --only video --video clip.mp4    # video TTA: cost and quality per setting
 
 \b
 Defaults: on a GPU sizes 256,720p,1080p and batches 1,4,8; on a CPU 256 only (one full-frame
@@ -65,6 +66,18 @@ def _ints(text: str) -> tuple[int, ...]:
     help="Weight file or bundled name whose MD (and MR) the TTA and inference sections run "
     "[default: the paper's U-Net and MR, untrained].",
 )
+@click.option(
+    "--video",
+    type=click.Path(exists=True),
+    help="Clip (a video or a folder of frames) of the video-TTA section.",
+)
+@click.option(
+    "--video-frames",
+    type=click.IntRange(min=3),
+    default=8,
+    show_default=True,
+    help="Frames of --video to run.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @one_line_errors
 def main(
@@ -80,6 +93,8 @@ def main(
     md_path,
     append_path,
     weights,
+    video,
+    video_frames,
     verbose,
 ):
     """Benchmark histogram matching, MR's ResBlocks, TTA steps and inference backends, as ratios
@@ -89,6 +104,8 @@ def main(
         "compile": not no_compile,
         "log": lambda m: click.echo(m, err=True),
         "weights": weights,
+        "video": video,
+        "video_frames": video_frames,
     }
     if sizes:
         options["sizes"] = parse_sizes(sizes)
@@ -107,9 +124,9 @@ def main(
     markdown = to_markdown(report)
     click.echo(markdown)
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_bytes_atomic(json_path, (json.dumps(report, indent=2, default=str) + "\n").encode())
     if md_path:
-        Path(md_path).write_text(markdown)
+        write_bytes_atomic(md_path, markdown.encode())
     if append_path:
         with open(append_path, "a") as f:
             f.write("\n" + markdown)
