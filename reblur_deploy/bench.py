@@ -12,6 +12,11 @@ Sections (``--only`` picks some):
   Triton ResBlock (CUDA).
 * ``tta``: one TTA step and an N-step TTA of one frame (Algorithm A, full frame and 4×256² crops):
   eager fp32 vs compiled vs (CUDA) compiled + bf16 + fused; seconds, peak memory, compile time.
+* ``video``: test-time adaptation of a real clip (``BenchConfig.video``: a video file or a
+  folder of frames) as ``reblur-run`` runs it, one Deblurrer per setting over the same frames in
+  order: plain inference, per-frame Algorithm A, carry-over on whole frames and the video mode
+  (``TTAConfig.for_video``): seconds a frame and its ratio to plain inference, NIQE and the
+  share of per-frame Algorithm A's NIQE gain kept, blur score, flicker.
 * ``infer``: inference of MD per backend (torch eager in fp32 and bf16 autocast, compiled, ONNX
   Runtime, TensorRT when present) per size and batch: frames per second, peak memory, FLOPs per
   frame (``torch.utils.flop_counter``) and the achieved fraction of the measured fp32 peak.
@@ -51,7 +56,7 @@ from .device import autocast, resolve_device
 from .errors import ConfigError
 
 SIZES = {"256": (256, 256), "512": (512, 512), "720p": (720, 1280), "1080p": (1080, 1920)}
-SECTIONS = ("peak", "histmatch", "resblock", "tta", "infer")
+SECTIONS = ("peak", "histmatch", "resblock", "tta", "video", "infer")
 HIST_SIZE = (720, 1280)
 
 
@@ -69,6 +74,8 @@ class BenchConfig:
     quick: bool = False
     model: dict = field(default_factory=dict)  # build("unet", **model); the paper's by default
     weights: str | None = None  # a weight file or bundled name: its MD (and MR) instead of model
+    video: str | None = None  # the clip of the video section (a video or a folder of frames)
+    video_frames: int = 8
     log: Callable[[str], None] | None = None
 
     @classmethod
@@ -542,6 +549,96 @@ def bench_tta(device: torch.device, config: BenchConfig) -> dict:
     return {"steps": config.steps, "rows": rows}
 
 
+def _clip_frames(path: str, count: int) -> list[np.ndarray]:
+    from .io import IMAGE_SUFFIXES, read_frames, read_image
+
+    folder = Path(path)
+    if folder.is_dir():
+        names = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return [read_image(p) for p in names[:count]]
+    return [frame.rgb for frame in read_frames(folder, 0, count)]
+
+
+def bench_video(device: torch.device, config: BenchConfig) -> dict:
+    """Video TTA as ``reblur-run clip --tta N`` runs it (see the module docstring). Seconds a
+    frame leave out the first frame, which gets every step in the carried settings; NIQE,
+    blur score (under the weights' MR) and flicker (``eval.flicker`` against the inputs) are
+    means over all frames."""
+    import dataclasses
+
+    from .eval import flicker
+    from .losses import blur_score
+    from .metrics import niqe
+    from .pipeline import Deblurrer, default_weights
+    from .tta import TTAConfig
+
+    if not config.video:
+        return {"rows": [], "notes": ["not measured: no clip given (--video)"]}
+    frames = _clip_frames(config.video, config.video_frames)
+    if len(frames) < 3:
+        raise ConfigError(f"{config.video}: the video section needs at least 3 frames")
+    weights = config.weights or default_weights(device)
+    algorithm_a = TTAConfig(steps=config.steps)
+    settings = [
+        ("no TTA", None),
+        (f"per frame, {config.steps} steps", algorithm_a),
+        ("carry-over, whole frames", dataclasses.replace(algorithm_a, carry=1)),
+        ("video mode", algorithm_a.for_video()),
+    ]
+    rows = []
+    for name, tta in settings:
+        deblurrer = Deblurrer(weights, device=device, tta=tta, batch_size=1)
+        if tta is None:
+            deblurrer(frames[0])  # first-call costs (allocator, oneDNN primitives) stay out
+        outputs, seconds = [], []
+        for frame in frames:
+            start = time.perf_counter()
+            outputs.append(deblurrer(frame))
+            _sync(device)
+            seconds.append(time.perf_counter() - start)
+        mr = deblurrer.reblur
+        rows.append(
+            {
+                "setting": name,
+                "s_per_frame": statistics.median(seconds[1:]),
+                "first_frame_s": seconds[0],
+                "niqe": float(np.mean([niqe(y) for y in outputs])),
+                "blur_score": float(np.mean([blur_score(y, mr) for y in outputs])),
+                "flicker": float(
+                    np.mean(
+                        [
+                            flicker(outputs[i], outputs[i - 1], frames[i], frames[i - 1])
+                            for i in range(1, len(frames))
+                        ]
+                    )
+                ),
+            }
+        )
+        del deblurrer
+        gc.collect()
+    plain, per_frame = rows[0], rows[1]
+    gain = plain["niqe"] - per_frame["niqe"]
+    notes = []
+    if gain <= 0:  # a share of a gain that is not there would read as a result
+        notes.append(
+            f"per-frame Algorithm A does not lower NIQE on these frames ({gain:+.4f}): "
+            "the share of its gain kept is not defined"
+        )
+    for row in rows:
+        row["cost_vs_plain"] = row["s_per_frame"] / plain["s_per_frame"]
+        row["niqe_gain_kept"] = (plain["niqe"] - row["niqe"]) / gain if gain > 0 else None
+    h, w = frames[0].shape[:2]
+    return {
+        "clip": str(config.video),
+        "frames": len(frames),
+        "size": f"{w}×{h}",
+        "weights": str(weights),
+        "steps": config.steps,
+        "rows": rows,
+        "notes": notes,
+    }
+
+
 def flops_per_frame(module: torch.nn.Module, size: tuple[int, int], device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -642,6 +739,8 @@ def run(config: BenchConfig) -> dict:
             result = bench_resblock(device, config)
         elif section == "tta":
             result = bench_tta(device, config)
+        elif section == "video":
+            result = bench_video(device, config)
         else:
             result = bench_infer(device, config, peak)
         result["seconds"] = time.perf_counter() - start
@@ -669,11 +768,14 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
+def _table(rows: list[dict], columns: list[tuple], digits: dict | None = None) -> list[str]:
+    """Markdown table of ``rows``; ``columns`` are (key, title); ``digits`` per key (default 2)."""
+    digits = digits or {}
     lines = ["| " + " | ".join(title for _, title in columns) + " |"]
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(key)) for key, _ in columns) + " |")
+        cells = (_fmt(row.get(key), digits.get(key, 2)) for key, _ in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -759,6 +861,31 @@ def to_markdown(report: dict) -> str:
             ],
         )
         lines.append("")
+    if "video" in sections:
+        s = sections["video"]
+        if s["rows"]:
+            lines += [
+                f"**Video TTA** ({s['weights']}, {s['frames']} frames of {s['clip']}, "
+                f"{s['size']}; s/frame is the median without the first frame; NIQE gain kept: "
+                f"the share of per-frame Algorithm A's NIQE gain over no TTA; flicker: the mean "
+                "change between consecutive outputs minus that of the inputs):",
+                "",
+            ]
+            lines += _table(
+                s["rows"],
+                [
+                    ("setting", "setting"),
+                    ("s_per_frame", "s/frame"),
+                    ("cost_vs_plain", "× plain inference"),
+                    ("first_frame_s", "first frame, s"),
+                    ("niqe", "NIQE"),
+                    ("niqe_gain_kept", "NIQE gain kept"),
+                    ("blur_score", "blur score"),
+                    ("flicker", "flicker"),
+                ],
+                {"niqe": 3},
+            )
+        lines += [f"- {n}" for n in s.get("notes", [])] + [""]
     if "infer" in sections:
         s = sections["infer"]
         lines += [f"**Inference** of MD ({s['model']}):", ""]
