@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from reblur_deploy.bench import bf16_units, cpu_name, matmul_peak
+from reblur_deploy.bench.machine import bf16_units, cpu_name, matmul_peak
 from reblur_deploy.train.config import TrainConfig
 from reblur_deploy.train.loop import Trainer
 

@@ -1,5 +1,6 @@
 """Cost of TTA on this machine: seconds and peak memory per configuration, each measured in a
-fresh subprocess (peak RSS on CPU, peak allocated memory on CUDA).
+fresh subprocess with reblur-bench's timer (``reblur_deploy.bench.timing.timed``: the largest
+increase of the resident set on a CPU, peak allocated memory on CUDA).
 
     python bench/tta_cost.py [--device cpu] [--size 720x1280] [--steps 1]
 
@@ -10,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 CONFIGS = {
     "inference (no TTA)": {"steps": 0},
@@ -25,6 +24,7 @@ CONFIGS = {
 def measure(config: dict, device: str, size: tuple[int, int], steps: int) -> dict:
     import torch
 
+    from reblur_deploy.bench.timing import timed
     from reblur_deploy.models import build
     from reblur_deploy.tta import adapt
 
@@ -33,17 +33,8 @@ def measure(config: dict, device: str, size: tuple[int, int], steps: int) -> dic
     x = torch.rand(1, 3, *size, device=device)
     options = {"steps": steps, **config}
     adapt(x[..., :64, :64], md, mr, **{**options, "crop": None, "steps": 1})  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    adapt(x, md, mr, **options)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": time.perf_counter() - start, "peak_mib": peak}
+    seconds, peak = timed(lambda: adapt(x, md, mr, **options), torch.device(device), 1, 0)
+    return {"seconds": seconds, "peak_mib": peak}
 
 
 def main() -> None:

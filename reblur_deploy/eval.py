@@ -46,6 +46,7 @@ from .losses import blur_score
 from .metrics import niqe, psnr, ssim
 from .metrics.lpips import backbone_hint, find_backbone, load_lpips, to_tensor
 from .pipeline import Deblurrer
+from .tables import markdown_table
 from .tta import TTAConfig
 from .weights import resolve as resolve_weights
 
@@ -75,6 +76,10 @@ def _peak(image: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------ report
+
+
+def _cell(column: str, value: float | None) -> str:
+    return "n/a" if value is None else COLUMNS[column][1].format(value)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -123,33 +128,23 @@ class Report:
 
     def markdown(self) -> str:
         headers = ["setting", "images"] + [COLUMNS[c][0] for c in self.columns]
-        lines = [
-            "| " + " | ".join(headers) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
+        rows = [
+            [entry["setting"], str(entry["images"]), *(_cell(c, entry[c]) for c in self.columns)]
+            for entry in self.table()
         ]
-        for entry in self.table():
-            cells = [entry["setting"], str(entry["images"])]
-            for c in self.columns:
-                value = entry[c]
-                cells.append("n/a" if value is None else COLUMNS[c][1].format(value))
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        numeric = [False] + [True] * (len(headers) - 1)
+        return "\n".join(markdown_table(headers, rows, numeric)) + "\n"
 
     def per_image_markdown(self) -> str:
         """One line per image and setting, for checking single values."""
         headers = ["setting", "image"] + [COLUMNS[c][0] for c in self.columns]
-        lines = [
-            "| " + " | ".join(headers) + " |",
-            "|" + "|".join(["---", "---"] + ["---:"] * len(self.columns)) + "|",
+        rows = [
+            [row.setting, image["image"], *(_cell(c, image.get(c)) for c in self.columns)]
+            for row in self.rows
+            for image in row.per_image
         ]
-        for row in self.rows:
-            for image in row.per_image:
-                cells = [row.setting, image["image"]]
-                for c in self.columns:
-                    value = image.get(c)
-                    cells.append("n/a" if value is None else COLUMNS[c][1].format(value))
-                lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        numeric = [False, False] + [True] * len(self.columns)
+        return "\n".join(markdown_table(headers, rows, numeric)) + "\n"
 
     def csv(self) -> str:
         out = io.StringIO()

@@ -101,6 +101,8 @@ def test_sizes_parse_and_bad_options_are_refused():
         parse_sizes("huge")
     with pytest.raises(ConfigError, match="unknown section"):
         run(BenchConfig(device="cpu", sections=("speed",)))
+    config = BenchConfig(device="cpu", sections=("peak",), repeats=1)
+    assert run(config)["sizes"] == ["256"] and config.sizes is None  # the caller's is kept
 
 
 def test_command_line_writes_json_markdown_and_appends(tmp_path):

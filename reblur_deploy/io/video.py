@@ -378,6 +378,115 @@ def _encoder(codec: str) -> av.Codec:
     return encoder
 
 
+class _AudioCopier:
+    """The audio streams of one input, remuxed packet by packet into a writer's output (no
+    re-encoding): the packets that start in ``[start, end)`` seconds of the input's time line,
+    shifted by ``start``. ``start`` defaults to the time of the first frame written (``begin``)
+    and ``end`` to the end of the last one (``mux(until=None, duration=...)``). See the module
+    docstring for encoder priming and cuts."""
+
+    def __init__(self, container, start: Fraction | None, end: Fraction | None):
+        self._in = container
+        self.streams = list(container.streams.audio)
+        self.start, self.end = start, end
+        self._whole_start = start is None or start <= 0  # see begin
+        self._map: dict[int, object] = {}
+        self._packets = None
+        self._pending = None  # a packet read but not yet due
+        self._shift: dict[int, int] = {}
+        self._past_end: set[int] = set()  # streams that reached ``end``
+
+    @classmethod
+    def open(cls, path, start, end) -> _AudioCopier | None:
+        """The copier of ``path``'s audio, or None without a path or audio streams."""
+        if path is None:
+            return None
+        copier = cls(
+            _open_input(Path(path)),
+            None if start is None else Fraction(start),
+            None if end is None else Fraction(end),
+        )
+        if not copier.streams:
+            copier.close()
+            return None
+        return copier
+
+    def add_streams(self, out, target: Path) -> None:
+        """One output stream per audio stream, copying its codec parameters and metadata."""
+        for template in self.streams:
+            try:
+                stream = out.add_stream_from_template(template)
+            except ValueError:
+                raise ConfigError(
+                    f"{target}: a {target.suffix.lower()} file cannot hold the "
+                    f"{template.codec_context.name} audio of {Path(self._in.name)}; "
+                    "choose another container (.mkv)"
+                ) from None
+            stream.metadata.update(template.metadata)
+            self._map[template.index] = stream
+        self._packets = self._in.demux(*self.streams)
+
+    def begin(self, first_frame: Fraction) -> None:
+        """The first frame written is at ``first_frame`` seconds of the input's time line. When
+        it is the input's first frame (no cut at the start), every packet before it is kept."""
+        if self.start is not None:
+            return
+        self.start = first_frame
+        videos = self._in.streams.video
+        self._whole_start = bool(
+            videos
+            and videos[0].start_time is not None
+            and videos[0].time_base is not None
+            and videos[0].start_time * videos[0].time_base == first_frame
+        )
+
+    def _next_packet(self):
+        if self._pending is not None:
+            packet, self._pending = self._pending, None
+            return packet
+        for packet in self._packets:
+            if packet.dts is not None and packet.pts is not None:
+                return packet
+        return None
+
+    def mux(self, out, until: Fraction | None, duration: Fraction | None = None) -> None:
+        """Copy the packets that start before ``until`` seconds of output time; with
+        ``until=None`` all of them up to ``end``, else up to ``duration`` after ``start``."""
+        end = self.end  # input time line
+        if end is None and until is None:
+            end = self.start + duration
+        while len(self._past_end) < len(self._map):
+            try:
+                packet = self._next_packet()
+            except av.FFmpegError as e:
+                name = Path(self._in.name)
+                raise InputError(f"cannot read the audio of {name}: {_reason(e)}") from None
+            if packet is None:
+                break
+            index, tb = packet.stream.index, packet.stream.time_base
+            time = packet.pts * tb  # input time line
+            if until is not None and time - self.start >= until:
+                self._pending = packet  # not due yet
+                break
+            if end is not None and time >= end:
+                self._past_end.add(index)
+                continue
+            if not self._whole_start and time < self.start - tb / 2:
+                continue  # before a cut's start (a whole video keeps what precedes its frames)
+            # An encoder's priming packet keeps its negative time stamp: MP4/MOV hide it with an
+            # edit list, other containers shift every stream by it (the video then starts a
+            # few ms after 0, in sync); dropping it would cut the decoded audio short.
+            shift = self._shift.setdefault(index, round(self.start / tb))
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = self._map[index]
+            out.mux(packet)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._in.close()
+
+
 class VideoWriter:
     """Encode RGB frames into a video file, optionally with the audio of another file.
 
@@ -415,7 +524,7 @@ class VideoWriter:
         self.path = Path(path)
         self.frames_written = 0
         self._out = None
-        self._audio_in = None
+        self._audio: _AudioCopier | None = None
         self._tmp: Path | None = None
         self._done = False
         suffix = self.path.suffix.lower()
@@ -435,9 +544,6 @@ class VideoWriter:
         self.overwrite = overwrite
         if audio_start is not None and audio_end is not None and audio_end <= audio_start:
             raise ConfigError(f"empty audio span [{audio_start}, {audio_end}) seconds")
-        self._audio_start = None if audio_start is None else Fraction(audio_start)
-        self._whole_start = audio_start is None or audio_start <= 0  # see _starts_input
-        self._audio_end = None if audio_end is None else Fraction(audio_end)
 
         self.codec = codec or DEFAULT_CODECS[suffix]
         if self.codec in _PRESET_CODECS and preset not in _X264_PRESETS:
@@ -449,7 +555,25 @@ class VideoWriter:
         if suffix == ".avi" or (self.codec == "mpeg4" and self.time_base.denominator > 65535):
             self._enc_tb = 1 / self.fps  # AVI is constant-rate; MPEG-4 caps the denominator
 
-        # Colour tags and the RGB → YUV conversion that matches them.
+        self._set_colours(color_from, suffix)
+        self._audio = _AudioCopier.open(audio_from, audio_start, audio_end)
+
+        try:  # created now: a permission problem shows before any decoding
+            self._tmp = temporary_path(self.path)
+        except ReblurError:
+            self._close_audio()
+            raise
+
+        try:
+            self._open_output(suffix, crf, preset, rotation)
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _set_colours(self, color_from: VideoInfo | None, suffix: str) -> None:
+        """The colour tags to write and the RGB → YUV conversion that matches them."""
         if color_from is None:
             tags = (1, 1, 1, _RANGE_LIMITED)  # BT.709 matrix, primaries, transfer; TV range
         else:
@@ -462,29 +586,6 @@ class VideoWriter:
         self._colorspace, self._primaries, self._trc, self._range = (int(t) for t in tags)
         self._sws_matrix = _SWS_MATRIX.get(self._colorspace)  # None: swscale's default (601)
         self._sws_range = _RANGE_FULL if self._range == _RANGE_FULL else _RANGE_LIMITED
-
-        audio_streams = []
-        if audio_from is not None:
-            audio_path = Path(audio_from)
-            self._audio_in = _open_input(audio_path)
-            audio_streams = list(self._audio_in.streams.audio)
-            if not audio_streams:
-                self._audio_in.close()
-                self._audio_in = None
-
-        try:  # created now: a permission problem shows before any decoding
-            self._tmp = temporary_path(self.path)
-        except ReblurError:
-            self._close_audio_in()
-            raise
-
-        try:
-            self._open_output(suffix, crf, preset, rotation, audio_streams)
-        except BaseException:
-            self.abort()
-            raise
-
-    # -- setup ---------------------------------------------------------------------------------
 
     def _pixel_format(self, pix_fmt: str | None, encoder: av.Codec, bit_depth: int) -> str:
         """``pix_fmt`` checked against the encoder; by default yuv420p, or yuv420p10le for
@@ -516,7 +617,7 @@ class VideoWriter:
             )
         return chosen
 
-    def _open_output(self, suffix, crf, preset, rotation, audio_streams) -> None:
+    def _open_output(self, suffix, crf, preset, rotation) -> None:
         options = {"movflags": "+faststart"} if suffix in (".mp4", ".mov") else {}
         try:
             self._out = av.open(str(self._tmp), "w", format=_MUXERS[suffix], options=options)
@@ -554,22 +655,8 @@ class VideoWriter:
             ) from None
         self._video = stream
 
-        self._audio_map = {}
-        for template in audio_streams:
-            try:
-                out_stream = self._out.add_stream_from_template(template)
-            except ValueError:
-                raise ConfigError(
-                    f"{self.path}: a {suffix} file cannot hold the {template.codec_context.name} "
-                    f"audio of {Path(self._audio_in.name)}; choose another container (.mkv)"
-                ) from None
-            out_stream.metadata.update(template.metadata)
-            self._audio_map[template.index] = out_stream
-        if audio_streams:
-            self._audio_packets = self._audio_in.demux(*audio_streams)
-            self._audio_pending = None
-            self._audio_shift: dict[int, int] = {}
-            self._audio_past_end: set[int] = set()
+        if self._audio is not None:
+            self._audio.add_streams(self._out, self.path)
 
     def _encoder_options(self, crf: int, preset: str) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -611,9 +698,8 @@ class VideoWriter:
         if self.frames_written == 0:
             self._pts0 = pts
             self._last_pts = None
-            if self._audio_start is None:
-                self._audio_start = pts * self.time_base
-                self._whole_start = self._starts_input(pts)
+            if self._audio is not None:
+                self._audio.begin(pts * self.time_base)
         elif pts <= self._last_pts:
             raise InputError(
                 f"frame {self.frames_written} for {self.path}: "
@@ -637,7 +723,8 @@ class VideoWriter:
         frame.time_base = self._enc_tb
         try:
             self._out.mux(self._video.encode(frame))
-            self._mux_audio(until=rel)
+            if self._audio is not None:
+                self._audio.mux(self._out, until=rel)
         except BaseException as e:
             self._fail(e)
         self.frames_written += 1
@@ -648,60 +735,6 @@ class VideoWriter:
         if isinstance(error, av.FFmpegError | OSError):
             raise ReblurError(f"cannot write {self.path}: {_reason(error)}") from None
         raise error
-
-    # -- audio ---------------------------------------------------------------------------------
-
-    def _starts_input(self, pts: int) -> bool:
-        """Whether ``pts`` is the first video frame of ``audio_from`` (no cut at the start)."""
-        videos = self._audio_in.streams.video if self._audio_in is not None else []
-        if not videos or videos[0].start_time is None or videos[0].time_base is None:
-            return False
-        return videos[0].start_time * videos[0].time_base == pts * self.time_base
-
-    def _next_audio_packet(self):
-        if self._audio_pending is not None:
-            packet, self._audio_pending = self._audio_pending, None
-            return packet
-        for packet in self._audio_packets:
-            if packet.dts is not None and packet.pts is not None:
-                return packet
-        return None
-
-    def _mux_audio(self, until: Fraction | None) -> None:
-        """Copy the audio packets that start before ``until`` seconds of output time (all up to
-        the audio end when None), restamped onto the output's time line."""
-        if self._audio_in is None:
-            return
-        end = self._audio_end  # input time line
-        if end is None and until is None:
-            end = self._audio_start + (self._last_pts - self._pts0) * self.time_base + 1 / self.fps
-        past_end = self._audio_past_end  # streams that reached `end`: nothing more to copy
-        while len(past_end) < len(self._audio_map):
-            try:
-                packet = self._next_audio_packet()
-            except av.FFmpegError as e:
-                name = Path(self._audio_in.name)
-                raise InputError(f"cannot read the audio of {name}: {_reason(e)}") from None
-            if packet is None:
-                break
-            index, tb = packet.stream.index, packet.stream.time_base
-            time = packet.pts * tb  # input time line
-            if until is not None and time - self._audio_start >= until:
-                self._audio_pending = packet  # not due yet
-                break
-            if end is not None and time >= end:
-                past_end.add(index)
-                continue
-            if not self._whole_start and time < self._audio_start - tb / 2:
-                continue  # before a cut's start (a whole video keeps what precedes its frames)
-            # An encoder's priming packet keeps its negative time stamp: MP4/MOV hide it with an
-            # edit list, other containers shift every stream by it (the video then starts a
-            # few ms after 0, in sync); dropping it would cut the decoded audio short.
-            shift = self._audio_shift.setdefault(index, round(self._audio_start / tb))
-            packet.pts -= shift
-            packet.dts -= shift
-            packet.stream = self._audio_map[index]
-            self._out.mux(packet)
 
     # -- finishing -----------------------------------------------------------------------------
 
@@ -716,9 +749,11 @@ class VideoWriter:
             raise ReblurError(f"cannot write {self.path}: no frames were written")
         try:
             self._out.mux(self._video.encode(None))
-            self._mux_audio(until=None)
+            if self._audio is not None:  # up to the end of the last frame
+                duration = (self._last_pts - self._pts0) * self.time_base + 1 / self.fps
+                self._audio.mux(self._out, until=None, duration=duration)
             self._out.close()
-            self._close_audio_in()
+            self._close_audio()
             if self.path.exists() and not self.overwrite:
                 self.abort()
                 raise InputError(f"{self.path} exists; refusing to overwrite it (use --overwrite)")
@@ -740,16 +775,15 @@ class VideoWriter:
             out, self._out = self._out, None
             with contextlib.suppress(Exception):
                 out.close()
-        self._close_audio_in()
+        self._close_audio()
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
-    def _close_audio_in(self) -> None:
-        if self._audio_in is not None:
-            audio_in, self._audio_in = self._audio_in, None
-            with contextlib.suppress(Exception):
-                audio_in.close()
+    def _close_audio(self) -> None:
+        if self._audio is not None:
+            audio, self._audio = self._audio, None
+            audio.close()
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -1,0 +1,29 @@
+"""``peak``: the device's measured matmul peak, the denominator of the fraction-of-peak columns."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import BenchConfig
+from .machine import matmul_peak
+from .report import table
+
+
+def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
+    """Achievable matmul throughput, the best of several runs: the denominator of every
+    fraction-of-peak figure."""
+    n = 8192 if device.type == "cuda" and not config.quick else 2048
+    rows = []
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
+    for dtype in dtypes:
+        flops = matmul_peak(device, dtype, n, max(5, config.repeats))
+        rows.append({"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": flops / 1e12})
+    return {"rows": rows, "peak_tflops": {r["dtype"]: r["tflops"] for r in rows}}
+
+
+def markdown(s: dict) -> list[str]:
+    lines: list[str] = []
+    lines += ["**Measured peak** (square matmul):", ""]
+    lines += table(s["rows"], [("dtype", "dtype"), ("n", "n"), ("tflops", "TFLOP/s")])
+    lines.append("")
+    return lines

@@ -1,0 +1,137 @@
+"""``video``: test-time adaptation of a real clip (``BenchConfig.video``: a video file or a
+folder of frames) as ``reblur-run`` runs it, one Deblurrer per setting over the same frames in
+order: plain inference, per-frame Algorithm A, carry-over on whole frames and the video mode
+(``TTAConfig.for_video``): seconds a frame and its ratio to plain inference, NIQE and the
+share of per-frame Algorithm A's NIQE gain kept, blur score, flicker."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .config import BenchConfig
+from .report import table
+from .timing import sync
+
+
+def _clip_frames(path: str, count: int) -> list[np.ndarray]:
+    from ..io import IMAGE_SUFFIXES, read_frames, read_image
+
+    folder = Path(path)
+    if folder.is_dir():
+        names = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return [read_image(p) for p in names[:count]]
+    return [frame.rgb for frame in read_frames(folder, 0, count)]
+
+
+def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
+    """Video TTA as ``reblur-run clip --tta N`` runs it (see the module docstring). Seconds a
+    frame leave out the first frame, which gets every step in the carried settings; NIQE,
+    blur score (under the weights' MR) and flicker (``eval.flicker`` against the inputs) are
+    means over all frames."""
+    from ..eval import flicker
+    from ..losses import blur_score
+    from ..metrics import niqe
+    from ..pipeline import Deblurrer, default_weights
+    from ..tta import TTAConfig
+
+    if not config.video:
+        return {"rows": [], "notes": ["not measured: no clip given (--video)"]}
+    frames = _clip_frames(config.video, config.video_frames)
+    if len(frames) < 3:
+        raise ConfigError(f"{config.video}: the video section needs at least 3 frames")
+    weights = config.weights or default_weights(device)
+    algorithm_a = TTAConfig(steps=config.steps)
+    settings = [
+        ("no TTA", None),
+        (f"per frame, {config.steps} steps", algorithm_a),
+        ("carry-over, whole frames", dataclasses.replace(algorithm_a, carry=1)),
+        ("video mode", algorithm_a.for_video()),
+    ]
+    rows = []
+    for name, tta in settings:
+        deblurrer = Deblurrer(weights, device=device, tta=tta, batch_size=1)
+        if tta is None:
+            deblurrer(frames[0])  # first-call costs (allocator, oneDNN primitives) stay out
+        outputs, seconds = [], []
+        for frame in frames:
+            start = time.perf_counter()
+            outputs.append(deblurrer(frame))
+            sync(device)
+            seconds.append(time.perf_counter() - start)
+        mr = deblurrer.reblur
+        rows.append(
+            {
+                "setting": name,
+                "s_per_frame": statistics.median(seconds[1:]),
+                "first_frame_s": seconds[0],
+                "niqe": float(np.mean([niqe(y) for y in outputs])),
+                "blur_score": float(np.mean([blur_score(y, mr) for y in outputs])),
+                "flicker": float(
+                    np.mean(
+                        [
+                            flicker(outputs[i], outputs[i - 1], frames[i], frames[i - 1])
+                            for i in range(1, len(frames))
+                        ]
+                    )
+                ),
+            }
+        )
+        del deblurrer
+        gc.collect()
+    plain, per_frame = rows[0], rows[1]
+    gain = plain["niqe"] - per_frame["niqe"]
+    notes = []
+    if gain <= 0:  # a share of a gain that is not there would read as a result
+        notes.append(
+            f"per-frame Algorithm A does not lower NIQE on these frames ({gain:+.4f}): "
+            "the share of its gain kept is not defined"
+        )
+    for row in rows:
+        row["cost_vs_plain"] = row["s_per_frame"] / plain["s_per_frame"]
+        row["niqe_gain_kept"] = (plain["niqe"] - row["niqe"]) / gain if gain > 0 else None
+    h, w = frames[0].shape[:2]
+    return {
+        "clip": str(config.video),
+        "frames": len(frames),
+        "size": f"{w}×{h}",
+        "weights": str(weights),
+        "steps": config.steps,
+        "rows": rows,
+        "notes": notes,
+    }
+
+
+def markdown(s: dict) -> list[str]:
+    lines: list[str] = []
+    if s["rows"]:
+        lines += [
+            f"**Video TTA** ({s['weights']}, {s['frames']} frames of {s['clip']}, "
+            f"{s['size']}; s/frame is the median without the first frame; NIQE gain kept: "
+            f"the share of per-frame Algorithm A's NIQE gain over no TTA; flicker: the mean "
+            "change between consecutive outputs minus that of the inputs):",
+            "",
+        ]
+        lines += table(
+            s["rows"],
+            [
+                ("setting", "setting"),
+                ("s_per_frame", "s/frame"),
+                ("cost_vs_plain", "× plain inference"),
+                ("first_frame_s", "first frame, s"),
+                ("niqe", "NIQE"),
+                ("niqe_gain_kept", "NIQE gain kept"),
+                ("blur_score", "blur score"),
+                ("flicker", "flicker"),
+            ],
+            {"niqe": 3},
+        )
+    lines += [f"- {n}" for n in s.get("notes", [])] + [""]
+    return lines
