@@ -88,6 +88,9 @@ def test_the_wheel_installs_train_and_export_inside_the_package(tmp_path):
         tops = {name.split("/")[0] for name in archive.namelist()}
         points = archive.read(next(n for n in archive.namelist() if "entry_points" in n))
     assert {top for top in tops if not top.endswith(".dist-info")} == {"reblur_deploy"}
+    names = set(archive.namelist())  # every package of the library (the list is explicit)
+    for init in (REPO / "reblur_deploy").rglob("__init__.py"):
+        assert init.relative_to(REPO).as_posix() in names, init
     assert b"reblur_deploy.export.cli:main" in points
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     tmp_path / "site", wheel], check=True, capture_output=True)  # fmt: skip

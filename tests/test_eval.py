@@ -104,7 +104,7 @@ def test_paired_data_takes_the_gopro_large_layout(small, tmp_path):
 
 
 def test_reblur_eval_on_the_gopro_blurry_inputs(data_dir, tmp_path):
-    """The issue's acceptance command: the table for the blurry inputs themselves."""
+    """reblur-eval on existing images (the blurry inputs themselves) and their ground truth."""
     env = {k: v for k, v in os.environ.items() if k != BACKBONE_ENV}
     env["TORCH_HOME"] = str(tmp_path / "torch")  # no backbone: LPIPS says n/a
     result = subprocess.run(
