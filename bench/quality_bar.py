@@ -15,7 +15,7 @@ The bars (exit status 1 when one fails), from the paper's claims:
 3. TTA lowers both NIQE and the blur score on at least 80 % of the pairs, at a mean PSNR cost
    of at most 0.3 dB;
 4. its MR sees blur: re-creates it (``mr_gain`` ≥ 1 dB), ranks blurry > deblurred > sharp on
-   at least 90 % of the pairs with blurry scored at least twice sharp (``train.loop.MR_BARS``).
+   at least 90 % of the pairs with blurry scored at least twice sharp (``train.figures.MR_BARS``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from reblur_deploy import Deblurrer, blur_score, load_weights
 from reblur_deploy.io import array_to_tensor, read_image, write_image
 from reblur_deploy.io.pairs import list_images
 from reblur_deploy.metrics import niqe, psnr, ssim
-from reblur_deploy.train.loop import MR_BARS, mr_figures, summarize
+from reblur_deploy.train.figures import MR_BARS, mr_figures, summarize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATA = [SHARED / "gopro", SHARED / "gopro_more"]

@@ -97,27 +97,25 @@ def main(
         opset = opset or graphs.DEFAULT_OPSET
         result = export_onnx(weights, out, role=role, opset=opset, log=_log, **kwargs)
     elif target == "trt":
-        from .tensorrt import export_tensorrt, require_tensorrt
+        from .tensorrt import export_tensorrt
 
-        require_tensorrt()  # before anything else: a CPU machine stops here with the fix
         result = export_tensorrt(
             weights, out, role=role, fp16=fp16, profile=profile, timing_cache=timing_cache, log=_log
         )
     elif target == "torch-trt":
-        from .torch_trt import export_torch_trt, require_torch_tensorrt
+        from .torch_trt import export_torch_trt
 
-        require_torch_tensorrt()
         result = export_torch_trt(
             weights, out, role=role, fp16=fp16, profile=profile, timing_cache=timing_cache, log=_log
         )
     elif target == "torchscript":
         from .torchscript import export_torchscript
 
-        result = export_torchscript(weights, out, role=role, log=_log)
+        result = export_torchscript(weights, out, role=role)
     else:
         from .torchscript import export_exported_program
 
-        result = export_exported_program(weights, out, role=role, log=_log)
+        result = export_exported_program(weights, out, role=role)
 
     click.echo(f"parity with PyTorch (tolerance {result.tolerance:.0e}):")
     for check in result.checks:

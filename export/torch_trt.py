@@ -11,7 +11,6 @@ Torch-TensorRT runtime library.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from reblur_deploy.backends import graphs
 from reblur_deploy.backends.trt import require_cuda
 from reblur_deploy.errors import DependencyError
 
-from ._common import ExportResult, Log, atomic_output, describe, load_module
-from .tensorrt import default_timing_cache, resolve_profile
-from .verify import TOLERANCE, compare, eager_reference, profile_shapes
+from ._common import ExportResult, Log, describe
+from ._engine import outputs, prepare
+from .verify import compare, eager_reference, profile_shapes
 
 _TORCH = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 TORCH_TRT_HINT = (
@@ -55,21 +54,15 @@ def export_torch_trt(
 ) -> ExportResult:
     """Compile, save (ExportedProgram), reload and verify a Torch-TensorRT module."""
     log = log or (lambda message: None)
-    torch_tensorrt = require_torch_tensorrt()
-    module, loaded = load_module(weights, role)
-    divisor = int(module.size_divisor)
-    lo, opt, hi = profile = resolve_profile(profile, divisor)
-    precision = "fp16" if fp16 else "fp32"
-    tolerance = TOLERANCE[precision] if tolerance is None else tolerance
-    timing_cache = Path(timing_cache) if timing_cache else default_timing_cache()
-    timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda", torch.cuda.current_device())
-
+    torch_tensorrt = require_torch_tensorrt()  # first: without it or a GPU, stop here
+    job = prepare(weights, role, fp16, profile, timing_cache, tolerance)
+    lo, opt, hi = job.profile
+    divisor = int(job.module.size_divisor)
     shapes = graphs.dynamic_shapes(
         divisor, batch=(lo[0], hi[0]), height=(lo[2], hi[2]), width=(lo[3], hi[3])
     )
-    example = torch.rand(min(max(2, lo[0]), hi[0]), 3, opt[2], opt[3], device=device)
-    program = graphs.export_program(module, fp16, device, example, shapes)
+    example = torch.rand(min(max(2, lo[0]), hi[0]), 3, opt[2], opt[3], device=job.device)
+    program = graphs.export_program(job.module, fp16, job.device, example, shapes)
     log("compiling with Torch-TensorRT (this takes a while) ...")
     compiled = torch_tensorrt.dynamo.compile(
         program,
@@ -77,17 +70,16 @@ def export_torch_trt(
             torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=torch.float32)
         ],
         min_block_size=1,
-        timing_cache_path=str(timing_cache),
+        timing_cache_path=str(job.timing_cache),
     )
-    meta = describe(module, loaded, role, precision) | {
+    meta = describe(job.module, job.loaded, role, job.precision) | {
         "format": "torch-tensorrt-exported-program",
         "profile": {"min": lo, "opt": opt, "max": hi},
         "torch_tensorrt_version": torch_tensorrt.__version__,
         "cuda_version": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name(device),
+        "gpu": torch.cuda.get_device_name(job.device),
     }
-    sidecar_path = Path(f"{out}.json")
-    with atomic_output(out, (loaded.path,)) as tmp, atomic_output(sidecar_path) as tmp_json:
+    with outputs(out, job) as (tmp, write_sidecar):
         torch_tensorrt.save(
             compiled,
             str(tmp),
@@ -96,16 +88,15 @@ def export_torch_trt(
             dynamic_shapes=shapes,
             retrace=True,
         )
-        reloaded = torch_tensorrt.load(str(tmp)).module()
+        reloaded = torch_tensorrt.load(str(tmp)).module()  # verify what was written
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return reloaded(x)
 
-        checks = compare(
-            eager_reference(module, device), run, profile_shapes(profile), tolerance, device
-        )
-        meta["parity"] = {"tolerance": tolerance, "checks": [str(c) for c in checks]}
-        tmp_json.write_text(json.dumps(meta, indent=2) + "\n")
-    details = {"sidecar": str(sidecar_path)}
-    return ExportResult(out, "torch-tensorrt", precision, tolerance, checks, details)
+        reference = eager_reference(job.module, job.device)
+        checks = compare(reference, run, profile_shapes(job.profile), job.tolerance, job.device)
+        meta["parity"] = {"tolerance": job.tolerance, "checks": [str(c) for c in checks]}
+        write_sidecar(meta)
+    details = {"sidecar": f"{out}.json"}
+    return ExportResult(Path(out), "torch-tensorrt", job.precision, job.tolerance, checks, details)

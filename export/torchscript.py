@@ -22,7 +22,7 @@ import torch
 
 from reblur_deploy.backends import graphs
 
-from ._common import ExportResult, Log, atomic_output, describe, load_module
+from ._common import ExportResult, atomic_output, describe, load_module
 from .verify import TOLERANCE, check_shapes, compare, eager_reference
 
 EXTRA_FILE = "reblur_deploy.json"
@@ -34,7 +34,6 @@ def export_torchscript(
     *,
     role: str = "deblur",
     tolerance: float | None = None,
-    log: Log | None = None,
 ) -> ExportResult:
     """Trace the ``role`` module of ``weights`` to a TorchScript file and verify it."""
     module, loaded = load_module(weights, role)
@@ -59,7 +58,6 @@ def export_exported_program(
     *,
     role: str = "deblur",
     tolerance: float | None = None,
-    log: Log | None = None,
 ) -> ExportResult:
     """``torch.export`` the ``role`` module of ``weights`` to a .pt2 file and verify it."""
     module, loaded = load_module(weights, role)

@@ -16,17 +16,9 @@ from train import checkpoint as ckpt
 from train.ablation import PatchDiscriminator, PerceptualLoss, VGG19Features, vgg19_layer_names
 from train.config import TrainConfig
 from train.data import decode, load_source, to_float, to_tensor
-from train.loop import (
-    DeblurOutputs,
-    Trainer,
-    deblur_loss,
-    lr_at,
-    milestones,
-    mr_report,
-    pseudo_sharp,
-    reblur_module_loss,
-    train,
-)
+from train.figures import mr_report
+from train.loop import Trainer, lr_at, milestones, train
+from train.objective import DeblurOutputs, deblur_loss, pseudo_sharp, reblur_module_loss
 
 from .test_train_data import write_gopro_crops
 
@@ -87,7 +79,7 @@ def test_gradients_flow_as_the_paper_says(batch):
     for module in (md, mr):  # leave the identity so every term has a gradient
         torch.nn.init.normal_(module.tail.weight, std=0.02)
     blurry, sharp = batch
-    loss_d, parts, deblurred = deblur_loss(DeblurOutputs(md), mr, blurry, sharp, lam=1.0)
+    loss_d, parts, deblurred = deblur_loss(DeblurOutputs(md), blurry, sharp, mr=mr, lam=1.0)
     assert set(parts) == {"l1", "reblur", "loss_md"}
     loss_d.backward()
     assert all(p.grad is None for p in mr.parameters())  # L_D does not train MR
@@ -111,7 +103,7 @@ def test_srn_uses_the_multiscale_l1(batch):
     srn = build("srn", widths=(8, 8, 8), n_blocks=1)
     torch.nn.init.normal_(srn.tail.weight, std=0.02)
     blurry, sharp = batch
-    loss, parts, deblurred = deblur_loss(DeblurOutputs(srn), None, blurry, sharp)
+    loss, parts, deblurred = deblur_loss(DeblurOutputs(srn), blurry, sharp)
     scales = srn.forward_scales(blurry)
     expected = (
         sum(

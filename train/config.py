@@ -28,9 +28,29 @@ import tomllib
 from reblur_deploy.errors import ConfigError
 
 
-def _m(kind: str, help: str, group: str, **extra) -> dict[str, Any]:
-    """Field metadata: ``kind`` says how to parse a value, ``help`` is its --help text."""
-    return {"kind": kind, "help": help, "group": group, **extra}
+def _m(help: str, group: str, **extra) -> dict[str, Any]:
+    """Field metadata: its --help text and option group (how a value is parsed comes from the
+    field's type, see ``KINDS``)."""
+    return {"help": help, "group": group, **extra}
+
+
+# A field's type → how a value from the command line or a config file is parsed.
+KINDS = {
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "str": "str",
+    "int | None": "opt_int",
+    "float | None": "opt_float",
+    "str | None": "opt_str",
+    "list[str]": "list",
+    "list[int]": "ints",
+    "dict": "json",
+}
+
+
+def _kind(f) -> str:
+    return KINDS[f.type if isinstance(f.type, str) else f.type.__name__]
 
 
 DATA = "data"
@@ -44,20 +64,18 @@ RUN = "devices"
 @dataclass
 class TrainConfig:
     # ---------------------------------------------------------------------------- data
-    data: list = field(
+    data: list[str] = field(
         default_factory=list,
         metadata=_m(
-            "list",
             "Training data KIND:PATH[@SHARE], repeatable: gopro:, reds:, paired:, synthetic:DIR "
             "or synthetic:skimage (see below).",
             DATA,
             metavar="KIND:PATH",
         ),
     )
-    val: list = field(
+    val: list[str] = field(
         default_factory=list,
         metadata=_m(
-            "list",
             "Validation data, repeatable: KIND:PATH (its held-out split), names:A,B,... (held "
             "out of --data by name), or a fraction such as 0.1.",
             DATA,
@@ -66,46 +84,43 @@ class TrainConfig:
     )
     gopro_blur: str = field(
         default="blur",
-        metadata=_m("str", "GOPRO blurry folder.", DATA, choices=("blur", "blur_gamma")),
+        metadata=_m("GOPRO blurry folder.", DATA, choices=("blur", "blur_gamma")),
     )
     crop: int = field(
         default=256,
-        metadata=_m("int", "Training crop size (a multiple of the MD's size_divisor).", DATA),
+        metadata=_m("Training crop size (a multiple of the MD's size_divisor).", DATA),
     )
     batch_size: int = field(
         default=16,
-        metadata=_m("int", "Global batch size (split evenly over the processes).", DATA),
+        metadata=_m("Global batch size (split evenly over the processes).", DATA),
     )
-    flip: bool = field(default=True, metadata=_m("bool", "Random horizontal flips.", DATA))
-    rotate: bool = field(default=True, metadata=_m("bool", "Random 90° rotations.", DATA))
+    flip: bool = field(default=True, metadata=_m("Random horizontal flips.", DATA))
+    rotate: bool = field(default=True, metadata=_m("Random 90° rotations.", DATA))
     channel_shuffle: bool = field(
-        default=False, metadata=_m("bool", "Random RGB channel permutations.", DATA)
+        default=False, metadata=_m("Random RGB channel permutations.", DATA)
     )
-    syn_frames: list = field(
+    syn_frames: list[int] = field(
         default_factory=lambda: [7, 15],
-        metadata=_m("ints", "Synthetic blur: sub-frames per image, MIN,MAX.", DATA, metavar="A,B"),
+        metadata=_m("Synthetic blur: sub-frames per image, MIN,MAX.", DATA, metavar="A,B"),
     )
     syn_shift: float = field(
         default=16.0,
-        metadata=_m("float", "Synthetic blur: largest translation over the exposure, px.", DATA),
+        metadata=_m("Synthetic blur: largest translation over the exposure, px.", DATA),
     )
     syn_rotation: float = field(
-        default=1.0, metadata=_m("float", "Synthetic blur: largest rotation, degrees.", DATA)
+        default=1.0, metadata=_m("Synthetic blur: largest rotation, degrees.", DATA)
     )
     syn_zoom: float = field(
         default=0.0,
-        metadata=_m("float", "Synthetic blur: largest zoom (0.02 = 2 %%); 0 = off.", DATA),
+        metadata=_m("Synthetic blur: largest zoom (0.02 = 2 %%); 0 = off.", DATA),
     )
     syn_noise: float = field(
         default=0.0,
-        metadata=_m(
-            "float", "Synthetic blur: largest Gaussian noise σ in [0, 1] units; 0 = off.", DATA
-        ),
+        metadata=_m("Synthetic blur: largest Gaussian noise σ in [0, 1] units; 0 = off.", DATA),
     )
     syn_soften: float = field(
         default=0.0,
         metadata=_m(
-            "float",
             "Synthetic blur: largest Gaussian σ (px) of lens softness, applied to the sharp image "
             "too; 0 = off.",
             DATA,
@@ -114,17 +129,15 @@ class TrainConfig:
     cache: str = field(
         default="auto",
         metadata=_m(
-            "str",
             "Keep decoded images in memory: on, off, or auto (on when they fit in --cache-mb).",
             DATA,
             choices=("auto", "on", "off"),
         ),
     )
-    cache_mb: int = field(default=4096, metadata=_m("int", "Memory limit of --cache auto.", DATA))
+    cache_mb: int = field(default=4096, metadata=_m("Memory limit of --cache auto.", DATA))
     check_data: str = field(
         default="full",
         metadata=_m(
-            "str",
             "Before training, decode every image (full) or read headers only (header: a corrupt "
             "image then stops training when it is reached).",
             DATA,
@@ -134,7 +147,6 @@ class TrainConfig:
     workers: int | None = field(
         default=None,
         metadata=_m(
-            "opt_int",
             "Data loader processes per training process [default: 0 on a CPU, else "
             "min(8, cores per process)].",
             DATA,
@@ -144,7 +156,6 @@ class TrainConfig:
     mode: str = field(
         default="joint",
         metadata=_m(
-            "str",
             "joint: MD on L1 + λ·L_Reblur, then MR on L_Blur + L_Sharp, each iteration; "
             "baseline: MD on L1 only (no MR); mr: MR alone (MD frozen, from --init) on "
             "synthetic blur made longer, |MR(T_α(S)) − T(S)|, from the sharp images of --data.",
@@ -154,12 +165,11 @@ class TrainConfig:
     )
     md: str = field(
         default="unet",
-        metadata=_m("str", "Deblurring module.", MODEL, choices=("unet", "srn", "dhn")),
+        metadata=_m("Deblurring module.", MODEL, choices=("unet", "srn", "dhn")),
     )
     md_config: dict = field(
         default_factory=dict,
         metadata=_m(
-            "json",
             'MD constructor arguments as JSON, e.g. \'{"widths":[16,24,32],"n_blocks":2}\' '
             "[default: {}, the paper's].",
             MODEL,
@@ -168,24 +178,21 @@ class TrainConfig:
     )
     mr_blocks: int = field(
         default=2,
-        metadata=_m("int", "ResBlocks of the reblurring module MR (paper: 1 to 4).", MODEL),
+        metadata=_m("ResBlocks of the reblurring module MR (paper: 1 to 4).", MODEL),
     )
-    mr_width: int = field(default=64, metadata=_m("int", "Channels of MR (paper: 64).", MODEL))
+    mr_width: int = field(default=64, metadata=_m("Channels of MR (paper: 64).", MODEL))
     lam: float = field(
         default=1.0,
-        metadata=_m("float", "λ, the weight of L_Reblur in MD's loss.", MODEL, flag="lambda"),
+        metadata=_m("λ, the weight of L_Reblur in MD's loss.", MODEL, flag="lambda"),
     )
     # ---------------------------------------------------------------------- optimisation
-    iters: int | None = field(
-        default=None, metadata=_m("opt_int", "Run length in iterations.", OPTIM)
-    )
+    iters: int | None = field(default=None, metadata=_m("Run length in iterations.", OPTIM))
     epochs: float | None = field(
-        default=None, metadata=_m("opt_float", "Run length in epochs (instead of --iters).", OPTIM)
+        default=None, metadata=_m("Run length in epochs (instead of --iters).", OPTIM)
     )
     minutes: float | None = field(
         default=None,
         metadata=_m(
-            "opt_float",
             "Run length in minutes of training (instead of --iters): the rate of the first "
             "20 iterations fixes the number of iterations, and with it the learning-rate "
             "schedule; validation and checkpoints come on top.",
@@ -195,7 +202,6 @@ class TrainConfig:
     lr: float = field(
         default=1e-4,
         metadata=_m(
-            "float",
             "Adam learning rate (betas 0.9, 0.999), halved at 50 %%, 75 %% and 90 %% of the run.",
             OPTIM,
         ),
@@ -203,7 +209,6 @@ class TrainConfig:
     amp: str = field(
         default="off",
         metadata=_m(
-            "str",
             "Mixed precision (torch.autocast): bf16, or fp16 with a GradScaler.",
             OPTIM,
             choices=("off", "bf16", "fp16"),
@@ -211,33 +216,31 @@ class TrainConfig:
     )
     channels_last: bool = field(
         default=False,
-        metadata=_m("bool", "Networks and batches in channels-last memory layout.", OPTIM),
+        metadata=_m("Networks and batches in channels-last memory layout.", OPTIM),
     )
     compile: bool = field(
         default=False,
         metadata=_m(
-            "bool",
             "torch.compile the networks' training forward passes (worth it on a GPU; the first "
             "iterations then take minutes).",
             OPTIM,
         ),
     )
     seed: int = field(
-        default=0, metadata=_m("int", "Seed of the initial weights and of the data stream.", OPTIM)
+        default=0, metadata=_m("Seed of the initial weights and of the data stream.", OPTIM)
     )
     # ---------------------------------------------------------------------- ablations
     perceptual: float = field(
         default=0.0,
-        metadata=_m("float", "Weight of a VGG-19 perceptual loss on MD (0 = off).", ABLATE),
+        metadata=_m("Weight of a VGG-19 perceptual loss on MD (0 = off).", ABLATE),
     )
     perceptual_layer: str = field(
         default="relu5_4",
-        metadata=_m("str", "VGG-19 layer of the perceptual loss (relu1_1 ... relu5_4).", ABLATE),
+        metadata=_m("VGG-19 layer of the perceptual loss (relu1_1 ... relu5_4).", ABLATE),
     )
     vgg_weights: str | None = field(
         default=None,
         metadata=_m(
-            "opt_str",
             "VGG-19 weights: torchvision's vgg19-dcbb9e9d.pth (read with weights_only=True) or a "
             "safetensors file of the same keys; never downloaded.",
             ABLATE,
@@ -247,7 +250,6 @@ class TrainConfig:
     adversarial: float = field(
         default=0.0,
         metadata=_m(
-            "float",
             "Weight of an adversarial loss with a PatchGAN discriminator (0 = off).",
             ABLATE,
         ),
@@ -256,7 +258,6 @@ class TrainConfig:
     out: str = field(
         default="runs/train",
         metadata=_m(
-            "str",
             "Run folder: checkpoints, metrics.jsonl, last/best weights.",
             CHECK,
             metavar="DIR",
@@ -265,7 +266,6 @@ class TrainConfig:
     init: str | None = field(
         default=None,
         metadata=_m(
-            "opt_str",
             "Fine-tune: start MD (and MR, when the file has one of the same shape) from this "
             "weight file or bundled name; optimizers and schedule start fresh.",
             CHECK,
@@ -275,7 +275,6 @@ class TrainConfig:
     resume: str | None = field(
         default=None,
         metadata=_m(
-            "opt_str",
             "Resume from this checkpoint, or (no value) from the newest checkpoint in --out.",
             CHECK,
             nargs="?",
@@ -285,31 +284,26 @@ class TrainConfig:
     )
     checkpoint_every: int = field(
         default=1000,
-        metadata=_m("int", "Iterations between checkpoints (and one at the end).", CHECK),
+        metadata=_m("Iterations between checkpoints (and one at the end).", CHECK),
     )
     keep_checkpoints: int = field(
-        default=2, metadata=_m("int", "Checkpoints kept; older ones are deleted.", CHECK)
+        default=2, metadata=_m("Checkpoints kept; older ones are deleted.", CHECK)
     )
     val_every: int = field(
         default=1000,
-        metadata=_m("int", "Iterations between validations (and one at the end).", CHECK),
+        metadata=_m("Iterations between validations (and one at the end).", CHECK),
     )
     val_crop: int | None = field(
         default=None,
-        metadata=_m(
-            "opt_int", "Validate on the centre crop of this size [default: whole images].", CHECK
-        ),
+        metadata=_m("Validate on the centre crop of this size [default: whole images].", CHECK),
     )
     log_every: int = field(
-        default=10, metadata=_m("int", "Iterations between metrics.jsonl lines.", CHECK)
+        default=10, metadata=_m("Iterations between metrics.jsonl lines.", CHECK)
     )
-    progress: bool = field(
-        default=True, metadata=_m("bool", "Progress bar (rate, ETA, losses).", CHECK)
-    )
+    progress: bool = field(default=True, metadata=_m("Progress bar (rate, ETA, losses).", CHECK))
     tensorboard: str = field(
         default="auto",
         metadata=_m(
-            "str",
             "TensorBoard logs in --out/tensorboard (auto: when tensorboard is installed).",
             CHECK,
             choices=("auto", "on", "off"),
@@ -319,7 +313,6 @@ class TrainConfig:
     device: str = field(
         default="auto",
         metadata=_m(
-            "str",
             "auto, cpu, cuda, cuda:1; under torchrun each process takes cuda:LOCAL_RANK.",
             RUN,
         ),
@@ -406,7 +399,7 @@ def _flag(f) -> str:
 
 
 def _coerce(f, value: Any, origin: str) -> Any:
-    kind, name = f.metadata["kind"], _key(f)
+    kind, name = _kind(f), _key(f)
     try:
         if kind.startswith("opt_"):
             if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
@@ -516,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
             meta["help"] if "[default" in meta["help"] else f"{meta['help']} [default: {shown}]"
         )
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_text}
-        kind = meta["kind"]
+        kind = _kind(f)
         if kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind == "list":

@@ -26,6 +26,7 @@ workers never changes it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import zlib
@@ -626,3 +627,18 @@ class BatchStream(Sampler):
                     yield batch
                     batch = []
             epoch, k = epoch + 1, 0
+
+
+def decoded_bytes(items: list[Item]) -> int:
+    """Decoded size of the items' images, from the headers of at most 64 of them."""
+    refs = sorted({ref for item in items for ref in item.refs})
+    if not refs:
+        return 0
+    step = max(1, len(refs) // 64)
+    sizes = []
+    for ref in refs[::step]:
+        with contextlib.suppress(ReblurError):  # a bad file is reported by the data check
+            sizes.append(image_size(ref))
+    if not sizes:
+        return 0
+    return int(sum(h * w for h, w in sizes) * 3 * len(refs) / len(sizes))

@@ -16,6 +16,9 @@ scales of |Lₖ − Sₖ|, Sₖ the sharp crop average-pooled to the scale. The 
 (VGG-19 perceptual, PatchGAN adversarial) are added to L_D; the discriminator then takes its
 own step after MR's.
 
+The losses are composed in ``objective.py``, MR's validation figures computed in
+``figures.py`` and the run's metrics written by ``logs.RunLog``.
+
 Adam (lr 1e-4, betas 0.9, 0.999) for each network; the learning rate is halved at 50 %, 75 %
 and 90 % of the run and is a pure function of the iteration. AMP: torch.autocast in bf16, or
 fp16 with one GradScaler shared by the optimizers (``update`` once per iteration).
@@ -23,8 +26,6 @@ fp16 with one GradScaler shared by the optimizers (``update`` once per iteration
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import sys
@@ -34,9 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -44,169 +43,37 @@ from tqdm import tqdm
 
 from reblur_deploy import losses
 from reblur_deploy._version import __version__
-from reblur_deploy.device import autocast, frozen
-from reblur_deploy.errors import ConfigError, DependencyError, InputError, ReblurError
+from reblur_deploy.device import autocast
+from reblur_deploy.errors import ConfigError, InputError, ReblurError
 from reblur_deploy.metrics import psnr, ssim
-from reblur_deploy.models import SRN, build, name_of
+from reblur_deploy.models import build, name_of
 from reblur_deploy.padding import pad_to_multiple
 from reblur_deploy.weights import load_weights, save_weights
 
 from . import checkpoint as ckpt
 from . import ddp
-from .ablation import PatchDiscriminator, PerceptualLoss, discriminator_loss, generator_loss
+from .ablation import PatchDiscriminator, PerceptualLoss, discriminator_loss
 from .config import TrainConfig
 from .data import (
     Augment,
     BatchStream,
     DataPlan,
     ImageStore,
-    Item,
     MixSampler,
     TrainSet,
     ValSet,
     check_items,
-    image_size,
+    decoded_bytes,
     plan_data,
 )
+from .figures import mr_figures, mr_report, summarize, to_u8
+from .logs import RunLog, finite
+from .objective import DeblurOutputs, deblur_loss, pseudo_sharp, reblur_module_loss
 from .synthetic import BlurParams
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MILESTONES = (0.5, 0.75, 0.9)
 CALIBRATION = 20  # --minutes: iterations timed before the run's length is fixed
-
-# ------------------------------------------------------------------------ loss functions
-
-
-class DeblurOutputs(nn.Module):
-    """MD as a module returning its predictions, coarse to fine: SRN's three scales, else [L].
-
-    This is what DDP wraps, so that SRN's multi-scale forward is synchronised like any other.
-    """
-
-    def __init__(self, md: nn.Module):
-        super().__init__()
-        self.md = md
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if isinstance(self.md, SRN):
-            return self.md.forward_scales(x)
-        return [self.md(x)]
-
-
-def multiscale_l1(outputs: list[torch.Tensor], sharp: torch.Tensor) -> torch.Tensor:
-    """Mean over the outputs of L1 to the sharp image average-pooled to each output's size."""
-    terms = []
-    for output in outputs:
-        factor = sharp.shape[-1] // output.shape[-1]
-        target = F.avg_pool2d(sharp, factor) if factor > 1 else sharp
-        terms.append(losses.l1(output, target))
-    return torch.stack(terms).mean() if len(terms) > 1 else terms[0]
-
-
-def pseudo_sharp(md: nn.Module, sharp: torch.Tensor) -> torch.Tensor:
-    """Ŝ = MD(S) without gradient."""
-    with torch.no_grad():
-        return md(sharp)
-
-
-def deblur_loss(
-    md_outputs: nn.Module,
-    mr: nn.Module | None,
-    blurry: torch.Tensor,
-    sharp: torch.Tensor,
-    lam: float = 1.0,
-    perceptual: nn.Module | None = None,
-    perceptual_weight: float = 0.0,
-    disc: nn.Module | None = None,
-    adversarial_weight: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """L_D = L1 (+ λ·L_Reblur with MR frozen) (+ ablation terms); returns (L_D, parts, L)."""
-    outputs = md_outputs(blurry)
-    deblurred = outputs[-1]
-    l1 = multiscale_l1(outputs, sharp)
-    loss, parts = l1, {"l1": l1.detach()}
-    with frozen(mr, disc):
-        if mr is not None:
-            reblur = losses.reblur_loss(mr, deblurred, sharp)
-            loss = loss + lam * reblur
-            parts["reblur"] = reblur.detach()
-        if perceptual is not None:
-            term = perceptual(deblurred, sharp)
-            loss = loss + perceptual_weight * term
-            parts["perceptual"] = term.detach()
-        if disc is not None:
-            term = generator_loss(disc(deblurred))
-            loss = loss + adversarial_weight * term
-            parts["adversarial"] = term.detach()
-    parts["loss_md"] = loss.detach()
-    return loss, parts, deblurred
-
-
-def reblur_module_loss(
-    mr: nn.Module, deblurred: torch.Tensor, blurry: torch.Tensor, pseudo: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_R = L_Blur + L_Sharp on L and Ŝ detached from MD."""
-    l_blur, l_sharp = losses.reblur_module_losses(mr, deblurred.detach(), blurry, pseudo.detach())
-    loss = l_blur + l_sharp
-    return loss, {"blur": l_blur.detach(), "sharp": l_sharp.detach(), "loss_mr": loss.detach()}
-
-
-# What makes MR useful (docs/TRAINING.md): it re-creates blur, and scores blurry input above
-# the deblurred output above the ground truth, with a clear margin.
-MR_BARS = {"mr_gain": 1.0, "mr_ranked": 0.9, "mr_ratio": 2.0}
-
-
-def mr_report(metrics: dict[str, float]) -> str | None:
-    """One line with MR's three validation figures and whether they meet ``MR_BARS``.
-
-    ``mr_gain``: PSNR(MR(L), B) − PSNR(L, B) in dB, how well MR re-creates the blur left in L;
-    ``mr_ranked``: the share of images whose blur scores rank blurry > deblurred > sharp;
-    ``mr_ratio``: the median over images of blur score(blurry) / blur score(sharp);
-    ``mr_sharp_psnr``: PSNR(MR(S), S), how little MR changes a sharp image.
-    """
-    if "mr_gain" not in metrics:
-        return None
-    missed = [key for key, bar in MR_BARS.items() if not metrics[key] >= bar]
-    verdict = "useful" if not missed else f"not yet useful ({', '.join(missed)} below the bar)"
-    return (
-        f"MR re-creates blur {metrics['mr_gain']:+.2f} dB, ranks blurry > deblurred > sharp on "
-        f"{100 * metrics['mr_ranked']:.0f} % of images, blurry/sharp score "
-        f"{metrics['mr_ratio']:.2f}x, PSNR(MR(S), S) {metrics['mr_sharp_psnr']:.1f} dB: {verdict}"
-    )
-
-
-def mr_figures(
-    mr: nn.Module, output: torch.Tensor, sharp: torch.Tensor, blurry: torch.Tensor
-) -> dict[str, float]:
-    """One image's MR figures (see ``mr_report``) and its three blur scores, from 1×3×H×W
-    tensors in [0, 1]: the deblurred ``output`` L, the ``sharp`` S and the ``blurry`` B."""
-    batch = torch.cat([output, sharp, blurry])
-    scores = dict(zip(("blur_output", "blur_sharp", "blur_input"),
-                      losses.blur_score(batch, mr).tolist(), strict=True))  # fmt: skip
-    with torch.no_grad():
-        reblurred = mr(torch.cat([output, sharp])).float().clamp(0, 1)
-    out8, gt8, in8 = _to_u8(output), _to_u8(sharp), _to_u8(blurry)
-
-    def capped_psnr(a: np.ndarray, b: np.ndarray) -> float:  # equal images: 99 dB, not inf
-        return min(psnr(a, b), 99.0)
-
-    b_in, b_out, b_gt = scores["blur_input"], scores["blur_output"], scores["blur_sharp"]
-    return {
-        **scores,
-        "mr_gain": capped_psnr(_to_u8(reblurred[:1]), in8) - capped_psnr(out8, in8),
-        "mr_sharp_psnr": capped_psnr(_to_u8(reblurred[1:]), gt8),
-        "mr_ranked": float(b_in > b_out > b_gt),
-        "mr_ratio": b_in / max(b_gt, 1e-12),
-    }
-
-
-def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
-    """The mean of each figure over images; ``mr_ratio``'s median (a ratio's mean is ruled by
-    its largest values)."""
-    metrics = {k: float(np.mean([row[k] for row in rows])) for k in rows[0] if k != "name"}
-    if "mr_ratio" in metrics:
-        metrics["mr_ratio"] = float(np.median([row["mr_ratio"] for row in rows]))
-    return metrics
 
 
 def milestones(total: int) -> list[int]:
@@ -232,19 +99,6 @@ class Result:
     iterations: int
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def _finite(values: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe: non-finite floats become strings."""
-    return {
-        k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-        for k, v in values.items()
-    }
-
-
-def _to_u8(image: torch.Tensor) -> np.ndarray:
-    array = image[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    return np.rint(array * 255.0).astype(np.uint8)
 
 
 class Trainer:
@@ -307,7 +161,7 @@ class Trainer:
         val_items = [item for item, _ in self.plan.val]
         self.store = ImageStore()
         self.cached = cfg.cache == "on" or (
-            cfg.cache == "auto" and _estimate_bytes(train_items + val_items) <= cfg.cache_mb * 2**20
+            cfg.cache == "auto" and decoded_bytes(train_items + val_items) <= cfg.cache_mb * 2**20
         )
         bar = tqdm(
             desc="checking data",
@@ -468,14 +322,14 @@ class Trainer:
         with self.autocast():
             loss, parts, deblurred = deblur_loss(
                 self.md_train,
-                self.mr,
                 blurry,
                 sharp,
-                cfg.lam,
-                self.perceptual,
-                cfg.perceptual,
-                self.disc,
-                cfg.adversarial,
+                mr=self.mr,
+                lam=cfg.lam,
+                perceptual=self.perceptual,
+                perceptual_weight=cfg.perceptual,
+                disc=self.disc,
+                adversarial_weight=cfg.adversarial,
             )
         self.scaler.scale(loss).backward()
         self.scaler.step(opt_md)
@@ -529,7 +383,7 @@ class Trainer:
 
     def run(self, on_iteration: Callable[[int], None] | None = None) -> Result:
         cfg, ctx = self.config, self.ctx
-        self.logger = _Logger(self, truncate_after=self.start if cfg.resume else None)
+        self.logger = RunLog(cfg, self.out, self.ctx.main, self.start if cfg.resume else None)
         if self.resume_state is not None:
             saved = self.resume_state["rng"]
             ckpt.set_rng_state(saved[ctx.rank] if ctx.rank < len(saved) else saved[0])
@@ -631,7 +485,7 @@ class Trainer:
                 with self.autocast():
                     output = self.md(padded)[..., :h, :w]
                 output = output.float().clamp(0, 1)
-                out8, gt8, in8 = _to_u8(output), _to_u8(sharp), _to_u8(blurry)
+                out8, gt8, in8 = to_u8(output), to_u8(sharp), to_u8(blurry)
                 row = {
                     "name": name,
                     "psnr": psnr(out8, gt8),
@@ -655,7 +509,7 @@ class Trainer:
         # MR alone trains in --mode mr, so its best weights are those that re-create blur best.
         key = "mr_gain" if self.config.mode == "mr" else "psnr"
         if ctx.main and (self.best is None or metrics[key] > self.best[key]):
-            self.best = {"iteration": iteration, **_finite(metrics)}
+            self.best = {"iteration": iteration, **finite(metrics)}
             self.write_weights(self.out / "best.safetensors", iteration, metrics)
         return metrics
 
@@ -674,7 +528,7 @@ class Trainer:
             },
             "iterations": iteration,
             "total_iterations": self.total,
-            "metrics": _finite(metrics),
+            "metrics": finite(metrics),
             "best": self.best,
             "config": self.config.to_dict(),
             "init": self.init_source,
@@ -726,84 +580,6 @@ class Trainer:
 _SHOWN = ("l1", "reblur", "blur", "sharp", "mr_syn", "perceptual", "adversarial")
 
 
-def _estimate_bytes(items: list[Item]) -> int:
-    """Decoded size of the items' images, from the headers of at most 64 of them."""
-    refs = sorted({ref for item in items for ref in item.refs})
-    if not refs:
-        return 0
-    step = max(1, len(refs) // 64)
-    sizes = []
-    for ref in refs[::step]:
-        with contextlib.suppress(ReblurError):  # a bad file is reported by the data check
-            sizes.append(image_size(ref))
-    if not sizes:
-        return 0
-    return int(sum(h * w for h, w in sizes) * 3 * len(refs) / len(sizes))
-
-
-class _Logger:
-    """metrics.jsonl (and TensorBoard when available) on rank 0."""
-
-    def __init__(self, trainer: Trainer, truncate_after: int | None):
-        self.enabled = trainer.ctx.main
-        self.writer = None
-        self.file = None
-        if not self.enabled:
-            return
-        cfg = trainer.config
-        out = trainer.out
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        path = out / "metrics.jsonl"
-        if truncate_after is not None and path.exists():  # drop what a killed run logged later
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iter", 0) <= truncate_after
-            ]
-            path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(path, "a")  # noqa: SIM115 (closed in close())
-        if cfg.tensorboard != "off":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                if cfg.tensorboard == "on":
-                    raise DependencyError(
-                        "--tensorboard on needs the tensorboard package: pip install tensorboard"
-                    ) from None
-            else:
-                self.writer = SummaryWriter(str(out / "tensorboard"))
-
-    def _write(self, entry: dict[str, Any]) -> None:
-        self.file.write(json.dumps(_finite(entry)) + "\n")
-        self.file.flush()
-
-    def train(self, iteration: int, lr: float, means: dict[str, float], rate: float) -> None:
-        if not self.enabled:
-            return
-        self._write({"iter": iteration, "lr": lr, **means, "it_per_s": round(rate, 4)})
-        if self.writer is not None:
-            for key, value in means.items():
-                self.writer.add_scalar(f"train/{key}", value, iteration)
-            self.writer.add_scalar("train/lr", lr, iteration)
-
-    def val(self, iteration: int, metrics: dict[str, float], images: int) -> None:
-        if not self.enabled:
-            return
-        self._write({"iter": iteration, "val": metrics, "val_images": images})
-        if self.writer is not None:
-            for key, value in metrics.items():
-                self.writer.add_scalar(f"val/{key}", value, iteration)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
 def train(
     config: TrainConfig,
     command: str | None = None,
@@ -820,19 +596,4 @@ def train(
         ddp.teardown(ok)
 
 
-__all__ = [
-    "MR_BARS",
-    "DeblurOutputs",
-    "Result",
-    "Trainer",
-    "deblur_loss",
-    "lr_at",
-    "milestones",
-    "mr_figures",
-    "mr_report",
-    "multiscale_l1",
-    "pseudo_sharp",
-    "reblur_module_loss",
-    "summarize",
-    "train",
-]
+__all__ = ["Result", "Trainer", "lr_at", "milestones", "train"]
