@@ -441,6 +441,31 @@ def parse_tta(spec: str | Sequence[int]) -> list[int]:
     return steps
 
 
+def _run_rows(pairs, settings, score, measure_lpips, collector, sequence: bool) -> None:
+    """Each pair through each (row, Deblurrer) of ``settings``, pairs in order; every entry
+    goes to its row and to the collector (which measures the rest in worker processes)."""
+    previous: dict[str, Any] = {}  # the last frame's reference and each row's output
+    for pair in pairs:
+        blurry = read_image(pair.source)
+        gt_image = read_image(pair.gt) if pair.gt is not None else None
+        ref = gt_image if gt_image is not None else blurry
+        for row, runner in settings:
+            start = time.perf_counter()
+            output = _named(pair.name, runner, blurry)
+            if runner.device.type == "cuda":
+                torch.cuda.synchronize(runner.device)
+            entry = {"image": pair.name, "seconds": time.perf_counter() - start}
+            entry["blur_score"] = score(output)
+            if sequence and row.setting in previous:
+                entry["flicker"] = flicker(output, previous[row.setting], ref, previous["ref"])
+            previous[row.setting] = output
+            if measure_lpips is not None:
+                entry["lpips"] = _named(pair.name, measure_lpips, output, gt_image)
+            row.per_image.append(entry)
+            collector.submit(entry, output, gt_image)
+        previous["ref"] = ref
+
+
 def evaluate_model(
     weights: str | os.PathLike,
     data: str | list[Pair],
@@ -492,26 +517,8 @@ def evaluate_model(
     try:
         warm = Deblurrer({"deblur": first.deblur, "reblur": first.reblur}, **options)
         warm(read_image(pairs[0].source))  # first-call costs stay out of the timings
-        previous: dict[str, Any] = {}  # the last frame's reference and each row's output
-        for pair in pairs:
-            blurry = read_image(pair.source)
-            gt_image = read_image(pair.gt) if pair.gt is not None else None
-            ref = gt_image if gt_image is not None else blurry
-            for row, runner in zip(rows, runners, strict=True):
-                start = time.perf_counter()
-                output = _named(pair.name, runner, blurry)
-                if runner.device.type == "cuda":
-                    torch.cuda.synchronize(runner.device)
-                entry = {"image": pair.name, "seconds": time.perf_counter() - start}
-                entry["blur_score"] = score(output)
-                if sequence and row.setting in previous:
-                    entry["flicker"] = flicker(output, previous[row.setting], ref, previous["ref"])
-                previous[row.setting] = output
-                if measure_lpips is not None:
-                    entry["lpips"] = _named(pair.name, measure_lpips, output, gt_image)
-                row.per_image.append(entry)
-                collector.submit(entry, output, gt_image)
-            previous["ref"] = ref
+        _run_rows(pairs, list(zip(rows, runners, strict=True)), score, measure_lpips, collector,
+                  sequence)  # fmt: skip
         collector.finish()
     finally:
         collector.close()

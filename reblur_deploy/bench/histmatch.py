@@ -30,32 +30,19 @@ def _sample_frames(size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np
     return (reference + 0.3 * detail + noise).astype(np.float32), reference
 
 
-def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
-    from skimage.exposure import match_histograms as skimage_match
+def _tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous().to(dev)
 
-    from .. import kernels
-    from ..histmatch import (
-        TOLERANCE,
-        match_histograms,
-        match_histograms_binned,
-        match_histograms_fast,
-    )
 
-    source, reference = _sample_frames(config.hist_size)
-    source8 = np.rint(source * 255).astype(np.uint8)
-    reference8 = np.rint(reference * 255).astype(np.uint8)
+class _Rows(list):
+    """The table's rows; ``add`` times ``fn`` and, given the exact result, measures its error."""
 
-    def tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
-        return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous().to(dev)
+    def __init__(self, repeats: int):
+        super().__init__()
+        self.repeats = repeats
 
-    cpu = torch.device("cpu")
-    exact_cpu = match_histograms(tensor(source, cpu), tensor(reference, cpu), exact=True)
-    exact8 = match_histograms(tensor(source8, cpu), tensor(reference8, cpu), exact=True)
-    repeats = max(3, config.repeats)
-    rows = []
-
-    def add(name, dev, dtype, fn, expected=None, bound=None):
-        seconds, _ = timed(fn, dev, repeats)
+    def add(self, name, dev, dtype, fn, expected=None, bound=None) -> None:
+        seconds, _ = timed(fn, dev, self.repeats)
         row = {"implementation": name, "device": dev.type, "input": dtype, "ms": seconds * 1e3}
         if expected is not None:
             result = fn()
@@ -67,74 +54,68 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
             row["identical"] = bool((diff == 0).all())
         if bound is not None:
             row["bound_255"] = bound * 255
-        rows.append(row)
+        self.append(row)
 
-    add(
-        "scikit-image",
-        cpu,
-        "float32",
-        lambda: skimage_match(source, reference, channel_axis=-1),
-        exact_cpu,
-    )
-    add("scikit-image", cpu, "uint8", lambda: skimage_match(source8, reference8, channel_axis=-1))
-    devices = [cpu] + ([device] if device.type == "cuda" else [])
+
+def _binned_rows(rows: _Rows, dev, impl: str, frames: dict, exact: dict) -> None:
+    """The binned matching through ``impl`` (ext or torch) on float32 and uint8 frames."""
+    from ..histmatch import match_histograms_binned, match_histograms_fast
+
+    label = {
+        "ext": "ours (C++)" if dev.type == "cpu" else "ours (CUDA)",
+        "torch": "ours, torch ops",
+    }
+    s32, r32 = (_tensor(a, dev) for a in frames["float32"])
+    s8, r8 = (_tensor(a, dev) for a in frames["uint8"])
+    _, bound = match_histograms_binned(s32, r32, implementation=impl)
+    fast = match_histograms_fast
+    rows.add(label[impl], dev, "float32", lambda: fast(s32, r32, implementation=impl),
+             exact["float32"], float(bound.max()))  # fmt: skip
+    rows.add(f"{label[impl]}, no fallback check", dev, "float32",
+             lambda: match_histograms_binned(s32, r32, implementation=impl)[0])  # fmt: skip
+    rows.add(label[impl], dev, "uint8", lambda: fast(s8, r8, implementation=impl), exact["uint8"])
+
+
+def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
+    from skimage.exposure import match_histograms as skimage_match
+
+    from .. import kernels
+    from ..histmatch import TOLERANCE, match_histograms
+
+    source, reference = _sample_frames(config.hist_size)
+    frames = {
+        "float32": (source, reference),
+        "uint8": tuple(np.rint(a * 255).astype(np.uint8) for a in (source, reference)),
+    }
+    cpu = torch.device("cpu")
+    exact = {
+        kind: match_histograms(*(_tensor(a, cpu) for a in pair), exact=True)
+        for kind, pair in frames.items()
+    }
+    rows = _Rows(max(3, config.repeats))
+    for kind, (src, ref) in frames.items():
+        expected = exact[kind] if kind == "float32" else None
+        run = lambda s=src, r=ref: skimage_match(s, r, channel_axis=-1)  # noqa: E731
+        rows.add("scikit-image", cpu, kind, run, expected)
     notes = []
-    for dev in devices:
-        s32, r32 = tensor(source, dev), tensor(reference, dev)
-        s8, r8 = tensor(source8, dev), tensor(reference8, dev)
-        add(
-            "torch exact (exact=True)",
-            dev,
-            "float32",
-            lambda s=s32, r=r32: match_histograms(s, r, exact=True),
-        )
-        add(
-            "match_histograms (default)",
-            dev,
-            "float32",
-            lambda s=s32, r=r32: match_histograms(s, r),
-            exact_cpu,
-        )
-        impls = ["torch"]
+    for dev in [cpu] + ([device] if device.type == "cuda" else []):
+        s32, r32 = (_tensor(a, dev) for a in frames["float32"])
+        rows.add("torch exact (exact=True)", dev, "float32",
+                 lambda s=s32, r=r32: match_histograms(s, r, exact=True))  # fmt: skip
+        rows.add("match_histograms (default)", dev, "float32",
+                 lambda s=s32, r=r32: match_histograms(s, r), exact["float32"])  # fmt: skip
         ok, why = kernels.ext_available(dev)
-        if ok:
-            impls.insert(0, "ext")
-        else:
+        if not ok:
             notes.append(f"ext kernels on {dev.type}: {why}")
-        for impl in impls:
-            label = {
-                "ext": "ours (C++)" if dev.type == "cpu" else "ours (CUDA)",
-                "torch": "ours, torch ops",
-            }[impl]
-            _, bound = match_histograms_binned(s32, r32, implementation=impl)
-            add(
-                label,
-                dev,
-                "float32",
-                lambda s=s32, r=r32, i=impl: match_histograms_fast(s, r, implementation=i),
-                exact_cpu,
-                float(bound.max()),
-            )
-            add(
-                f"{label}, no fallback check",
-                dev,
-                "float32",
-                lambda s=s32, r=r32, i=impl: match_histograms_binned(s, r, implementation=i)[0],
-            )
-            add(
-                label,
-                dev,
-                "uint8",
-                lambda s=s8, r=r8, i=impl: match_histograms_fast(s, r, implementation=i),
-                exact8,
-            )
-    base = next(r["ms"] for r in rows if r["implementation"] == "scikit-image")
+        for impl in (["ext"] if ok else []) + ["torch"]:
+            _binned_rows(rows, dev, impl, frames, exact)
+    base = rows[0]["ms"]  # scikit-image's float path
     for row in rows:
         row["speedup_vs_skimage_float"] = base / row["ms"]
     return {
         "size": f"{config.hist_size[1]}×{config.hist_size[0]} RGB",
         "tolerance_255": TOLERANCE * 255,
-        "rows": rows,
+        "rows": list(rows),
         "notes": notes,
     }
 

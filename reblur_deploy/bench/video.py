@@ -31,14 +31,35 @@ def _clip_frames(path: str, count: int) -> list[np.ndarray]:
     return [frame.rgb for frame in read_frames(folder, 0, count)]
 
 
+def _run(deblurrer, frames: list[np.ndarray], device: torch.device) -> dict:
+    """One setting's figures over the frames, run in order."""
+    from ..eval import flicker
+    from ..losses import blur_score
+    from ..metrics import niqe
+
+    outputs, seconds = [], []
+    for frame in frames:
+        start = time.perf_counter()
+        outputs.append(deblurrer(frame))
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    changes = [
+        flicker(outputs[i], outputs[i - 1], frames[i], frames[i - 1]) for i in range(1, len(frames))
+    ]
+    return {
+        "s_per_frame": statistics.median(seconds[1:]),
+        "first_frame_s": seconds[0],
+        "niqe": float(np.mean([niqe(y) for y in outputs])),
+        "blur_score": float(np.mean([blur_score(y, deblurrer.reblur) for y in outputs])),
+        "flicker": float(np.mean(changes)),
+    }
+
+
 def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     """Video TTA as ``reblur-run clip --tta N`` runs it (see the module docstring). Seconds a
     frame leave out the first frame, which gets every step in the carried settings; NIQE,
     blur score (under the weights' MR) and flicker (``eval.flicker`` against the inputs) are
     means over all frames."""
-    from ..eval import flicker
-    from ..losses import blur_score
-    from ..metrics import niqe
     from ..pipeline import Deblurrer, default_weights
     from ..tta import TTAConfig
 
@@ -60,30 +81,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         deblurrer = Deblurrer(weights, device=device, tta=tta, batch_size=1)
         if tta is None:
             deblurrer(frames[0])  # first-call costs (allocator, oneDNN primitives) stay out
-        outputs, seconds = [], []
-        for frame in frames:
-            start = time.perf_counter()
-            outputs.append(deblurrer(frame))
-            sync(device)
-            seconds.append(time.perf_counter() - start)
-        mr = deblurrer.reblur
-        rows.append(
-            {
-                "setting": name,
-                "s_per_frame": statistics.median(seconds[1:]),
-                "first_frame_s": seconds[0],
-                "niqe": float(np.mean([niqe(y) for y in outputs])),
-                "blur_score": float(np.mean([blur_score(y, mr) for y in outputs])),
-                "flicker": float(
-                    np.mean(
-                        [
-                            flicker(outputs[i], outputs[i - 1], frames[i], frames[i - 1])
-                            for i in range(1, len(frames))
-                        ]
-                    )
-                ),
-            }
-        )
+        rows.append({"setting": name, **_run(deblurrer, frames, device)})
         del deblurrer
         gc.collect()
     plain, per_frame = rows[0], rows[1]
