@@ -137,6 +137,38 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict:
     return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
 
+def _engine_bytes(engine, module, dtype, profile, timing_cache, device):
+    """(serialized engine, sidecar facts, source named in messages): read from ``engine`` (a
+    file, with its sidecar, or bytes), or built from ``module`` in memory (minutes)."""
+    if engine is None:
+        if module is None:
+            raise ConfigError("the tensorrt backend needs a module or an engine file")
+        if dtype not in (torch.float32, torch.float16):
+            raise ConfigError("the tensorrt backend builds fp32 or fp16 engines, not bf16")
+        divisor = int(getattr(module, "size_divisor", 1))
+        profile = fit_profile(profile or DEFAULT_PROFILE, divisor)
+        check_profile(profile, divisor)
+        proto, _ = graphs.onnx_model(module, fp16=dtype == torch.float16)
+        built = build_engine(
+            proto.SerializeToString(),
+            profile,
+            timing_cache,
+            strict_fp32=dtype == torch.float32,
+            device=device,
+        )
+        return (
+            built,
+            {"precision": "fp16" if dtype == torch.float16 else "fp32"},
+            "the TensorRT engine",
+        )
+    if isinstance(engine, bytes):
+        return engine, {}, "the TensorRT engine"
+    path = Path(engine)
+    if not path.is_file():
+        raise ConfigError(f"no TensorRT engine {str(path)!r}")
+    return path.read_bytes(), read_sidecar(path), str(path)
+
+
 class TensorRTBackend(Backend):
     """Runs a TensorRT engine: a file (``engine=``, from ``reblur-export --to trt``), its bytes,
     or one built in memory from ``module`` (minutes; pass ``profile`` and ``timing_cache``).
@@ -164,33 +196,8 @@ class TensorRTBackend(Backend):
         require_cuda("the tensorrt backend")
         index = device.index if device.index is not None else torch.cuda.current_device()
         device = torch.device("cuda", index)
-        meta: dict = {}
-        self.source = "the TensorRT engine"  # named in messages (see exported.check_exported)
-        if engine is None:
-            if module is None:
-                raise ConfigError("the tensorrt backend needs a module or an engine file")
-            if dtype not in (torch.float32, torch.float16):
-                raise ConfigError("the tensorrt backend builds fp32 or fp16 engines, not bf16")
-            divisor = int(getattr(module, "size_divisor", 1))
-            profile = fit_profile(profile or DEFAULT_PROFILE, divisor)
-            check_profile(profile, divisor)
-            proto, _ = graphs.onnx_model(module, fp16=dtype == torch.float16)
-            engine = build_engine(
-                proto.SerializeToString(),
-                profile,
-                timing_cache,
-                strict_fp32=dtype == torch.float32,
-                device=device,
-            )
-            meta = {"precision": "fp16" if dtype == torch.float16 else "fp32"}
-        elif not isinstance(engine, bytes):
-            path = Path(engine)
-            if not path.is_file():
-                raise ConfigError(f"no TensorRT engine {str(path)!r}")
-            meta = read_sidecar(path)
-            self.source = str(path)
-            engine = path.read_bytes()
-
+        engine, meta, self.source = _engine_bytes(engine, module, dtype, profile, timing_cache,
+                                                  device)  # fmt: skip
         with torch.cuda.device(device):
             self.runtime = trt.Runtime(logger())
             self.engine = self.runtime.deserialize_cuda_engine(engine)

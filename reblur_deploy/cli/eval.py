@@ -88,6 +88,8 @@ paired:DIR is DIR/blur + DIR/sharp, or DIR/<sequence>/blur + DIR/<sequence>/shar
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @tta_options
+# One long function on purpose: it maps the options above onto evaluate_folders or
+# evaluate_model and the report files, in the order a reader of --help meets them.
 @one_line_errors
 def main(
     pred,

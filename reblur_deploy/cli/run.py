@@ -186,6 +186,8 @@ def _terminate(signum, frame):
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+# One long function on purpose: it maps the options above onto RunOptions, the Deblurrer and
+# the progress display, in the order a reader of --help meets them.
 @one_line_errors
 def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backend, onnx_file,
          engine_file, batch_size, tta_steps, tta_video, tile,

@@ -38,6 +38,8 @@ def conv_taps(
     return acc
 
 
+# Each kernel stays one function: it is one GPU program, whose steps share the tile held in
+# registers and scratch; helpers would be inlined back into it.
 @triton.jit
 def forward_kernel(
     x_ptr,
