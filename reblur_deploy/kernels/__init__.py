@@ -84,17 +84,29 @@ def triton_available(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
+def _forced_choice(op: str, kernel: str, device, dtype, available) -> str | None:
+    """The path ``ENV`` forces for ``op`` (``kernel`` or torch), or None when it names neither;
+    ``available()`` (whether ``kernel`` can run, and why not) is asked only when it is named."""
+    names = forced()
+    if names is None:
+        return None
+    choice = next((n for n in names if n in (kernel, "torch")), "torch")
+    if choice == kernel:
+        ok, why = available()
+        if not ok:
+            raise NotAvailableError(f"{ENV} asks for the {kernel} kernels, but {why}")
+    _log_once(op, device, dtype, choice, f"forced by {ENV}")
+    return choice
+
+
 def histmatch_impl(device: torch.device) -> str:
     """``"ext"`` or ``"torch"`` for binned histogram matching on ``device``."""
     device = torch.device(device)
-    names = forced()
-    ok, why = ext_available(device) if names is None or "ext" in names else (False, "")
-    if names is not None:
-        choice = next((n for n in names if n in ("ext", "torch")), "torch")
-        if choice == "ext" and not ok:
-            raise NotAvailableError(f"{ENV} asks for the ext kernels, but {why}")
-        _log_once("histogram matching", device, None, choice, f"forced by {ENV}")
+    choice = _forced_choice("histogram matching", "ext", device, None,
+                            lambda: ext_available(device))  # fmt: skip
+    if choice is not None:
         return choice
+    ok, why = ext_available(device)
     choice = "ext" if ok else "torch"
     _log_once("histogram matching", device, None, choice, "automatic" if ok else why)
     return choice
@@ -104,17 +116,14 @@ def resblock_impl(device: torch.device, dtype: torch.dtype, requested: bool = Fa
     """``"triton"`` or ``"torch"`` for MR's 5×5 ResBlocks. ``requested``: the caller opted in
     (``TTAConfig(fused=True)``); without it the automatic rule keeps torch."""
     device = torch.device(device)
-    names = forced()
-    ok, why = triton_available(device)
-    if names is not None:
-        choice = next((n for n in names if n in ("triton", "torch")), "torch")
-        if choice == "triton" and not ok:
-            raise NotAvailableError(f"{ENV} asks for the triton kernels, but {why}")
-        _log_once("fused ResBlock", device, dtype, choice, f"forced by {ENV}")
+    choice = _forced_choice("fused ResBlock", "triton", device, dtype,
+                            lambda: triton_available(device))  # fmt: skip
+    if choice is not None:
         return choice
     if not requested:
         _log_once("fused ResBlock", device, dtype, "torch", "automatic: the fused kernel is opt-in")
         return "torch"
+    ok, why = triton_available(device)
     choice = "triton" if ok else "torch"
     _log_once("fused ResBlock", device, dtype, choice, "requested" if ok else why)
     return choice
