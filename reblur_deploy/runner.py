@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .atomic import write_bytes_atomic
+from .backends.eager import compile_available
 from .errors import ConfigError, InputError, ReblurError
 from .io import (
     IMAGE_SUFFIXES,
@@ -229,6 +230,39 @@ def run_jobs(
     if options.report:
         _write_report(Path(options.report), runner.summary)
     return runner.summary
+
+
+# Compiling the network (torch.compile, once per frame size) cost 28 s on the 2-core development
+# CPU and saved 0.36 s per 720p frame (unet-lite: 0.77 → 0.41 s a frame, within 1/255): it
+# breaks even after about 80 frames of 720p, a number of pixels. The default compiles from twice
+# that, so that it clearly pays.
+COMPILE_PIXELS = 150 * 1280 * 720
+
+
+def _frame_pixels(job: Job) -> int | None:
+    try:
+        if job.kind == "video":
+            info = probe_video(job.sources[0])
+            return info.width * info.height
+        height, width = read_image(job.sources[0]).shape[:2]
+        return height * width
+    except ReblurError:
+        return None  # reported properly when the job runs
+
+
+def default_backend(device, tta: bool, jobs: list[Job], counts: list[int | None]) -> str:
+    """reblur-run's engine when none is named: on a CPU, plain inference of videos of at least
+    ``COMPILE_PIXELS`` pixels in all runs compiled (the fastest path within 1/255 of eager
+    float32 there, docs/BENCHMARKS.md), everything else eager torch."""
+    if device.type != "cpu" or tta or not compile_available(device):
+        return "torch"
+    if not all(job.kind in ("video", "frames") for job in jobs) or None in counts:
+        return "torch"
+    sizes = [_frame_pixels(job) for job in jobs]
+    if None in sizes:
+        return "torch"
+    pixels = sum(n * size for n, size in zip(counts, sizes, strict=True))  # type: ignore[operator]
+    return "compile" if pixels >= COMPILE_PIXELS else "torch"
 
 
 def uses_video_mode(deblurrer: Deblurrer, job: Job, options: RunOptions) -> bool:

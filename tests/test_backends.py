@@ -136,6 +136,10 @@ def test_compiled_backend_matches_eager():
     assert backend.name == "compile" and not backend.frozen
     x = torch.rand(2, 3, 16, 24)
     assert (backend.infer(x) - eager_output(module, x)).abs().max().item() <= 1e-5
+    # a smaller batch (a video's last) runs padded to the compiled batch: no recompile
+    compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert (backend.infer(x[:1]) - eager_output(module, x[:1])).abs().max().item() <= 1e-5
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiles
 
 
 # ------------------------------------------------------------------------------------ GPU only

@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from reblur_deploy import save_weights
 from reblur_deploy.io import probe_video, read_frames, read_image, write_image
@@ -182,6 +183,23 @@ def test_videos_adapt_in_the_video_mode_unless_told_per_frame(tmp_path, weights,
     assert steps("--tta-carry", "2")[0] == [3, 2, 2, 2]  # carry as asked, no crops added
     result = run(clip, "--weights", weights, "--tta-video", "-o", tmp_path / "x.mp4", check=False)
     assert result.returncode == 1 and result.stderr == "error: --tta-video needs --tta N\n"
+
+
+def test_long_videos_on_a_cpu_run_compiled_by_default(tmp_path, clip, crop):
+    """The default engine: compiled for videos of at least COMPILE_PIXELS pixels in all, without
+    TTA, on a CPU (compiling once pays for itself there), eager torch otherwise."""
+    from reblur_deploy.runner import COMPILE_PIXELS, RunOptions, default_backend, plan_jobs
+
+    write_image(tmp_path / "a.png", crop)
+    cpu, videos = torch.device("cpu"), plan_jobs([str(clip)], RunOptions(output=str(tmp_path)))
+    images = plan_jobs([str(tmp_path / "a.png")], RunOptions(output=str(tmp_path / "o")))
+    info = probe_video(clip)
+    enough = -(-COMPILE_PIXELS // (info.width * info.height))  # frames of this clip's size
+    assert default_backend(cpu, False, videos, [enough]) == "compile"
+    assert default_backend(cpu, False, videos, [enough - 1]) == "torch"
+    assert default_backend(cpu, False, videos, [None]) == "torch"  # length unknown
+    assert default_backend(cpu, True, videos, [enough]) == "torch"  # TTA
+    assert default_backend(cpu, False, videos + images, [enough, 1]) == "torch"
 
 
 def test_video_frame_range(tmp_path, weights, clip):

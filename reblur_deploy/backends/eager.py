@@ -53,6 +53,17 @@ class CompiledBackend(EagerBackend):
     ):
         super().__init__(module, device, dtype, **limits)
         self.runner = torch.compile(self.module, mode=mode, dynamic=dynamic)
+        self._batch = 0  # the largest batch compiled for
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        # A smaller batch (the tail of a video) is padded with copies of its last frame to the
+        # largest batch seen: one more compile costs more than the few extra frames.
+        n = batch.shape[0]
+        self._batch = max(self._batch, n)
+        if n < self._batch:
+            pad = batch[-1:].expand(self._batch - n, *batch.shape[1:])
+            batch = torch.cat([batch, pad])
+        return super()._run(batch)[:n]
 
 
 def compile_available(device: torch.device) -> bool:

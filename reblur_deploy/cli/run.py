@@ -14,7 +14,14 @@ from ..backends.exported import bundled_source, exported_metadata, origin
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..pipeline import Deblurrer, default_weights
-from ..runner import RunOptions, count_frames, plan_jobs, run_jobs, uses_video_mode
+from ..runner import (
+    RunOptions,
+    count_frames,
+    default_backend,
+    plan_jobs,
+    run_jobs,
+    uses_video_mode,
+)
 from .common import console_script, one_line_errors, tta_config, tta_options
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "auto")
@@ -97,9 +104,10 @@ def _terminate(signum, frame):
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
-    default="torch",
-    show_default=True,
-    help="Inference engine (auto: the fastest available; TTA needs torch/compile).",
+    default=None,
+    help="Inference engine (auto: the fastest available; TTA needs torch/compile). [default: "
+    "compile for videos of 150 720p frames' worth of pixels or more on a CPU without TTA, "
+    "else torch]",
 )
 @click.option(
     "--onnx",
@@ -225,6 +233,12 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
     if tta_video and tta_setting is None:
         raise ConfigError("--tta-video needs --tta N")
     weights = _weights(weights, device, onnx_file, engine_file, say)
+    counts = [count_frames(job, options) for job in jobs]
+    if backend is None:
+        backend = default_backend(device, tta_setting is not None, jobs, counts)
+        if backend == "compile":
+            say("backend: compile (the default for long videos on a CPU: 1.5–2× faster after a "
+                "first frame that compiles; --backend torch to skip that)")  # fmt: skip
     deblurrer = Deblurrer(
         weights, device=device, dtype=dtype, tta=tta_setting,
         batch_size=batch_size, tile=tile, tile_overlap=tile_overlap,
@@ -235,7 +249,6 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         click.echo(f"backend: {deblurrer.backend.name} (picked by --backend auto)", err=True)
     if tta_video is None and any(uses_video_mode(deblurrer, job, options) for job in jobs):
         say("TTA of videos: the video mode (--tta-per-frame for Algorithm A on every frame)")
-    counts = [count_frames(job, options) for job in jobs]
     total = None if None in counts else sum(counts)
     if sys.stderr.isatty():  # a bar that redraws itself every frame
         bar = tqdm(total=total, unit="frame", disable=quiet, dynamic_ncols=True, file=sys.stderr,
