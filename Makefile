@@ -7,7 +7,11 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+# Debian packages beyond Python: OpenCV's headers for the C++ example (examples/cpp). Run as
+# root (CI does, from .ci/run); a user runs the apt-get line with sudo.
+SYSTEM_PACKAGES := libopencv-dev cmake pkg-config
+
+.PHONY: demo test lint format clean cpp system-deps
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +33,17 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+system-deps:
+	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then echo "system packages: present"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; fi
+
+# The C++ example against this venv's LibTorch and Debian's OpenCV: build/cpp/reblur_deblur
+cpp: $(STAMP)
+	cmake -S examples/cpp -B build/cpp \
+		-DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cpp -j 2
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache *.egg-info
