@@ -7,9 +7,13 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Debian packages beyond Python: OpenCV's headers for the C++ example (examples/cpp). Run as
-# root (CI does, from .ci/run); a user runs the apt-get line with sudo.
-SYSTEM_PACKAGES := libopencv-dev cmake pkg-config
+# Debian packages beyond Python: OpenCV's headers for the C++ example (examples/cpp), and
+# GStreamer with its Python plugin loader for the reblurdeblur element (reblur_deploy/gst; the
+# libav and ugly plugins decode and encode H.264). Run as root (CI does, from .ci/run); a user
+# runs `sudo make system-deps`.
+SYSTEM_PACKAGES := libopencv-dev cmake pkg-config gstreamer1.0-tools gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+	gstreamer1.0-python3-plugin-loader python3-gst-1.0 gir1.2-gst-plugins-base-1.0
 
 .PHONY: demo test lint format clean cpp system-deps
 

@@ -91,6 +91,7 @@ def test_the_wheel_installs_train_and_export_inside_the_package(tmp_path):
     names = set(archive.namelist())  # every package of the library (the list is explicit)
     for init in (REPO / "reblur_deploy").rglob("__init__.py"):
         assert init.relative_to(REPO).as_posix() in names, init
+    assert "reblur_deploy/gst/plugin/python/reblurdeblur.py" in names  # the element's entry
     assert b"reblur_deploy.export.cli:main" in points
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     tmp_path / "site", wheel], check=True, capture_output=True)  # fmt: skip

@@ -1,9 +1,10 @@
-"""Throughput of the C++ program (examples/cpp) against reblur-run on the same 1280×720 frames,
-measured in one run: both deblur the same folder of real GOPRO frames with `unet-lite` on the
-CPU (eager, one frame at a time), and each is timed end to end (start-up, decoding, the
-network, encoding); the C++ program also reports the time of its frame function alone.
+"""Throughput of the C++ program (examples/cpp) and of the GStreamer element (reblurdeblur)
+against reblur-run on the same 1280×720 frames, measured in one run: each deblurs the same
+folder of real GOPRO frames (PNG in, PNG out) with `unet-lite` on the CPU (eager, one frame at
+a time) and is timed end to end (start-up, decoding, the network, encoding); the C++ program
+also reports the time of its frame function alone.
 
-    make cpp && python bench/cpp_throughput.py [--data ../shared/data] [--frames 20]
+    make cpp && python bench/embedded_throughput.py [--data ../shared/data] [--frames 20]
 """
 
 from __future__ import annotations
@@ -47,11 +48,23 @@ def main() -> None:
         frame_fn = float(re.search(r"([0-9.]+) frames/s", cpp_log).group(1))
         run_s, _ = timed([BIN / "reblur-run", frames, "-o", tmp / "py/", "--backend", "torch",
                           "--batch-size", "1", "-q"])  # fmt: skip
+        first = int(min(p.stem for p in frames.iterdir()))
+        (tmp / "gst").mkdir()
+        # pngenc at compression 1, as fast as the PNG writers of the other two
+        pipeline = (
+            f"multifilesrc location={frames}/%06d.png start-index={first} "
+            "caps=image/png,framerate=30/1 ! pngdec ! videoconvert ! video/x-raw,format=RGB ! "
+            "reblurdeblur weights=unet-lite ! videoconvert ! pngenc compression-level=1 ! "
+            f"multifilesink location={tmp}/gst/%06d.png"
+        )
+        gst_s, _ = timed([BIN / "reblur-gst-launch", "-q", *pipeline.split()])
+        assert len(list((tmp / "gst").iterdir())) == n
     print(f"{n} frames of 1280×720, unet-lite, eager, one frame at a time")
     print("| program | end to end, frames/s | × reblur-run |")
     print("|---|---:|---:|")
     print(f"| reblur-run (Python) | {n / run_s:.2f} | 1.00 |")
     print(f"| reblur_deblur (C++, TorchScript) | {n / cpp_s:.2f} | {run_s / cpp_s:.2f} |")
+    print(f"| reblurdeblur (GStreamer element) | {n / gst_s:.2f} | {run_s / gst_s:.2f} |")
     print(f"| reblur_deblur, frame function only | {frame_fn:.2f} | |")
 
 

@@ -1,0 +1,116 @@
+"""The GStreamer element ``reblurdeblur``: Deblurrer inside a GStreamer pipeline.
+
+::
+
+    reblur-gst-launch filesrc location=in.mp4 ! decodebin ! videoconvert ! reblurdeblur \\
+        weights=unet-lite ! videoconvert ! x264enc ! mp4mux ! filesink location=out.mp4
+
+The element is a Python element (``element.py``) that GStreamer's Python plugin loader (Debian:
+gstreamer1.0-python3-plugin-loader, python3-gst-1.0) finds through ``GST_PLUGIN_PATH``: the
+loader imports every file under ``<path>/python/`` in its own embedded Python (the system's),
+which then needs this package and torch on ``PYTHONPATH``. ``plugin_env()`` gives an
+environment where that works: ``reblur-gst-launch`` runs gst-launch-1.0 in it, and
+``python -m reblur_deploy.gst`` prints it for programs that embed GStreamer themselves.
+
+Two traps it avoids: the embedded Python locates its standard library from the first
+``python3`` on PATH, so an activated virtual environment's ``bin`` (whose python3 belongs to
+another Python build) must not come first; and GStreamer caches a failed plugin scan in its
+registry, so the element gets a registry file of its own.
+
+This module imports nothing from GStreamer: only the loaded plugin does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+PLUGIN_DIR = Path(__file__).resolve().parent / "plugin"
+# GStreamer 1.22's core warns about every element made by PyGObject 3.42 ("The created element
+# should be floating, this is probably caused by faulty bindings"): a known mismatch of the two
+# Debian 12 packages' reference conventions, harmless, fixed in later gst-python releases.
+FALSE_ALARM = "The created element should be floating"
+
+
+def _registry(python_paths: list[str]) -> Path:
+    """A registry file per version of the element and Python path: GStreamer rescans plugins
+    only when their files change, so a registry written by another version (or by a failed
+    scan) is never read again."""
+    key = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        key.update(f"{path}:{path.stat().st_mtime_ns}".encode())
+    key.update(os.pathsep.join(python_paths).encode())
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "reblur-deploy" / f"gstreamer-registry-{key.hexdigest()[:16]}.bin"
+
+
+def plugin_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: this process's) made ready for the element: GST_PLUGIN_PATH and
+    PYTHONPATH (this package and its site-packages) prepended, GST_REGISTRY set, and the bin
+    folders of virtual environments taken off PATH."""
+    env = dict(os.environ if environ is None else environ)
+    package_root = str(Path(__file__).resolve().parents[2])  # holds reblur_deploy/
+    # Only site-packages: the loader's Python has its own standard library.
+    python_paths = []
+    for path in (package_root, *site.getsitepackages()):
+        if path not in python_paths and Path(path).is_dir():
+            python_paths.append(path)
+
+    def prepend(key: str, values: list[str]) -> None:
+        old = env.get(key)
+        env[key] = os.pathsep.join(values + ([old] if old else []))
+
+    prepend("GST_PLUGIN_PATH", [str(PLUGIN_DIR)])
+    prepend("PYTHONPATH", python_paths)
+    env.setdefault("GST_REGISTRY", str(_registry(python_paths)))
+    folders = env.get("PATH", os.defpath).split(os.pathsep)
+    kept = [p for p in folders if not (Path(p).parent / "pyvenv.cfg").exists()]
+    env["PATH"] = os.pathsep.join(kept)
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def launch() -> None:
+    """``reblur-gst-launch ARGS``: gst-launch-1.0 ARGS with the element available."""
+    program = shutil.which("gst-launch-1.0")
+    if program is None:
+        sys.exit(
+            "error: gst-launch-1.0 is not installed (Debian: apt install gstreamer1.0-tools "
+            "gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+            "gstreamer1.0-python3-plugin-loader python3-gst-1.0)"
+        )
+    env = plugin_env()
+    Path(env["GST_REGISTRY"]).parent.mkdir(parents=True, exist_ok=True)
+    child = subprocess.Popen([program, *sys.argv[1:]], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        held = ""  # GLib puts an empty line before a warning: hold it until the next line
+        for line in child.stderr:  # everything but the loader's known false alarm
+            if FALSE_ALARM in line:
+                held = ""
+            elif not line.strip():
+                sys.stderr.write(held)
+                held = line
+            else:
+                sys.stderr.write(held + line)
+                held = ""
+        sys.stderr.write(held)
+        sys.exit(child.wait())
+    except KeyboardInterrupt:  # gst-launch got the Ctrl-C too and stops by itself
+        sys.exit(child.wait())
+
+
+def main() -> None:
+    """Print the shell lines that make ``reblurdeblur`` available to GStreamer programs."""
+    env = plugin_env({})
+    for key in ("GST_PLUGIN_PATH", "PYTHONPATH", "GST_REGISTRY"):
+        print(f"export {key}={env[key]}")
+    print("# and run them outside an activated virtual environment (see reblur_deploy.gst)")
+
+
+if __name__ == "__main__":
+    main()
