@@ -37,13 +37,16 @@ def clip(tmp_path_factory, data_dir):
     why = gstreamer_missing()
     if why and not REQUIRED:
         pytest.skip(why)
+    import cv2
+
     path = tmp_path_factory.mktemp("gst") / "clip.mp4"
-    frames = sorted((data_dir / "train" / "reds027_x4" / "blur").glob("*.png"))[:N]
-    with av.open(str(path), "w") as out:
+    frames = sorted((data_dir / "gopro_clip_noGT").glob("*.png"))[:N]  # real 720p frames,
+    with av.open(str(path), "w") as out:  # made into an H.264 clip at a quarter of their size
         stream = out.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         for frame in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(read_image(frame), format="rgb24")))
+            small = cv2.resize(read_image(frame), (W, H), interpolation=cv2.INTER_AREA)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(small, format="rgb24")))
         out.mux(stream.encode())
     return path
 

@@ -75,8 +75,30 @@ def plugin_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+USAGE = """\
+Usage: reblur-gst-launch [GST-LAUNCH OPTIONS] PIPELINE-DESCRIPTION
+
+  gst-launch-1.0 with the reblurdeblur element available (see docs/DEPLOY.md), e.g.
+
+  reblur-gst-launch filesrc location=in.mp4 ! decodebin ! videoconvert ! \\
+      reblurdeblur weights=unet-lite tta=5 ! videoconvert ! x264enc ! mp4mux ! \\
+      filesink location=out.mp4
+
+  Element properties: gst-inspect-1.0 reblurdeblur, in the environment that
+  `python -m reblur_deploy.gst` prints. gst-launch-1.0's own options: gst-launch-1.0 --help.
+"""
+
+
 def launch() -> None:
     """``reblur-gst-launch ARGS``: gst-launch-1.0 ARGS with the element available."""
+    if sys.argv[1:] in (["--help"], ["-h"]):
+        print(USAGE, end="")
+        return
+    if sys.argv[1:] == ["--version"]:
+        from .._version import __version__
+
+        print(f"reblur-gst-launch, version {__version__}")
+        return
     program = shutil.which("gst-launch-1.0")
     if program is None:
         sys.exit(
