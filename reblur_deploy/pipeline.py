@@ -209,10 +209,10 @@ class Deblurrer:
     def _step_dtype(self, crops: bool) -> torch.dtype | None:
         """Autocast of the TTA steps when the TTAConfig does not say: the pipeline's dtype, but
         bf16 for crop steps on a CPU with native bf16 when it is float32 (measured there; a GPU
-        keeps float32 until measured). Crop steps only
-        choose the weight update (L0 and LN are separate whole-frame passes in the pipeline's
-        dtype), and on real 720p frames bf16 crop steps change the output by at most 1/255
-        against float32 ones while a video-mode frame costs 1.3× less (docs/TTA.md)."""
+        keeps float32 until measured). Crop steps only choose the weight update (L0 and LN are
+        separate whole-frame passes in the pipeline's dtype), and on real 720p frames bf16 crop
+        steps change the output by at most 1/255 against float32 ones while a video-mode frame
+        costs 1.3× less (docs/TTA.md)."""
         if self.dtype != torch.float32:
             return self.dtype
         cpu_bf16 = self.device.type == "cpu" and native_bf16("cpu")
