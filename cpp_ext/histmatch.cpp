@@ -216,7 +216,8 @@ double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* 
   return bound;
 }
 
-// The lookup tables as four arrays (vector gathers need one array per field).
+// The lookup tables as four arrays. (A vectorised lookup, with the loop inlined into AVX2 and
+// AVX-512 clones, ran about 10 % slower here than this one: GCC 12 emulates the gathers.)
 struct Lut {
   const float *mn, *sc, *lo, *hi;
 };
@@ -231,15 +232,6 @@ void apply_lut_chunk(const scalar_t* p, scalar_t* out, int64_t n, float lo, floa
     const float y = apply_lut(x, LutEntry{lut.mn[b], lut.sc[b], lut.lo[b], lut.hi[b]});
     out[i] = static_cast<scalar_t>(y);
   }
-}
-
-// float32 inputs: an AVX2 clone (gathers) chosen at load time where the CPU has it
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-void apply_lut_float(const float* p, float* out, int64_t n, float lo, float scale, int bins,
-                     Lut lut) {
-  apply_lut_chunk<float>(p, out, n, lo, scale, bins, lut);
 }
 
 template <typename scalar_t>
@@ -341,11 +333,7 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
       const size_t at = static_cast<size_t>(task.plane) * bins, m = luts.size();
       const Lut lut{fields.data() + at, fields.data() + m + at, fields.data() + 2 * m + at,
                     fields.data() + 3 * m + at};
-      if constexpr (kUint8) {
-        apply_lut_chunk(src + off, dst + off, task.end - task.begin, r.lo, scale, bins, lut);
-      } else {
-        apply_lut_float(src + off, dst + off, task.end - task.begin, r.lo, scale, bins, lut);
-      }
+      apply_lut_chunk(src + off, dst + off, task.end - task.begin, r.lo, scale, bins, lut);
     }
   });
   return bound;
