@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from reblur_deploy.bench import BenchConfig, parse_sizes, run, timed, to_markdown
+from reblur_deploy.bench.drift import play_order
 from reblur_deploy.errors import ConfigError
 
 BIN = Path(sys.executable).parent
@@ -33,14 +34,17 @@ def report():
 
 def test_every_section_reports_its_rows(report):
     sections = report["sections"]
-    assert set(sections) == {"peak", "histmatch", "resblock", "tta", "video", "infer"}
+    assert set(sections) == {"peak", "histmatch", "resblock", "tta", "video", "drift", "infer"}
     assert sections["video"]["notes"] == ["not measured: no clip given (--video)"]
+    assert sections["drift"]["notes"] == ["not measured: no paired sequence given (--drift)"]
     assert sections["peak"]["peak_tflops"]["float32"] > 0
     hist = {(r["implementation"], r["input"]): r for r in sections["histmatch"]["rows"]}
     assert hist[("scikit-image", "float32")]["speedup_vs_skimage_float"] == 1
     assert hist[("ours (C++)", "uint8")]["identical"]  # exact on 8-bit data
     assert hist[("ours (C++)", "float32")]["max_error_255"] <= 0.5
     assert hist[("ours, torch ops", "float32")]["max_error_255"] <= 0.5
+    interleaved = sections["histmatch"]["interleaved"]
+    assert interleaved["rounds"] >= 15 and interleaved["min"] <= interleaved["median"] > 0
     resblock = sections["resblock"]
     assert [r["variant"] for r in resblock["rows"]] == ["eager"]
     assert any("fused ResBlock not measured" in n for n in resblock["notes"])
@@ -73,6 +77,30 @@ def test_video_section_runs_each_setting_over_a_real_clip(data_dir):
     assert bool(section["notes"]) == (gain <= 0)
     assert all(r["niqe"] > 0 and abs(r["flicker"]) < 0.1 for r in rows.values())
     assert "**Video TTA**" in to_markdown(report)
+
+
+def test_drift_section_plays_a_real_sequence_as_one_shot(data_dir, tmp_path):
+    """4 real REDS 027 pairs played forwards and backwards as a 12-frame shot: the per-frame and
+    plain columns repeat from block to block (the same frames), the video mode's is measured
+    on every frame of the shot."""
+    assert play_order(3, 8) == [0, 1, 2, 2, 1, 0, 0, 1]
+    source = data_dir / "train" / "reds027_x4"
+    for sub in ("blur", "sharp"):
+        (tmp_path / sub).mkdir()
+        for path in sorted((source / sub).iterdir())[:4]:
+            (tmp_path / sub / path.name).symlink_to(path)
+    config = BenchConfig(device="cpu", sections=("drift",), steps=2, drift=str(tmp_path),
+                         drift_frames=12)  # fmt: skip
+    report = run(config)
+    section = report["sections"]["drift"]
+    rows = section["rows"]
+    assert [r["frames"] for r in rows] == ["0–3", "4–7", "8–11"]
+    assert (section["frames"], section["distinct_frames"], section["size"]) == (12, 4, "320×180")
+    for column in ("per_frame", "no_tta"):
+        assert rows[0][column] == pytest.approx(rows[1][column]) == pytest.approx(rows[2][column])
+    assert all(20 < r["video_mode"] < 45 and abs(r["video_minus_per_frame"]) < 0.5 for r in rows)
+    assert section["lowest_db"] == min(r["video_minus_per_frame"] for r in rows)
+    assert "**Drift of the video mode**" in to_markdown(report)
 
 
 def test_report_is_json_and_markdown_with_machine_and_versions(report):

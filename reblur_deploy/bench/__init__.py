@@ -17,6 +17,9 @@ Sections (``--only`` picks some):
   order: plain inference, per-frame Algorithm A, carry-over on whole frames and the video mode
   (``TTAConfig.for_video``): seconds a frame and its ratio to plain inference, NIQE and the
   share of per-frame Algorithm A's NIQE gain kept, blur score, flicker.
+* ``drift``: the video mode over a long shot with ground truth (``BenchConfig.drift``: a
+  sequence of frame pairs played forwards and backwards to ``drift_frames`` frames) against
+  per-frame Algorithm A: PSNR per block, so that drift over the shot shows.
 * ``infer``: inference of MD per backend (torch eager in fp32 and bf16 autocast, compiled, ONNX
   Runtime, TensorRT when present) per size and batch: frames per second, peak memory, FLOPs per
   frame (``torch.utils.flop_counter``) and the achieved fraction of the measured fp32 peak.
@@ -41,7 +44,7 @@ import time
 
 from ..device import resolve_device
 from ..errors import ConfigError
-from . import histmatch, infer, peak, resblock, tta, video
+from . import drift, histmatch, infer, peak, resblock, tta, video
 from .config import SECTIONS, SIZES, BenchConfig, parse_sizes, size_name
 from .machine import machine_info
 from .report import header
@@ -53,6 +56,7 @@ MODULES = {
     "resblock": resblock,
     "tta": tta,
     "video": video,
+    "drift": drift,
     "infer": infer,
 }
 

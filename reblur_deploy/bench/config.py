@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 
 SIZES = {"256": (256, 256), "512": (512, 512), "720p": (720, 1280), "1080p": (1080, 1920)}
-SECTIONS = ("peak", "histmatch", "resblock", "tta", "video", "infer")
+SECTIONS = ("peak", "histmatch", "resblock", "tta", "video", "drift", "infer")
 HIST_SIZE = (720, 1280)
 
 
@@ -19,6 +19,7 @@ class BenchConfig:
     sizes: tuple[tuple[int, int], ...] | None = None  # None: per device (see resolve)
     batches: tuple[int, ...] = (1, 4, 8)
     steps: int = 5
+    tta_lr: float = 3e-6  # TTAConfig.lr of the video and drift sections (the paper's by default)
     repeats: int = 3
     compile: bool = True  # include the torch.compile variants (slow to compile on a CPU)
     backends: tuple[str, ...] = ("eager", "compile", "onnxruntime", "tensorrt")
@@ -28,6 +29,8 @@ class BenchConfig:
     weights: str | None = None  # a weight file or bundled name: its MD (and MR) instead of model
     video: str | None = None  # the clip of the video section (a video or a folder of frames)
     video_frames: int = 8
+    drift: str | None = None  # the drift section's sequence of frame pairs (DIR/blur, DIR/sharp)
+    drift_frames: int = 1000
     log: Callable[[str], None] | None = None
 
     @classmethod

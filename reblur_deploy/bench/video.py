@@ -69,7 +69,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     if len(frames) < 3:
         raise ConfigError(f"{config.video}: the video section needs at least 3 frames")
     weights = config.weights or default_weights(device)
-    algorithm_a = TTAConfig(steps=config.steps)
+    algorithm_a = TTAConfig(steps=config.steps, lr=config.tta_lr)
     settings = [
         ("no TTA", None),
         (f"per frame, {config.steps} steps", algorithm_a),
@@ -102,6 +102,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         "size": f"{w}×{h}",
         "weights": str(weights),
         "steps": config.steps,
+        "lr": config.tta_lr,
         "rows": rows,
         "notes": notes,
     }
@@ -112,9 +113,9 @@ def markdown(s: dict) -> list[str]:
     if s["rows"]:
         lines += [
             f"**Video TTA** ({s['weights']}, {s['frames']} frames of {s['clip']}, "
-            f"{s['size']}; s/frame is the median without the first frame; NIQE gain kept: "
-            f"the share of per-frame Algorithm A's NIQE gain over no TTA; flicker: the mean "
-            "change between consecutive outputs minus that of the inputs):",
+            f"{s['size']}, TTA lr {s['lr']:g}; s/frame is the median without the first frame; "
+            "NIQE gain kept: the share of per-frame Algorithm A's NIQE gain over no TTA; "
+            "flicker: the mean change between consecutive outputs minus that of the inputs):",
             "",
         ]
         lines += table(
@@ -129,7 +130,7 @@ def markdown(s: dict) -> list[str]:
                 ("blur_score", "blur score"),
                 ("flicker", "flicker"),
             ],
-            {"niqe": 3},
+            {"niqe": 3, "flicker": 4},
         )
     lines += [f"- {n}" for n in s.get("notes", [])] + [""]
     return lines

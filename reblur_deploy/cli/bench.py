@@ -19,6 +19,7 @@ Examples:
   reblur-bench --sizes 720p,1080p --json out.json --md out.md
   reblur-bench --append docs/BENCHMARKS.md      # keep this run's tables in the docs
   reblur-bench --only video --video clip.mp4    # video TTA: cost and quality per setting
+  reblur-bench --only drift --drift REDS/027    # the video mode over a 1,000-frame shot
 
 \b
 Defaults: on a GPU sizes 256,720p,1080p and batches 1,4,8; on a CPU 256 only (one full-frame
@@ -46,6 +47,13 @@ def _ints(text: str) -> tuple[int, ...]:
 )
 @click.option("--batches", help="Inference batch sizes [default: 1,4,8].")
 @click.option("--steps", type=int, help="TTA steps of the multi-step measurement [default: 5].")
+@click.option(
+    "--tta-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3e-6,
+    show_default=True,
+    help="Adam learning rate of the TTA steps in the video section.",
+)
 @click.option(
     "--repeats", type=int, help="Timed repetitions per measurement (median) [default: 3]."
 )
@@ -78,6 +86,18 @@ def _ints(text: str) -> tuple[int, ...]:
     show_default=True,
     help="Frames of --video to run.",
 )
+@click.option(
+    "--drift",
+    type=click.Path(exists=True, file_okay=False),
+    help="A sequence of frame pairs (DIR/blur, DIR/sharp) for the drift section.",
+)
+@click.option(
+    "--drift-frames",
+    type=click.IntRange(min=2),
+    default=1000,
+    show_default=True,
+    help="Frames of the shot played from --drift (forwards, backwards, ...).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @one_line_errors
 def main(
@@ -86,6 +106,7 @@ def main(
     sizes,
     batches,
     steps,
+    tta_lr,
     repeats,
     only,
     no_compile,
@@ -95,6 +116,8 @@ def main(
     weights,
     video,
     video_frames,
+    drift,
+    drift_frames,
     verbose,
 ):
     """Benchmark histogram matching, MR's ResBlocks, TTA steps and inference backends, as ratios
@@ -106,6 +129,9 @@ def main(
         "weights": weights,
         "video": video,
         "video_frames": video_frames,
+        "tta_lr": tta_lr,
+        "drift": drift,
+        "drift_frames": drift_frames,
     }
     if sizes:
         options["sizes"] = parse_sizes(sizes)
