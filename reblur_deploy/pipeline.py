@@ -220,8 +220,8 @@ class Deblurrer:
 
     def video_mode(self, on: bool) -> None:
         """Run TTA as configured (``on=False``, the default) or in its video mode
-        (``TTAConfig.for_video``: carry-over, one crop step a frame, bounded drift); without TTA
-        a no-op. A switch starts from the original weights."""
+        (``TTAConfig.for_video``: carry-over, one step a frame on crops, bounded drift); without
+        TTA a no-op. A switch starts from the original weights."""
         if self.tta is None or on == self._video:
             return
         self.adapter.reset()

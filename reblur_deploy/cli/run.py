@@ -136,9 +136,9 @@ def _terminate(signum, frame):
 @click.option(
     "--tta-video/--tta-per-frame",
     default=None,
-    help="TTA of videos: the video mode (carry-over, one 256² crop step a frame, about 2–3× "
-    "plain inference) or per-frame Algorithm A (--tta steps on every frame). [default: the "
-    "video mode for videos unless --tta-carry or --tta-crop is given]",
+    help="TTA of videos: the video mode (carry-over, one step a frame on three 256² crops, "
+    "about 2.5× plain inference) or per-frame Algorithm A (--tta steps on every frame). "
+    "[default: the video mode for videos unless --tta-carry or --tta-crop is given]",
 )
 @click.option(
     "--tile", type=click.IntRange(min=1), default=None, help="Process in tiles of this size."
