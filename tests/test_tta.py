@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reblur_deploy import ConfigError, Deblurrer, blur_score, losses
+from reblur_deploy.bench.drift import play_order
 from reblur_deploy.io import read_image
 from reblur_deploy.metrics import psnr
 from reblur_deploy.models import build
@@ -226,7 +227,7 @@ def test_carry_over_does_not_drift_on_a_long_real_clip(data_dir):
     names = sorted(p.name for p in (root / "blur").iterdir())[:30]
     blurry = [read_image(root / "blur" / n) for n in names]
     sharp = [read_image(root / "sharp" / n) for n in names]
-    order = [*range(30), *reversed(range(30))]
+    order = play_order(30, 60)
     config = TTAConfig(steps=5, carry=1, lr=1e-5, histmatch="fast")
     carried = Deblurrer("unet-lite", device="cpu", batch_size=1, tta=config)
     outputs = [carried(blurry[i]) for i in order]
