@@ -1,0 +1,84 @@
+"""A/B timing of histogram-matching kernel variants in one process, calls interleaved.
+
+This VM's speed drifts by tens of percent within seconds, so timings of two builds taken one
+after the other cannot tell a 10 % change from noise. Here each variant (a copy of
+cpp_ext/histmatch.cpp with changes) is compiled under its own operator namespace beside the
+installed kernel, every round calls each once on the same 1280×720 frame (reblur-bench's
+histmatch case), and the speed-up is the median of the per-round ratios. Variants must give
+the installed kernel's output and bounds bit for bit, unless named ``probe*`` (a variant that
+leaves a phase out, to time that phase).
+
+    python bench/histmatch_ab.py my_variant.cpp [probe_nohist.cpp ...] [--rounds 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.cpp_extension import load
+
+from reblur_deploy.bench.histmatch import _sample_frames, _tensor
+from reblur_deploy.histmatch import HIST_BINS
+from reblur_deploy.kernels import load_extension
+from reblur_deploy.kernels._ext import CPP_FLAGS, OPENMP
+
+COMMON = Path(__file__).resolve().parents[1] / "cpp_ext" / "histmatch_common.h"
+
+
+def build(variant: Path, work: Path):
+    """The variant's hist_match_out, registered as reblur_ext_<stem>."""
+    namespace = f"reblur_ext_{variant.stem}"
+    source = variant.read_text().replace("reblur_ext", namespace)
+    source = source.replace('#include "histmatch_common.h"', f'#include "{COMMON}"')
+    path = work / f"{variant.stem}.cpp"
+    path.write_text(source)
+    folder = work / variant.stem
+    folder.mkdir()
+    load(name=f"ab_{variant.stem}", sources=[str(path)], extra_cflags=CPP_FLAGS,
+         extra_ldflags=OPENMP, build_directory=str(folder), is_python_module=False)  # fmt: skip
+    return getattr(torch.ops, namespace).hist_match_out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", type=Path)
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args()
+    if not load_extension():
+        raise SystemExit("the installed kernel does not build here")
+    ops = {"installed": torch.ops.reblur_ext.hist_match_out}
+    with tempfile.TemporaryDirectory() as work:
+        for variant in args.variants:
+            ops[variant.stem] = build(variant, Path(work))
+    cpu = torch.device("cpu")
+    source, reference = (
+        _tensor(a, cpu).reshape(3, -1).contiguous() for a in _sample_frames((720, 1280))
+    )
+    outputs = {name: torch.empty_like(source) for name in ops}
+    bounds = {name: op(source, reference, HIST_BINS, outputs[name]) for name, op in ops.items()}
+    for name in ops:
+        same = torch.equal(outputs[name], outputs["installed"])
+        if not name.startswith("probe") and not (
+            same and torch.equal(bounds[name], bounds["installed"])
+        ):
+            raise SystemExit(f"{name}: its result differs from the installed kernel's")
+    seconds: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(args.rounds):
+        for name, op in ops.items():
+            start = time.perf_counter()
+            op(source, reference, HIST_BINS, outputs[name])
+            seconds[name].append(time.perf_counter() - start)
+    base = seconds["installed"]
+    for name, times in seconds.items():
+        ratio = statistics.median(b / t for b, t in zip(base, times, strict=True))
+        median = statistics.median(times) * 1e3
+        print(f"{name}: median {median:.2f} ms, min {min(times) * 1e3:.2f} ms, {ratio:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
