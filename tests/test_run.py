@@ -166,7 +166,7 @@ def test_video_keeps_frames_time_stamps_and_audio_with_tta(tmp_path, weights, cl
 
 
 def test_videos_adapt_in_the_video_mode_unless_told_per_frame(tmp_path, weights, clip):
-    """--tta N on a video: N steps on the first frame, then one crop step a frame (carried
+    """--tta N on a video: N steps on the first frame, then one step a frame on crops (carried
     over); --tta-per-frame gives every frame N whole-frame steps; images stay per frame."""
 
     def steps(*args):

@@ -9,7 +9,7 @@ GStreamer reports as ``not-negotiated``). Buffers keep their time stamps, durati
 Properties: ``weights`` (bundled name or file; default: the device's bundled model),
 ``device``, ``backend`` (torch, compile, onnxruntime, or an exported ``.onnx`` file), ``dtype``,
 ``tile``, ``tta`` (steps; 0 = none), ``tta-video`` (the video mode, default on: carry-over, one
-crop step a frame), ``tta-lr``. The networks load when the pipeline starts; a bad property is
+step a frame on crops), ``tta-lr``. The networks load when the pipeline starts; a bad property is
 a GStreamer error with one line of text, not a traceback.
 
 Flushing (a seek) and a new stream forget what TTA carried over. Latency: each frame is
@@ -77,7 +77,7 @@ class ReblurDeblur(GstBase.BaseTransform):
         type=int, default=0, minimum=0, maximum=1000, blurb="Test-time adaptation steps (0: none)"
     )
     tta_video = GObject.Property(
-        type=bool, default=True, blurb="TTA in the video mode (carry-over, one crop step a frame)"
+        type=bool, default=True, blurb="TTA in the video mode (carry-over, a step a frame on crops)"
     )
     tta_lr = GObject.Property(type=float, default=3e-6, minimum=1e-12, maximum=1.0,
                               blurb="Adam learning rate of the TTA steps")  # fmt: skip
