@@ -60,7 +60,9 @@ def test_every_section_reports_its_rows(report):
 
 def test_video_section_runs_each_setting_over_a_real_clip(data_dir):
     """REDS 027 frames (real blur, 320×180) through the bundled CPU model: per-frame
-    Algorithm A costs its steps on every frame; the carried settings do not."""
+    Algorithm A takes its steps on every frame, the carried settings one after the first.
+    (Which costs less is not asserted: at this size the video mode's three 256² crops cover
+    more than the frame, and timings are not tests.)"""
     clip = data_dir / "train" / "reds027_x4" / "blur"
     config = BenchConfig(device="cpu", sections=("video",), steps=2, video=str(clip),
                          video_frames=4)  # fmt: skip
@@ -70,8 +72,9 @@ def test_video_section_runs_each_setting_over_a_real_clip(data_dir):
     assert list(rows) == ["no TTA", "per frame, 2 steps", "carry-over, whole frames", "video mode"]
     assert (section["frames"], section["size"], section["weights"]) == (4, "320×180", "unet-lite")
     assert rows["no TTA"]["cost_vs_plain"] == 1
-    per_frame, video = rows["per frame, 2 steps"], rows["video mode"]
-    assert video["s_per_frame"] < per_frame["s_per_frame"]
+    per_frame = rows["per frame, 2 steps"]
+    assert [r["steps_per_frame"] for r in rows.values()] == [0, 2, 1, 1]
+    assert all(r["s_per_frame"] > 0 for r in rows.values())
     gain = rows["no TTA"]["niqe"] - per_frame["niqe"]
     assert per_frame["niqe_gain_kept"] == (1.0 if gain > 0 else None)
     assert bool(section["notes"]) == (gain <= 0)

@@ -37,18 +37,20 @@ def _run(deblurrer, frames: list[np.ndarray], device: torch.device) -> dict:
     from ..losses import blur_score
     from ..metrics import niqe
 
-    outputs, seconds = [], []
+    outputs, seconds, steps = [], [], []
     for frame in frames:
         start = time.perf_counter()
         outputs.append(deblurrer(frame))
         sync(device)
         seconds.append(time.perf_counter() - start)
+        steps.append(sum(deblurrer.adapter.stats.steps) if deblurrer.adapter else 0)
     changes = [
         flicker(outputs[i], outputs[i - 1], frames[i], frames[i - 1]) for i in range(1, len(frames))
     ]
     return {
         "s_per_frame": statistics.median(seconds[1:]),
         "first_frame_s": seconds[0],
+        "steps_per_frame": statistics.median(steps[1:]),
         "niqe": float(np.mean([niqe(y) for y in outputs])),
         "blur_score": float(np.mean([blur_score(y, deblurrer.reblur) for y in outputs])),
         "flicker": float(np.mean(changes)),
@@ -122,6 +124,7 @@ def markdown(s: dict) -> list[str]:
             s["rows"],
             [
                 ("setting", "setting"),
+                ("steps_per_frame", "steps/frame"),
                 ("s_per_frame", "s/frame"),
                 ("cost_vs_plain", "× plain inference"),
                 ("first_frame_s", "first frame, s"),
