@@ -3,10 +3,10 @@
 This VM's speed drifts by tens of percent within seconds, so timings of two builds taken one
 after the other cannot tell a 10 % change from noise. Here each variant (a copy of
 cpp_ext/histmatch.cpp with changes) is compiled under its own operator namespace beside the
-installed kernel, every round calls each once on the same 1280×720 frame (reblur-bench's
-histmatch case), and the speed-up is the median of the per-round ratios. Variants must give
-the installed kernel's output and bounds bit for bit, unless named ``probe*`` (a variant that
-leaves a phase out, to time that phase).
+installed kernel, and rounds of one call of each on the same 1280×720 frame (reblur-bench's
+histmatch case) give the speed-up as the median of the per-round ratios
+(``bench.timing.interleaved_ratio``). Variants must give the installed kernel's output and
+bounds bit for bit, unless named ``probe*`` (a variant that leaves a phase out, to time it).
 
     python bench/histmatch_ab.py my_variant.cpp [probe_nohist.cpp ...] [--rounds 40]
 """
@@ -14,15 +14,14 @@ leaves a phase out, to time that phase).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch.utils.cpp_extension import load
 
 from reblur_deploy.bench.histmatch import _sample_frames, _tensor
+from reblur_deploy.bench.timing import interleaved_ratio
 from reblur_deploy.histmatch import HIST_BINS
 from reblur_deploy.kernels import load_extension
 from reblur_deploy.kernels._ext import CPP_FLAGS, OPENMP
@@ -67,17 +66,18 @@ def main() -> None:
             same and torch.equal(bounds[name], bounds["installed"])
         ):
             raise SystemExit(f"{name}: its result differs from the installed kernel's")
-    seconds: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(args.rounds):
-        for name, op in ops.items():
-            start = time.perf_counter()
-            op(source, reference, HIST_BINS, outputs[name])
-            seconds[name].append(time.perf_counter() - start)
-    base = seconds["installed"]
-    for name, times in seconds.items():
-        ratio = statistics.median(b / t for b, t in zip(base, times, strict=True))
-        median = statistics.median(times) * 1e3
-        print(f"{name}: median {median:.2f} ms, min {min(times) * 1e3:.2f} ms, {ratio:.3f}x")
+
+    def call(name: str):
+        op, out = ops[name], outputs[name]
+        return lambda: op(source, reference, HIST_BINS, out)
+
+    for name in ops:
+        if name == "installed":
+            continue
+        r = interleaved_ratio(call("installed"), call(name), args.rounds)
+        print(f"{name}: median {r['other_s'] * 1e3:.2f} ms against the installed kernel's "
+              f"{r['base_s'] * 1e3:.2f} ms, {r['median']:.3f}x its speed "
+              f"(rounds {r['min']:.3f}-{r['max']:.3f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

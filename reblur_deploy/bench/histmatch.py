@@ -5,8 +5,6 @@ torch reference, with each result's error against the exact reference, and the h
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import torch
 
 from .config import BenchConfig
 from .report import table
-from .timing import timed
+from .timing import interleaved_ratio, timed
 
 
 def _sample_frames(size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -79,22 +77,6 @@ def _binned_rows(rows: _Rows, dev, impl: str, frames: dict, exact: dict) -> None
     rows.add(label[impl], dev, "uint8", lambda: fast(s8, r8, implementation=impl), exact["uint8"])
 
 
-def _interleaved_ratio(theirs, ours, rounds: int) -> dict:
-    """theirs' time over ours', per round of one call of each (after a warm-up of both): the
-    speed of a shared VM drifts by tens of percent within seconds, which separate medians of
-    the two would take for a difference between them."""
-    theirs(), ours()
-    ratios = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        theirs()
-        middle = time.perf_counter()
-        ours()
-        ratios.append((middle - start) / (time.perf_counter() - middle))
-    return {"rounds": rounds, "median": statistics.median(ratios), "min": min(ratios),
-            "max": max(ratios)}  # fmt: skip
-
-
 def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     from skimage.exposure import match_histograms as skimage_match
 
@@ -132,7 +114,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     for row in rows:
         row["speedup_vs_skimage_float"] = base / row["ms"]
     s32, r32 = (_tensor(a, cpu) for a in frames["float32"])
-    interleaved = _interleaved_ratio(
+    interleaved = interleaved_ratio(
         lambda: skimage_match(source, reference, channel_axis=-1),
         lambda: match_histograms(s32, r32),
         rounds=max(15, 5 * config.repeats),

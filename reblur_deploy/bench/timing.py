@@ -87,3 +87,23 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
             sync(device)
             times.append(time.perf_counter() - start)
     return statistics.median(times), memory.peak_mib
+
+
+def interleaved_ratio(base: Callable[[], object], other: Callable[[], object], rounds: int) -> dict:
+    """``base``'s time over ``other``'s, from rounds of one call of each (after a warm-up of
+    both): the median of the per-round ratios, their range, and each side's median seconds. A
+    shared VM's speed drifts by tens of percent within seconds, which separate medians of the
+    two would take for a difference between them (CPU callables: nothing to synchronise)."""
+    base(), other()
+    ratios, base_s, other_s = [], [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        base()
+        middle = time.perf_counter()
+        other()
+        base_s.append(middle - start)
+        other_s.append(time.perf_counter() - middle)
+        ratios.append(base_s[-1] / other_s[-1])
+    return {"rounds": rounds, "median": statistics.median(ratios), "min": min(ratios),
+            "max": max(ratios), "base_s": statistics.median(base_s),
+            "other_s": statistics.median(other_s)}  # fmt: skip
