@@ -11,7 +11,14 @@
 //
 // Parallelism: ATen's parallel_for (compiled with -fopenmp: it runs on torch's own OpenMP
 // runtime and thread count, torch.set_num_threads applies) over planes x chunks; inner loops
-// are written for auto-vectorisation (#pragma omp simd).
+// are written for auto-vectorisation (#pragma omp simd). The extension is built for the
+// baseline x86-64 (SSE2); the range and histogram passes also get AVX2 and AVX-512 clones,
+// chosen at load time (target_clones). The lookup has none: its gathers are faster as SSE2's
+// scalar loads than as GCC 12's emulated vector gathers.
+//
+// Measured choices (bench/histmatch_ab.py, cpp_ext/README.md): one histogram per chunk (two
+// interleaved ones for even and odd pixels, against store-to-load chains, were 10 % slower: the
+// bins then fill 256 KiB instead of 128); scratch memory kept between calls.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -43,11 +50,12 @@ struct Bin {
 struct Histogram {
   std::vector<int64_t> count, cmin;
   std::vector<float> mn, mx;
-  explicit Histogram(int bins)
-      : count(bins, 0),
-        cmin(bins, 0),
-        mn(bins, std::numeric_limits<float>::infinity()),
-        mx(bins, -std::numeric_limits<float>::infinity()) {}
+  void reset(int bins) {
+    count.assign(bins, 0);
+    cmin.assign(bins, 0);
+    mn.assign(bins, std::numeric_limits<float>::infinity());
+    mx.assign(bins, -std::numeric_limits<float>::infinity());
+  }
 
   void merge(const Bin* part, int bins) {
     for (int k = 0; k < bins; ++k) {
@@ -71,6 +79,7 @@ struct Range {
 };
 
 template <typename scalar_t>
+__attribute__((target_clones("avx512f", "avx2", "default")))
 Range plane_range(const scalar_t* p, int64_t n) {
   float lo = std::numeric_limits<float>::infinity();
   float hi = -std::numeric_limits<float>::infinity();
@@ -99,45 +108,31 @@ void bin_block(const scalar_t* p, int m, float lo, float scale, int bins, float*
   }
 }
 
-// One chunk's histogram into h[0, bins) (h holds 2 * bins entries: scratch for the second):
-// per bin the count, min, max and cmin, the number of pixels equal to the min (the exact
-// quantile of a reference knot and of a source bin's lowest value; clamped images hold many
-// equal values at 0 and 1). The chunk goes by blocks of kBlock pixels whose bins are computed
-// first in a vectorised loop, then scattered (binning inside the scatter loop ran 30 % slower)
-// into two interleaved histograms (even and odd pixels), which breaks the store-to-load chains
-// of runs of equal bins that natural images are full of. One pass: a value at or below its
-// bin's min is rare once the bin holds a few values, so that branch is predictable; a
-// branch-free cmin update (or a second pass to count the minima) was 10-25 % slower.
+// One chunk's histogram into h[0, bins): per bin the count, min, max and cmin, the number of
+// pixels equal to the min (the exact quantile of a reference knot and of a source bin's lowest
+// value; clamped images hold many equal values at 0 and 1). The chunk goes by blocks of kBlock
+// pixels whose bins are computed first in a vectorised loop, then scattered (binning inside the
+// scatter loop ran 30 % slower). One pass: a value at or below its bin's min is rare once the
+// bin holds a few values (4 % of a 720p frame's pixels), so that branch is predictable; a
+// branch-free update of the min and cmin was 10-25 % slower.
 template <typename scalar_t>
+__attribute__((target_clones("avx512f", "avx2", "default")))
 void chunk_histogram(const scalar_t* p, int64_t n, float lo, float scale, int bins, Bin* h) {
-  Bin* odd = h + bins;
   float xs[kBlock];
   int32_t idx[kBlock];
-  auto add = [](Bin& e, float x) {
-    e.count += 1;
-    if (x <= e.mn) {
-      e.cmin = x < e.mn ? 1 : e.cmin + 1;
-      e.mn = x;
-    }
-    e.mx = x > e.mx ? x : e.mx;
-  };
   for (int64_t s = 0; s < n; s += kBlock) {
     const int m = static_cast<int>(std::min<int64_t>(kBlock, n - s));
     bin_block(p + s, m, lo, scale, bins, xs, idx);
-    int j = 0;
-    for (; j + 1 < m; j += 2) {
-      add(h[idx[j]], xs[j]);
-      add(odd[idx[j + 1]], xs[j + 1]);
+    for (int j = 0; j < m; ++j) {
+      Bin& e = h[idx[j]];
+      const float x = xs[j];
+      e.count += 1;
+      if (x <= e.mn) {
+        e.cmin = x < e.mn ? 1 : e.cmin + 1;
+        e.mn = x;
+      }
+      e.mx = x > e.mx ? x : e.mx;
     }
-    if (j < m) add(h[idx[j]], xs[j]);
-  }
-  for (int b = 0; b < bins; ++b) {
-    Bin& e = h[b];
-    const Bin& o = odd[b];
-    e.count += o.count;
-    e.cmin = o.mn < e.mn ? o.cmin : (o.mn == e.mn ? e.cmin + o.cmin : e.cmin);
-    e.mn = std::min(e.mn, o.mn);
-    e.mx = std::max(e.mx, o.mx);
   }
 }
 
@@ -145,9 +140,11 @@ struct Knots {
   std::vector<double> q, f, eps;
 };
 
-// The reference's knots (see histmatch_common.h).
-Knots reference_knots(const Histogram& h, int64_t total) {
-  Knots k;
+// The reference's knots (see histmatch_common.h), into k (cleared first, capacity kept).
+void reference_knots(const Histogram& h, int64_t total, Knots& k) {
+  k.q.clear();
+  k.f.clear();
+  k.eps.clear();
   const double n = static_cast<double>(total);
   int64_t cum = 0;
   for (size_t b = 0; b < h.count.size(); ++b) {
@@ -167,7 +164,6 @@ Knots reference_knots(const Histogram& h, int64_t total) {
       k.eps.push_back(0.0);
     }
   }
-  return k;
 }
 
 // Fills one plane's lookup table; returns the plane's error bound. The quantiles queried,
@@ -216,10 +212,10 @@ double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* 
   return bound;
 }
 
-// The lookup tables as four arrays. (A vectorised lookup, with the loop inlined into AVX2 and
-// AVX-512 clones, ran about 10 % slower here than this one: GCC 12 emulates the gathers.)
+// The lookup tables as three arrays: per source bin its min, slope and low value (LutEntry's
+// mn, lut_slope and lo).
 struct Lut {
-  const float *mn, *sc, *lo, *hi;
+  const float *mn, *k, *lo;
 };
 
 template <typename scalar_t>
@@ -229,10 +225,22 @@ void apply_lut_chunk(const scalar_t* p, scalar_t* out, int64_t n, float lo, floa
   for (int64_t i = 0; i < n; ++i) {
     const float x = canonical(static_cast<float>(p[i]));
     const int b = bin_of(x, lo, scale, bins);
-    const float y = apply_lut(x, LutEntry{lut.mn[b], lut.sc[b], lut.lo[b], lut.hi[b]});
-    out[i] = static_cast<scalar_t>(y);
+    out[i] = static_cast<scalar_t>(apply_lut(x, lut.mn[b], lut.k[b], lut.lo[b]));
   }
 }
+
+// Working memory kept from call to call by each calling thread: allocations this large come
+// fresh from mmap, and touching their pages cost about 0.7 ms a call (most of a small image's
+// time).
+struct Scratch {
+  std::vector<Bin> parts;
+  std::vector<Histogram> hists;
+  std::vector<LutEntry> luts;
+  std::vector<float> fields;
+};
+// A call on more plane-bins than this frees its scratch afterwards (about 14 MiB kept at most):
+// a large batch would otherwise leave tens of MiB on every thread that called.
+constexpr int64_t kKeepPlaneBins = 16 * 8192;
 
 template <typename scalar_t>
 at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference, int bins,
@@ -269,7 +277,9 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
     const int64_t chunk = std::max(kMinChunk, (n + splits - 1) / splits);
     for (int64_t s = 0; s < n; s += chunk) tasks.push_back({j, s, std::min(n, s + chunk)});
   }
-  std::vector<std::vector<Bin>> parts(tasks.size());
+  thread_local Scratch scratch;
+  std::vector<Bin>& parts = scratch.parts;
+  parts.resize(tasks.size() * bins);
   at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
     const Bin empty{0, 0, std::numeric_limits<float>::infinity(),
                     -std::numeric_limits<float>::infinity()};
@@ -278,26 +288,27 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
       const Range& r = ranges[task.plane];
       const scalar_t* base = task.plane < planes ? src + task.plane * ns
                                                  : ref + (task.plane - planes) * nr;
-      parts[t].assign(2 * static_cast<size_t>(bins), empty);
+      Bin* part = parts.data() + t * bins;
+      std::fill_n(part, bins, empty);
       const float scale = plane_scale(r.lo, r.hi, bins);
-      chunk_histogram(base + task.begin, task.end - task.begin, r.lo, scale, bins,
-                      parts[t].data());
+      chunk_histogram(base + task.begin, task.end - task.begin, r.lo, scale, bins, part);
     }
   });
-  std::vector<Histogram> hists;
-  hists.reserve(2 * planes);
-  for (int64_t j = 0; j < 2 * planes; ++j) hists.emplace_back(bins);
+  std::vector<Histogram>& hists = scratch.hists;
+  hists.resize(2 * planes);
   at::parallel_for(0, 2 * planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
+      hists[j].reset(bins);
       for (size_t t = 0; t < tasks.size(); ++t) {
         if (tasks[t].plane != j) continue;
-        hists[j].merge(parts[t].data(), bins);
+        hists[j].merge(parts.data() + t * bins, bins);
       }
     }
   });
 
   // 3. knots and lookup tables, per plane
-  std::vector<LutEntry> luts(static_cast<size_t>(planes) * bins);
+  std::vector<LutEntry>& luts = scratch.luts;
+  luts.resize(static_cast<size_t>(planes) * bins);
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       if (!ranges[j].finite || !ranges[planes + j].finite) {
@@ -305,18 +316,21 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
         std::fill_n(luts.data() + j * bins, bins, LutEntry{0.0f, 0.0f, NAN, NAN});
         continue;
       }
-      const Knots k = reference_knots(hists[planes + j], nr);
+      thread_local Knots k;  // on a pool thread: kept between calls, like Scratch
+      reference_knots(hists[planes + j], nr, k);
       bound_ptr[j] = build_lut<kUint8>(hists[j], ns, k, luts.data() + j * bins);
+      if (bins > 8192) k = Knots();  // kept only at the default size
     }
   });
 
   // 4. apply
-  std::vector<float> fields(4 * luts.size());
-  for (size_t i = 0; i < luts.size(); ++i) {
+  std::vector<float>& fields = scratch.fields;
+  const size_t m = luts.size();
+  fields.resize(3 * m);
+  for (size_t i = 0; i < m; ++i) {
     fields[i] = luts[i].mn;
-    fields[luts.size() + i] = luts[i].sc;
-    fields[2 * luts.size() + i] = luts[i].lo;
-    fields[3 * luts.size() + i] = luts[i].hi;
+    fields[m + i] = lut_slope(luts[i]);
+    fields[2 * m + i] = luts[i].lo;
   }
   std::vector<Task> apply;
   for (int64_t j = 0; j < planes; ++j) {
@@ -330,12 +344,12 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
       const Range& r = ranges[task.plane];
       const int64_t off = task.plane * ns + task.begin;
       const float scale = plane_scale(r.lo, r.hi, bins);
-      const size_t at = static_cast<size_t>(task.plane) * bins, m = luts.size();
-      const Lut lut{fields.data() + at, fields.data() + m + at, fields.data() + 2 * m + at,
-                    fields.data() + 3 * m + at};
+      const size_t at = static_cast<size_t>(task.plane) * bins;
+      const Lut lut{fields.data() + at, fields.data() + m + at, fields.data() + 2 * m + at};
       apply_lut_chunk(src + off, dst + off, task.end - task.begin, r.lo, scale, bins, lut);
     }
   });
+  if (planes * bins > kKeepPlaneBins) scratch = Scratch();
   return bound;
 }
 

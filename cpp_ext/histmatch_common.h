@@ -137,14 +137,20 @@ HM_HD float out_value(double v) {
   return static_cast<float>(v);
 }
 
-// One source bin's lookup entry: out = lo + ((x - mn) * sc) * (hi - lo).
+// One source bin's lookup entry: a pixel x of the bin becomes lo + (x - mn) * k, with the slope
+// k = sc * (hi - lo) computed once per bin (lut_slope), so that the CPU's per-pixel lookup reads
+// three values instead of four (its gathers are emulated, one load per value). A bin holding one
+// value has sc = 0, hence k = 0 and the output lo exactly.
 struct LutEntry {
   float mn, sc, lo, hi;
 };
 
-HM_HD float apply_lut(float x, const LutEntry& e) {
-  const float t = fmul(fsub(x, e.mn), e.sc);
-  return fadd(e.lo, fmul(t, fsub(e.hi, e.lo)));
+HM_HD float lut_slope(const LutEntry& e) { return fmul(e.sc, fsub(e.hi, e.lo)); }
+
+HM_HD float apply_lut(float x, float mn, float k, float lo) {
+  return fadd(lo, fmul(fsub(x, mn), k));
 }
+
+HM_HD float apply_lut(float x, const LutEntry& e) { return apply_lut(x, e.mn, lut_slope(e), e.lo); }
 
 }  // namespace reblur_hm

@@ -271,11 +271,10 @@ def _match_binned_torch(source: torch.Tensor, reference: torch.Tensor, bins: int
     if uint8:
         v_lo, v_hi = (v.clamp(0, 255).to(torch.uint8).float() for v in (v_lo, v_hi))
     lut_lo, lut_hi = v_lo.float(), v_hi.float()
+    slope = scale * (lut_hi - lut_lo)  # lut_slope
 
     def at(table: torch.Tensor) -> torch.Tensor:
         return table.gather(1, index_s)
 
-    t = (src - at(min_s)) * at(scale)
-    low = at(lut_lo)
-    out = low + t * (at(lut_hi) - low)
+    out = at(lut_lo) + (src - at(min_s)) * at(slope)  # apply_lut
     return out.to(source.dtype), bound
