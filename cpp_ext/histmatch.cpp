@@ -13,10 +13,10 @@
 // runtime and thread count, torch.set_num_threads applies) over planes x chunks; inner loops
 // are written for auto-vectorisation (#pragma omp simd). The extension is built for the
 // baseline x86-64 (SSE2); the range and histogram passes also get AVX2 and AVX-512 clones,
-// chosen at load time (target_clones). The lookup has none: its gathers are faster as SSE2's
+// chosen at load time (HM_X86_CLONES). The lookup has none: its gathers are faster as SSE2's
 // scalar loads than as GCC 12's emulated vector gathers.
 //
-// Measured choices (bench/histmatch_ab.py, cpp_ext/README.md): one histogram per chunk (two
+// Measured choices (bench/histmatch_ab.py; docs/BENCHMARKS.md): one histogram per chunk (two
 // interleaved ones for even and odd pixels, against store-to-load chains, were 10 % slower: the
 // bins then fill 256 KiB instead of 128); scratch memory kept between calls.
 
@@ -34,6 +34,14 @@
 #include <vector>
 
 #include "histmatch_common.h"
+
+// AVX2 and AVX-512 clones of a function, picked when the library loads (an ifunc: x86-64 with
+// glibc only; elsewhere the one baseline build).
+#if defined(__x86_64__) && defined(__GLIBC__)
+#define HM_X86_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HM_X86_CLONES
+#endif
 
 namespace reblur_hm {
 namespace {
@@ -79,7 +87,7 @@ struct Range {
 };
 
 template <typename scalar_t>
-__attribute__((target_clones("avx512f", "avx2", "default")))
+HM_X86_CLONES
 Range plane_range(const scalar_t* p, int64_t n) {
   float lo = std::numeric_limits<float>::infinity();
   float hi = -std::numeric_limits<float>::infinity();
@@ -116,7 +124,7 @@ void bin_block(const scalar_t* p, int m, float lo, float scale, int bins, float*
 // bin holds a few values (4 % of a 720p frame's pixels), so that branch is predictable; a
 // branch-free update of the min and cmin was 10-25 % slower.
 template <typename scalar_t>
-__attribute__((target_clones("avx512f", "avx2", "default")))
+HM_X86_CLONES
 void chunk_histogram(const scalar_t* p, int64_t n, float lo, float scale, int bins, Bin* h) {
   float xs[kBlock];
   int32_t idx[kBlock];
