@@ -74,7 +74,7 @@ def test_video_section_runs_each_setting_over_a_real_clip(data_dir):
     assert rows["no TTA"]["cost_vs_plain"] == 1
     per_frame = rows["per frame, 2 steps"]
     assert [r["steps_per_frame"] for r in rows.values()] == [0, 2, 1, 1]
-    assert all(r["s_per_frame"] > 0 for r in rows.values())
+    assert all(r["s_per_frame"] > 0 and r["cost_vs_plain"] > 0 for r in rows.values())
     gain = rows["no TTA"]["niqe"] - per_frame["niqe"]
     assert per_frame["niqe_gain_kept"] == (1.0 if gain > 0 else None)
     assert bool(section["notes"]) == (gain <= 0)
