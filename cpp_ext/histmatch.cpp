@@ -1,8 +1,8 @@
 // Batched per-(image, channel) histogram matching on the CPU, and the registration of the
 // reblur_ext::hist_match operator (its CUDA kernel is in histmatch_cuda.cu).
 //
-//   reblur_ext::hist_match_out(Tensor source, Tensor reference, int bins, Tensor(a!) out)
-//       -> Tensor bound
+//   reblur_ext::hist_match_out(Tensor source, Tensor reference, int bins, Tensor(a!) out,
+//                              float? refine_above=None) -> Tensor bound
 //
 // source: P x Ns, reference: P x Nr (P = N * C planes, contiguous), both float32 or both uint8.
 // out: P x Ns, source's dtype, contiguous: every element is written. bound: P float64, the
@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "histmatch_common.h"
@@ -174,10 +175,12 @@ void reference_knots(const Histogram& h, int64_t total, Knots& k) {
   }
 }
 
-// Fills one plane's lookup table; returns the plane's error bound. The quantiles queried,
-// q_lo(b) <= q_hi(b) <= q_lo(b + 1) <= ..., never decrease: one forward walk finds every knot.
+// Fills one plane's lookup table and each bin's error bound (err; 0 for an empty bin); returns
+// the plane's. The quantiles queried, q_lo(b) <= q_hi(b) <= q_lo(b + 1) <= ..., never
+// decrease: one forward walk finds every knot.
 template <bool kUint8>
-double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* lut) {
+double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* lut,
+                 double* bin_err) {
   const int n = static_cast<int>(k.q.size());
   const double* q = k.q.data();
   const double* f = k.f.data();
@@ -189,6 +192,7 @@ double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* 
   for (size_t b = 0; b < src.count.size(); ++b) {
     if (src.count[b] == 0) {
       lut[b] = {0.0f, 0.0f, 0.0f, 0.0f};
+      bin_err[b] = 0.0;
       continue;
     }
     const int64_t prev = cum;
@@ -215,7 +219,74 @@ double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* 
       err = err_hi;
     }
     bound = std::max(bound, err);
+    bin_err[b] = err;
     lut[b] = {mn, sc, out_value<kUint8>(v_lo), out_value<kUint8>(v_hi)};
+  }
+  return bound;
+}
+
+// One output value that replaces the lookup's: out[at] = value.
+struct Fix {
+  int64_t at;
+  float value;
+};
+
+// Maps the pixels of every source bin whose bound exceeds refine_above at their exact
+// quantiles (into `fixes`, written over the lookup's output afterwards); returns the plane's
+// bound after that. A pixel x of bin b has the exact quantile (C_{b-1} + #{pixels of b <= x}) / N
+// (pixels of lower bins are all smaller), and its value through the knots is the exact mapping
+// up to eps at that quantile. The bins this catches are mostly in sparse histogram tails: two
+// pixels whose quantiles straddle a gap in the reference's values, where placing them by value
+// between the bin's two mapped quantiles can miss by levels, and which would otherwise send the
+// whole plane to the exact path.
+template <bool kUint8, typename scalar_t>
+double refine_plane(const scalar_t* p, int64_t n, float lo, float scale, int bins,
+                    const Histogram& src, const Knots& k, const double* bin_err,
+                    double refine_above, std::vector<Fix>& fixes) {
+  std::vector<uint8_t> refine(bins, 0);
+  double bound = 0.0;
+  for (int b = 0; b < bins; ++b) {
+    if (bin_err[b] > refine_above) {
+      refine[b] = 1;
+    } else {
+      bound = std::max(bound, bin_err[b]);
+    }
+  }
+  struct Pixel {
+    int32_t bin;
+    float x;
+    int64_t at;
+  };
+  std::vector<Pixel> pixels;
+  float xs[kBlock];
+  int32_t idx[kBlock];
+  for (int64_t s = 0; s < n; s += kBlock) {
+    const int m = static_cast<int>(std::min<int64_t>(kBlock, n - s));
+    bin_block(p + s, m, lo, scale, bins, xs, idx);
+    for (int j = 0; j < m; ++j) {
+      if (refine[idx[j]]) pixels.push_back({idx[j], xs[j], s + j});
+    }
+  }
+  std::sort(pixels.begin(), pixels.end(), [](const Pixel& a, const Pixel& b) {
+    return a.bin != b.bin ? a.bin < b.bin : a.x < b.x;
+  });
+  const int knots = static_cast<int>(k.q.size());
+  int64_t below = 0;  // C_{b-1}: the pixels of the bins before the current one
+  int bin = 0;
+  size_t first = 0;  // the current bin's first entry in `pixels`
+  for (size_t i = 0; i < pixels.size();) {
+    const Pixel& px = pixels[i];
+    if (i == 0 || px.bin != pixels[i - 1].bin) {
+      for (; bin < px.bin; ++bin) below += src.count[bin];
+      first = i;
+    }
+    size_t end = i + 1;  // past the run of pixels equal to px.x
+    while (end < pixels.size() && pixels[end].bin == px.bin && pixels[end].x == px.x) ++end;
+    const double q = static_cast<double>(below + static_cast<int64_t>(end - first)) /
+                     static_cast<double>(n);
+    const float y = out_value<kUint8>(interp(q, k.q.data(), k.f.data(), knots));
+    bound = std::max(bound, eps_at(q, k.q.data(), k.eps.data(), knots));
+    for (; i < end; ++i) fixes.push_back({pixels[i].at, y});
   }
   return bound;
 }
@@ -244,15 +315,18 @@ struct Scratch {
   std::vector<Bin> parts;
   std::vector<Histogram> hists;
   std::vector<LutEntry> luts;
+  std::vector<double> bin_err;
   std::vector<float> fields;
 };
 // A call on more plane-bins than this frees its scratch afterwards (about 14 MiB kept at most):
 // a large batch would otherwise leave tens of MiB on every thread that called.
 constexpr int64_t kKeepPlaneBins = 16 * 8192;
 
+// refine_above: source bins whose bound exceeds it are mapped pixel by pixel (refine_plane);
+// infinity (the operator's None) leaves the binned result as it is.
 template <typename scalar_t>
 at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference, int bins,
-                           at::Tensor& out) {
+                           double refine_above, at::Tensor& out) {
   constexpr bool kUint8 = std::is_same<scalar_t, uint8_t>::value;
   const int64_t planes = source.size(0), ns = source.size(1), nr = reference.size(1);
   const scalar_t* src = source.const_data_ptr<scalar_t>();
@@ -317,6 +391,9 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
   // 3. knots and lookup tables, per plane
   std::vector<LutEntry>& luts = scratch.luts;
   luts.resize(static_cast<size_t>(planes) * bins);
+  std::vector<double>& bin_err = scratch.bin_err;
+  bin_err.resize(luts.size());
+  std::vector<std::vector<Fix>> fixes(planes);
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       if (!ranges[j].finite || !ranges[planes + j].finite) {
@@ -326,7 +403,13 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
       }
       thread_local Knots k;  // on a pool thread: kept between calls, like Scratch
       reference_knots(hists[planes + j], nr, k);
-      bound_ptr[j] = build_lut<kUint8>(hists[j], ns, k, luts.data() + j * bins);
+      double* err = bin_err.data() + j * bins;
+      bound_ptr[j] = build_lut<kUint8>(hists[j], ns, k, luts.data() + j * bins, err);
+      if (bound_ptr[j] > refine_above) {
+        const Range& r = ranges[j];
+        bound_ptr[j] = refine_plane<kUint8>(src + j * ns, ns, r.lo, plane_scale(r.lo, r.hi, bins),
+                                            bins, hists[j], k, err, refine_above, fixes[j]);
+      }
       if (bins > 8192) k = Knots();  // kept only at the default size
     }
   });
@@ -357,6 +440,9 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
       apply_lut_chunk(src + off, dst + off, task.end - task.begin, r.lo, scale, bins, lut);
     }
   });
+  for (int64_t j = 0; j < planes; ++j) {
+    for (const Fix& fix : fixes[j]) dst[j * ns + fix.at] = static_cast<scalar_t>(fix.value);
+  }
   if (planes * bins > kKeepPlaneBins) scratch = Scratch();
   return bound;
 }
@@ -462,19 +548,22 @@ at::Tensor hist_match_levels(const at::Tensor& source, const at::Tensor& referen
 }
 
 at::Tensor hist_match_cpu(const at::Tensor& source, const at::Tensor& reference, int64_t bins,
-                          at::Tensor& out) {
+                          at::Tensor& out, std::optional<double> refine_above) {
   check_inputs(source, reference, bins, out);
   TORCH_CHECK(source.device().is_cpu() && reference.device().is_cpu(),
               "hist_match_cpu: CPU tensors only");
   if (source.scalar_type() == at::kByte) return hist_match_levels(source, reference, out);
-  return hist_match_impl<float>(source, reference, static_cast<int>(bins), out);
+  const double above = refine_above.value_or(std::numeric_limits<double>::infinity());
+  return hist_match_impl<float>(source, reference, static_cast<int>(bins), above, out);
 }
 
 }  // namespace
 }  // namespace reblur_hm
 
 TORCH_LIBRARY(reblur_ext, m) {
-  m.def("hist_match_out(Tensor source, Tensor reference, int bins, Tensor(a!) out) -> Tensor");
+  m.def(
+      "hist_match_out(Tensor source, Tensor reference, int bins, Tensor(a!) out, "
+      "float? refine_above=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(reblur_ext, CPU, m) { m.impl("hist_match_out", &reblur_hm::hist_match_cpu); }

@@ -27,6 +27,7 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cstdint>
+#include <optional>
 #include <math_constants.h>
 
 #include "histmatch_common.h"
@@ -369,8 +370,11 @@ void check_inputs(const at::Tensor& source, const at::Tensor& reference, int64_t
 
 namespace {
 
+// refine_above (the schema's pixel-by-pixel mapping of bins beyond a bound, histmatch.cpp) is not
+// implemented here: the binned result and its bound come back as they are, and the caller
+// recomputes planes beyond its tolerance exactly.
 at::Tensor hist_match_cuda(const at::Tensor& source, const at::Tensor& reference, int64_t bins,
-                           at::Tensor& out) {
+                           at::Tensor& out, std::optional<double> /*refine_above*/) {
   check_inputs(source, reference, bins, out);
   TORCH_CHECK(source.is_cuda() && reference.is_cuda() &&
                   source.get_device() == reference.get_device(),

@@ -17,13 +17,16 @@ through the reference's empirical quantiles with linear interpolation: the mappi
     images (uint8 tensors, or floats k/255) always, since their levels are 1/255 apart and the
     bins at most 1/8192 of the plane's range;
   * otherwise (float data) within a **proven bound**: each plane's bound of |binned − exact| is
-    computed from its histograms (see cpp_ext/histmatch_common.h) and every plane whose bound
-    exceeds ``tolerance`` (default ``TOLERANCE`` = 0.5/255, half an 8-bit level) is recomputed
-    with the exact path. The result is therefore always within 0.5/255 of the exact one. On
-    TTA's case at 1280×720 (the adapted output matched to the initial one, GOPRO frames) the
-    bound is 0.15–0.35/255 and the measured error 0.04–0.1/255, so no plane falls back; small
-    or unusual images (sparse histogram tails) may fall back on some planes, which costs the
-    exact path's time for those planes only.
+    computed from its histograms (see cpp_ext/histmatch_common.h). On the CPU kernel, the
+    source bins whose bound exceeds ``tolerance`` (default ``TOLERANCE`` = 0.5/255, half an
+    8-bit level) have their pixels mapped one by one at their exact quantiles; every plane
+    whose bound still exceeds it is recomputed with the exact path. The result is therefore
+    always within 0.5/255 of the exact one. The bins caught so are mostly in sparse histogram
+    tails: TTA's unclamped outputs at lr 3e-5 in the video mode (720p GOPRO frames) had 1–2
+    planes in 3 of 4 frames with bounds of 0.5–1.3/255, each from a few tail bins of two
+    pixels, which sent the whole plane to the exact path (about 0.1–0.3 s a plane); mapped
+    pixel by pixel their bounds fall to 0.3–0.46/255. The CUDA kernel and the torch
+    implementation do not refine: beyond the tolerance they fall back per plane.
 
 Other dtypes (float64, wider integers) and mixed dtypes take the exact path: the binned one
 computes in float32 or uint8.
@@ -114,15 +117,20 @@ def match_histograms_fast(
     implementation: str | None = None,
 ) -> torch.Tensor:
     """Histogram matching through per-plane histograms of ``bins`` bins: exact for 8-bit data,
-    otherwise within ``tolerance`` of the exact result (planes whose proven bound exceeds it are
-    recomputed exactly; ``tolerance=None`` skips that check and returns the binned result).
+    otherwise within ``tolerance`` of the exact result (on the CPU kernel, source bins whose
+    bound exceeds it are mapped pixel by pixel at their exact quantiles; planes whose bound
+    still exceeds it are recomputed exactly; ``tolerance=None`` skips both and returns the
+    binned result).
 
     Same arguments and result as ``match_histograms_exact``. uint8 and float32 tensors are
     matched as they are, other float dtypes in float32. ``implementation``: ``"ext"`` (C++/CUDA
     kernels) or ``"torch"``; by default ``reblur_deploy.kernels`` picks (``REBLUR_KERNELS``
     forces).
     """
-    out, bound = match_histograms_binned(image, reference, bins=bins, implementation=implementation)
+    refine = None if tolerance is None else tolerance - ROUNDING_SLACK
+    out, bound = match_histograms_binned(
+        image, reference, bins=bins, implementation=implementation, refine_above=refine
+    )
     if tolerance is not None:
         planes = out.view(-1, *out.shape[2:])
         source = image.reshape(planes.shape)
@@ -139,9 +147,13 @@ def match_histograms_binned(
     *,
     bins: int = HIST_BINS,
     implementation: str | None = None,
+    refine_above: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The binned result without any fallback, and its per-plane bound of |binned − exact|
-    (float64, N·C values, ``inf`` for a plane holding NaN or infinite values)."""
+    (float64, N·C values, ``inf`` for a plane holding NaN or infinite values).
+    ``refine_above``: the C++ CPU kernel maps the pixels of source bins whose bound exceeds
+    it at their exact quantiles, and reports the bound after that (the CUDA kernel and the
+    torch implementation ignore it)."""
     _check(image, reference, "match_histograms_fast")
     if not 2 <= bins <= 2**20:
         raise ConfigError(f"bins must be in [2, 2^20], got {bins}")
@@ -164,7 +176,7 @@ def match_histograms_binned(
     with torch.no_grad():
         if implementation == "ext":
             out = torch.empty_like(source)
-            bound = torch.ops.reblur_ext.hist_match_out(source, target, bins, out)
+            bound = torch.ops.reblur_ext.hist_match_out(source, target, bins, out, refine_above)
         elif implementation == "torch":
             out, bound = _match_binned_torch(source, target, bins)
         else:

@@ -148,6 +148,36 @@ def test_real_frames_tta_like_within_the_stated_bound_without_fallback(ext, fram
     assert torch.equal(match_histograms_fast(*crops), match_histograms(*crops))
 
 
+def test_sparse_tail_bins_are_mapped_at_their_exact_quantiles(ext, frames):
+    """A few pixels in a histogram's sparse tails (as TTA's unclamped outputs have: a couple of
+    pixels per bin, straddling gaps in the reference's values) give bins whose binned bound
+    exceeds the tolerance. The CPU kernel maps just those bins' pixels at their exact
+    quantiles instead of sending the whole plane to the exact path (a bin's lowest and highest
+    pixels already get theirs; those in between move)."""
+    frame = frames[0][:360, :640].astype(np.float32) / 255
+    rng = np.random.default_rng(5)
+    source = frame + rng.normal(0, 0.004, frame.shape).astype(np.float32)
+    reference = frame.copy()
+    # three pixels (the same in every channel) in one bin at each end of the source, unevenly
+    # spaced; the reference's three lowest and highest values far apart
+    source[0, :3] = np.array([-0.07, -0.06999, -0.0699])[:, None]
+    source[-1, -3:] = np.array([1.1999, 1.19999, 1.2])[:, None]
+    reference[0, :3] = np.array([-0.06, -0.03, 0.0])[:, None]
+    reference[-1, -3:] = np.array([1.02, 1.08, 1.15])[:, None]
+    source, reference = to_tensor(source), to_tensor(reference)
+    plain, before = match_histograms_binned(source, reference)
+    assert before.max() > TOLERANCE  # a plane that would fall back whole
+    refined, after = match_histograms_binned(source, reference, refine_above=TOLERANCE)
+    assert (after <= TOLERANCE).all()
+    exact = match_histograms(source, reference, exact=True)
+    error = (refined.double() - exact.double()).abs()
+    assert (error.flatten(2).amax(2).flatten() <= after + 1e-6).all()
+    changed = refined != plain
+    assert 0 < int(changed.sum()) < 1000  # only the tails' pixels were mapped again
+    assert (error[changed] <= 1e-6).all()  # ...at their exact values
+    assert torch.equal(match_histograms_fast(source, reference), refined)
+
+
 def test_fast_matching_falls_back_to_exact_planes_beyond_the_tolerance(ext):
     g = torch.Generator().manual_seed(3)
     uniform = torch.rand(1, 2, 40, 50, generator=g)
