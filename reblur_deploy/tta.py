@@ -114,8 +114,8 @@ class TTAConfig:
         ``VIDEO_CROP``² crops. The first frame of each shot still gets ``steps`` steps and the
         carried weights stay within ``steps`` steps' worth of the original ones
         (``TestTimeAdapter._decay``). A frame then costs its two whole-frame passes (L0, LN)
-        plus one small step: about 2.5× plain inference at 720p, where per-frame Algorithm A
-        costs ``steps`` whole-frame training steps."""
+        plus one small step: about 3× plain inference at 720p, where per-frame Algorithm A
+        costs ``steps`` whole-frame training steps (35× there)."""
         if self.crop is not None:
             crop, crops = self.crop, self.crops
         else:
