@@ -117,32 +117,39 @@ void bin_block(const scalar_t* p, int m, float lo, float scale, int bins, float*
   }
 }
 
-// One chunk's histogram into h[0, bins): per bin the count, min, max and cmin, the number of
-// pixels equal to the min (the exact quantile of a reference knot and of a source bin's lowest
-// value; clamped images hold many equal values at 0 and 1). The chunk goes by blocks of kBlock
-// pixels whose bins are computed first in a vectorised loop, then scattered (binning inside the
-// scatter loop ran 30 % slower). One pass: a value at or below its bin's min is rare once the
-// bin holds a few values (4 % of a 720p frame's pixels), so that branch is predictable; a
-// branch-free update of the min and cmin was 10-25 % slower.
-template <typename scalar_t>
-HM_X86_CLONES
-void chunk_histogram(const scalar_t* p, int64_t n, float lo, float scale, int bins, Bin* h) {
+// visit(i, bin, x) for each pixel i of p[0, n) in order, with its bin and canonical value: the
+// bins of each block of kBlock pixels are computed first, in a vectorised loop (binning inside
+// the histogram's scatter loop ran 30 % slower). Always inlined, so that the histogram's
+// AVX2/AVX-512 clones get their own vector loop.
+template <typename scalar_t, typename Visit>
+__attribute__((always_inline)) inline void for_each_binned(const scalar_t* p, int64_t n, float lo, float scale, int bins,
+                            Visit&& visit) {
   float xs[kBlock];
   int32_t idx[kBlock];
   for (int64_t s = 0; s < n; s += kBlock) {
     const int m = static_cast<int>(std::min<int64_t>(kBlock, n - s));
     bin_block(p + s, m, lo, scale, bins, xs, idx);
-    for (int j = 0; j < m; ++j) {
-      Bin& e = h[idx[j]];
-      const float x = xs[j];
-      e.count += 1;
-      if (x <= e.mn) {
-        e.cmin = x < e.mn ? 1 : e.cmin + 1;
-        e.mn = x;
-      }
-      e.mx = x > e.mx ? x : e.mx;
-    }
+    for (int j = 0; j < m; ++j) visit(s + j, idx[j], xs[j]);
   }
+}
+
+// One chunk's histogram into h[0, bins): per bin the count, min, max and cmin, the number of
+// pixels equal to the min (the exact quantile of a reference knot and of a source bin's lowest
+// value; clamped images hold many equal values at 0 and 1). One pass: a value at or below its
+// bin's min is rare once the bin holds a few values (4 % of a 720p frame's pixels), so that
+// branch is predictable; a branch-free update of the min and cmin was 10-25 % slower.
+template <typename scalar_t>
+HM_X86_CLONES
+void chunk_histogram(const scalar_t* p, int64_t n, float lo, float scale, int bins, Bin* h) {
+  for_each_binned(p, n, lo, scale, bins, [h](int64_t, int b, float x) {
+    Bin& e = h[b];
+    e.count += 1;
+    if (x <= e.mn) {
+      e.cmin = x < e.mn ? 1 : e.cmin + 1;
+      e.mn = x;
+    }
+    e.mx = x > e.mx ? x : e.mx;
+  });
 }
 
 struct Knots {
@@ -258,15 +265,9 @@ double refine_plane(const scalar_t* p, int64_t n, float lo, float scale, int bin
     int64_t at;
   };
   std::vector<Pixel> pixels;
-  float xs[kBlock];
-  int32_t idx[kBlock];
-  for (int64_t s = 0; s < n; s += kBlock) {
-    const int m = static_cast<int>(std::min<int64_t>(kBlock, n - s));
-    bin_block(p + s, m, lo, scale, bins, xs, idx);
-    for (int j = 0; j < m; ++j) {
-      if (refine[idx[j]]) pixels.push_back({idx[j], xs[j], s + j});
-    }
-  }
+  for_each_binned(p, n, lo, scale, bins, [&](int64_t i, int b, float x) {
+    if (refine[b]) pixels.push_back({b, x, i});
+  });
   std::sort(pixels.begin(), pixels.end(), [](const Pixel& a, const Pixel& b) {
     return a.bin != b.bin ? a.bin < b.bin : a.x < b.x;
   });
