@@ -122,8 +122,9 @@ void bin_block(const scalar_t* p, int m, float lo, float scale, int bins, float*
 // the histogram's scatter loop ran 30 % slower). Always inlined, so that the histogram's
 // AVX2/AVX-512 clones get their own vector loop.
 template <typename scalar_t, typename Visit>
-__attribute__((always_inline)) inline void for_each_binned(const scalar_t* p, int64_t n, float lo, float scale, int bins,
-                            Visit&& visit) {
+__attribute__((always_inline)) inline void for_each_binned(const scalar_t* p, int64_t n,
+                                                           float lo, float scale, int bins,
+                                                           Visit&& visit) {
   float xs[kBlock];
   int32_t idx[kBlock];
   for (int64_t s = 0; s < n; s += kBlock) {

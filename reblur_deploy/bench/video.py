@@ -31,9 +31,10 @@ def _clip_frames(path: str, count: int) -> list[np.ndarray]:
     return [frame.rgb for frame in read_frames(folder, 0, count)]
 
 
-def _timed(fn, device: torch.device):
+def _timed(deblurrer, frame: np.ndarray, device: torch.device):
+    """deblurrer(frame) and the seconds it took."""
     start = time.perf_counter()
-    out = fn()
+    out = deblurrer(frame)
     sync(device)
     return out, time.perf_counter() - start
 
@@ -50,8 +51,8 @@ def _run(deblurrer, frames: list[np.ndarray], device: torch.device, plain=None) 
     outputs, seconds, steps, ratios = [], [], [], []
     for frame in frames:
         if plain is not None:
-            _, base = _timed(lambda: plain(frame), device)  # noqa: B023 (called at once)
-        out, took = _timed(lambda: deblurrer(frame), device)  # noqa: B023 (called at once)
+            _, base = _timed(plain, frame, device)
+        out, took = _timed(deblurrer, frame, device)
         outputs.append(out)
         seconds.append(took)
         ratios.append(took / base if plain is not None else 1.0)
