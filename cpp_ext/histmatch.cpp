@@ -183,12 +183,22 @@ void reference_knots(const Histogram& h, int64_t total, Knots& k) {
   }
 }
 
+// A plane's lookup table as three arrays, per source bin its min, slope and low value (LutEntry's
+// mn, lut_slope and lo): the per-pixel lookup reads them as three scalar loads.
+struct Lut {
+  float *mn, *k, *lo;
+  void set(size_t b, const LutEntry& e) const {
+    mn[b] = e.mn;
+    k[b] = lut_slope(e);
+    lo[b] = e.lo;
+  }
+};
+
 // Fills one plane's lookup table and each bin's error bound (err; 0 for an empty bin); returns
 // the plane's. The quantiles queried, q_lo(b) <= q_hi(b) <= q_lo(b + 1) <= ..., never
 // decrease: one forward walk finds every knot.
 template <bool kUint8>
-double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* lut,
-                 double* bin_err) {
+double build_lut(const Histogram& src, int64_t n_src, const Knots& k, Lut lut, double* bin_err) {
   const int n = static_cast<int>(k.q.size());
   const double* q = k.q.data();
   const double* f = k.f.data();
@@ -199,7 +209,7 @@ double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* 
   int64_t cum = 0;
   for (size_t b = 0; b < src.count.size(); ++b) {
     if (src.count[b] == 0) {
-      lut[b] = {0.0f, 0.0f, 0.0f, 0.0f};
+      lut.set(b, {0.0f, 0.0f, 0.0f, 0.0f});
       bin_err[b] = 0.0;
       continue;
     }
@@ -228,7 +238,7 @@ double build_lut(const Histogram& src, int64_t n_src, const Knots& k, LutEntry* 
     }
     bound = std::max(bound, err);
     bin_err[b] = err;
-    lut[b] = {mn, sc, out_value<kUint8>(v_lo), out_value<kUint8>(v_hi)};
+    lut.set(b, {mn, sc, out_value<kUint8>(v_lo), out_value<kUint8>(v_hi)});
   }
   return bound;
 }
@@ -293,12 +303,6 @@ double refine_plane(const scalar_t* p, int64_t n, float lo, float scale, int bin
   return bound;
 }
 
-// The lookup tables as three arrays: per source bin its min, slope and low value (LutEntry's
-// mn, lut_slope and lo).
-struct Lut {
-  const float *mn, *k, *lo;
-};
-
 template <typename scalar_t>
 void apply_lut_chunk(const scalar_t* p, scalar_t* out, int64_t n, float lo, float scale, int bins,
                      Lut lut) {
@@ -316,9 +320,8 @@ void apply_lut_chunk(const scalar_t* p, scalar_t* out, int64_t n, float lo, floa
 struct Scratch {
   std::vector<Bin> parts;
   std::vector<Histogram> hists;
-  std::vector<LutEntry> luts;
+  std::vector<float> tables;  // the planes' Lut arrays: P x bins each of mn, k, lo
   std::vector<double> bin_err;
-  std::vector<float> fields;
 };
 // A call on more plane-bins than this frees its scratch afterwards (about 14 MiB kept at most):
 // a large batch would otherwise leave tens of MiB on every thread that called.
@@ -391,22 +394,28 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
   });
 
   // 3. knots and lookup tables, per plane
-  std::vector<LutEntry>& luts = scratch.luts;
-  luts.resize(static_cast<size_t>(planes) * bins);
+  const size_t m = static_cast<size_t>(planes) * bins;
+  std::vector<float>& tables = scratch.tables;
+  tables.resize(3 * m);
+  const auto plane_lut = [&](int64_t j) {
+    const size_t at = static_cast<size_t>(j) * bins;
+    return Lut{tables.data() + at, tables.data() + m + at, tables.data() + 2 * m + at};
+  };
   std::vector<double>& bin_err = scratch.bin_err;
-  bin_err.resize(luts.size());
+  bin_err.resize(m);
   std::vector<std::vector<Fix>> fixes(planes);
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       if (!ranges[j].finite || !ranges[planes + j].finite) {
         bound_ptr[j] = std::numeric_limits<double>::infinity();
-        std::fill_n(luts.data() + j * bins, bins, LutEntry{0.0f, 0.0f, NAN, NAN});
+        const Lut lut = plane_lut(j);
+        for (int b = 0; b < bins; ++b) lut.set(b, {0.0f, 0.0f, NAN, NAN});
         continue;
       }
       thread_local Knots k;  // on a pool thread: kept between calls, like Scratch
       reference_knots(hists[planes + j], nr, k);
       double* err = bin_err.data() + j * bins;
-      bound_ptr[j] = build_lut<kUint8>(hists[j], ns, k, luts.data() + j * bins, err);
+      bound_ptr[j] = build_lut<kUint8>(hists[j], ns, k, plane_lut(j), err);
       if (bound_ptr[j] > refine_above) {
         const Range& r = ranges[j];
         bound_ptr[j] = refine_plane<kUint8>(src + j * ns, ns, r.lo, plane_scale(r.lo, r.hi, bins),
@@ -417,14 +426,6 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
   });
 
   // 4. apply
-  std::vector<float>& fields = scratch.fields;
-  const size_t m = luts.size();
-  fields.resize(3 * m);
-  for (size_t i = 0; i < m; ++i) {
-    fields[i] = luts[i].mn;
-    fields[m + i] = lut_slope(luts[i]);
-    fields[2 * m + i] = luts[i].lo;
-  }
   std::vector<Task> apply;
   for (int64_t j = 0; j < planes; ++j) {
     for (int64_t s = 0; s < ns; s += kApplyChunk) {
@@ -437,9 +438,8 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
       const Range& r = ranges[task.plane];
       const int64_t off = task.plane * ns + task.begin;
       const float scale = plane_scale(r.lo, r.hi, bins);
-      const size_t at = static_cast<size_t>(task.plane) * bins;
-      const Lut lut{fields.data() + at, fields.data() + m + at, fields.data() + 2 * m + at};
-      apply_lut_chunk(src + off, dst + off, task.end - task.begin, r.lo, scale, bins, lut);
+      apply_lut_chunk(src + off, dst + off, task.end - task.begin, r.lo, scale, bins,
+                      plane_lut(task.plane));
     }
   });
   for (int64_t j = 0; j < planes; ++j) {
