@@ -23,6 +23,10 @@ Variants (all off by default, so the defaults are Algorithm A):
   steps' worth instead of growing with the length of the shot.
   A scene cut is detected when the colour-histogram distance between consecutive frames exceeds
   ``scene_cut`` (see ``histogram_distance``).
+* ``match_carried`` (video): whether a carried frame's LN is matched to its own L0. The first
+  frame of a shot always is. With crops L0 costs a whole-frame pass, and on a carried frame the
+  matching undoes only that frame's one step (the carried change is in L0 too), so the video
+  mode skips it (``None``, the default: matched except in the video mode).
 * ``amp_dtype``: autocast precision of the forward passes (e.g. torch.bfloat16 on CUDA); the
   weights and Adam stay in float32, since steps of 3e-6 vanish in 16-bit weights.
 
@@ -95,6 +99,7 @@ class TTAConfig:
     compile: bool = False
     fused: bool = False
     histmatch: str = "fast"
+    match_carried: bool | None = None
 
     def __post_init__(self):
         if self.histmatch not in ("exact", "fast"):
@@ -111,17 +116,19 @@ class TTAConfig:
     def for_video(self) -> TTAConfig:
         """The video mode of this configuration: carry-over (1 step a frame unless ``carry``
         is set) and, unless ``crop`` is set, that step on ``VIDEO_CROPS`` random
-        ``VIDEO_CROP``² crops. The first frame of each shot still gets ``steps`` steps and the
-        carried weights stay within ``steps`` steps' worth of the original ones
-        (``TestTimeAdapter._decay``). A frame then costs its two whole-frame passes (L0, LN)
-        plus one small step: about 3× plain inference at 720p, where per-frame Algorithm A
+        ``VIDEO_CROP``² crops, with carried frames not matched to their own L0 unless
+        ``match_carried`` is set. The first frame of each shot still gets ``steps`` steps
+        (matched) and the carried weights stay within ``steps`` steps' worth of the original
+        ones (``TestTimeAdapter._decay``). A carried frame then costs one whole-frame pass (LN)
+        plus one small step: about 2× plain inference at 720p, where per-frame Algorithm A
         costs ``steps`` whole-frame training steps (35× there)."""
         if self.crop is not None:
             crop, crops = self.crop, self.crops
         else:
             crop, crops = VIDEO_CROP, VIDEO_CROPS
         carry = 1 if self.carry is None else self.carry
-        return dataclasses.replace(self, carry=carry, crop=crop, crops=crops)
+        match = False if self.match_carried is None else self.match_carried
+        return dataclasses.replace(self, carry=carry, crop=crop, crops=crops, match_carried=match)
 
 
 @dataclass
@@ -207,7 +214,8 @@ class TestTimeAdapter:
             self._previous_frame = frame
             out = self._adapt(frame, self.config.steps, restore=False)
         else:
-            out = self._adapt(frame, self.config.carry or 0, restore=False)
+            match = self.config.match_carried is not False
+            out = self._adapt(frame, self.config.carry or 0, restore=False, match=match)
         self._decay()
         return out
 
@@ -244,8 +252,11 @@ class TestTimeAdapter:
             crops.append(x[..., top : top + ch, left : left + cw])
         return torch.cat(crops)
 
-    def _adapt(self, blurry: torch.Tensor, steps: int, restore: bool) -> torch.Tensor:
-        """Algorithm A (with the configured variants) on one image or a joint batch."""
+    def _adapt(
+        self, blurry: torch.Tensor, steps: int, restore: bool, match: bool = True
+    ) -> torch.Tensor:
+        """Algorithm A (with the configured variants) on one image or a joint batch;
+        ``match=False``: LN as it is, without L0 or the matching."""
         step = self._choose_optimizer(blurry, steps, restore)
         with (
             frozen(self.mr),
@@ -253,8 +264,8 @@ class TestTimeAdapter:
             torch.enable_grad(),
             self._mr_kernels(blurry),
         ):
-            initial, latest, losses, failure = self._run_steps(blurry, steps, step)
-        return self._result(initial, latest, losses, failure, restore)
+            initial, latest, losses, failure = self._run_steps(blurry, steps, step, match)
+        return self._result(blurry, initial, latest, losses, failure, restore, match)
 
     def _choose_optimizer(
         self, blurry: torch.Tensor, steps: int, restore: bool
@@ -274,13 +285,14 @@ class TestTimeAdapter:
             self._optimizer = torch.optim.Adam(self.md.parameters(), lr=self.config.lr)
         return step
 
-    def _run_steps(self, blurry: torch.Tensor, steps: int, step: _CompiledStep | None):
+    def _run_steps(self, blurry: torch.Tensor, steps: int, step: _CompiledStep | None, match: bool):
         """The step loop: (L0, the newest whole-frame output LN, the losses, a failure or
-        None). Stops early at a non-finite loss or output, or when ``tol`` is reached."""
+        None). Stops early at a non-finite loss or output, or when ``tol`` is reached. In crop
+        mode L0 is a pass of its own, made only for ``match`` (or without steps)."""
         crop = self.config.crop is not None
         losses: list[float] = []
         initial = None  # L0
-        if crop or steps == 0:
+        if (crop and match) or steps == 0:
             with torch.no_grad():
                 initial = self._full_forward(blurry)
         latest = initial  # the newest full-frame output of the current weights
@@ -314,10 +326,17 @@ class TestTimeAdapter:
                 return initial, latest, losses, "a non-finite output after the last step"
         return initial, latest, losses, None
 
-    def _result(self, initial, latest, losses: list[float], failure: str | None, restore: bool):
-        """LN matched to L0's histograms; after a failure, the last finite output (L0 at
-        worst) with a warning and the weights reset."""
-        if initial is None or not torch.isfinite(initial).all():
+    def _result(self, blurry, initial, latest, losses, failure, restore: bool, match: bool):
+        """LN matched to L0's histograms (LN as it is without ``match``); after a failure,
+        the last finite output (L0 at worst; the original weights' output when no L0 was
+        made) with a warning and the weights reset."""
+        if failure is not None:
+            latest = latest if latest is not None and torch.isfinite(latest).all() else initial
+            if latest is None:
+                self.reset()
+                with torch.no_grad():
+                    latest = initial = self._full_forward(blurry)
+        if initial is not None and not torch.isfinite(initial).all():
             raise InputError("the network produced NaN or infinite values (diverged weights?)")
         if failure is not None:
             warnings.warn(
@@ -327,14 +346,13 @@ class TestTimeAdapter:
                 stacklevel=4,
             )
             self.stats.fell_back = True
-            latest = latest if latest is not None and torch.isfinite(latest).all() else initial
             restore = True
         self.stats.steps.append(len(losses))
         self.stats.losses.append(losses)
         if restore:
             self.reset()
-        if latest is initial:
-            return initial.clamp(0, 1)
+        if not match or latest is initial:
+            return latest.clamp(0, 1)
         exact = self.config.histmatch == "exact"
         return match_histograms(latest, initial, exact=exact).clamp_(0, 1)
 

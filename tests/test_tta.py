@@ -7,7 +7,7 @@ import torch
 
 from reblur_deploy import ConfigError, Deblurrer, blur_score, losses
 from reblur_deploy.bench.drift import play_order
-from reblur_deploy.histmatch import TOLERANCE
+from reblur_deploy.histmatch import TOLERANCE, match_histograms
 from reblur_deploy.io import read_image
 from reblur_deploy.metrics import psnr
 from reblur_deploy.models import build
@@ -148,6 +148,57 @@ def test_carry_over_costs_carry_steps_per_frame(frame, md, mr):
     assert history == [3, 1, 1]
 
 
+class CountedPasses:
+    """MD's whole-frame passes (L0, LN) as TestTimeAdapter makes them, each output kept."""
+
+    def __init__(self, md):
+        self.md, self.outputs = md, []
+
+    def __call__(self, x):
+        self.outputs.append(self.md(x).float())
+        return self.outputs[-1]
+
+
+@pytest.mark.parametrize("match_carried", [True, False])
+def test_carried_frames_match_to_their_own_l0_only_when_asked(frame, md, mr, match_carried):
+    """In crop mode L0 is a whole-frame pass of its own. A shot's first frame always makes it
+    and matches LN to it; a carried frame only with ``match_carried``, else its output is LN
+    as it is, for one pass instead of two."""
+    passes = CountedPasses(md)
+    config = TTAConfig(steps=2, carry=1, crop=32, crops=2, lr=1e-3, match_carried=match_carried)
+    adapter = TestTimeAdapter(md, mr, config, full_forward=passes)
+    for shift in range(3):
+        before = len(passes.outputs)
+        out = adapter(frame.roll(shift, -1))
+        made = passes.outputs[before:]
+        assert len(made) == (2 if shift == 0 or match_carried else 1)
+        if len(made) == 2:
+            l0, ln = made
+            assert not torch.equal(l0, ln)  # the steps changed the output
+            torch.testing.assert_close(out, match_histograms(ln, l0).clamp(0, 1))
+        else:
+            assert torch.equal(out, made[0].clamp(0, 1))
+    assert adapter.stats.steps == [1]
+
+
+def test_a_failed_carried_frame_without_l0_returns_the_original_output(frame, md, mr):
+    """A carried frame that makes no L0 (``match_carried=False``) and whose step fails falls
+    back to the original weights' output, with the warning, and the weights are reset."""
+    saved = snapshot(md)
+    with torch.no_grad():
+        original = md(frame).clamp(0, 1)
+    config = TTAConfig(steps=2, carry=1, crop=32, crops=2, lr=1e-3, match_carried=False)
+    adapter = TestTimeAdapter(md, mr, config)
+    adapter(frame)
+    assert not same_weights(md, saved)
+    with torch.no_grad():
+        mr.tail.bias[0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        out = adapter(frame)
+    assert adapter.stats.fell_back
+    assert torch.equal(out, original) and same_weights(md, saved)
+
+
 def test_nan_guard_returns_the_initial_output(frame, md, mr):
     with torch.no_grad():
         initial = md(frame).clamp(0, 1)
@@ -206,8 +257,11 @@ def test_every_tta_field_is_one_option_with_its_name_in_both_commands():
         assert tta_config(0, defaults) is None
         with pytest.raises(ConfigError, match="--tta-crop needs --tta N"):
             tta_config(0, {**defaults, "tta_crop": 256})
-        chosen = tta_config(3, {**defaults, "tta_crop": 256, "tta_histmatch": "fast"})
+        chosen = tta_config(
+            3, {**defaults, "tta_crop": 256, "tta_histmatch": "fast", "tta_match_carried": False}
+        )
         assert (chosen.steps, chosen.crop, chosen.histmatch) == (3, 256, "fast")
+        assert chosen.match_carried is False
 
 
 def test_deblurrer_takes_one_config_and_the_steps_shorthand(md, mr):
@@ -221,21 +275,28 @@ def test_deblurrer_takes_one_config_and_the_steps_shorthand(md, mr):
         Deblurrer(modules, device="cpu", tta_steps=4, tta=config)
 
 
-def test_carry_over_does_not_drift_on_a_long_real_clip(data_dir):
+@pytest.mark.parametrize("mode", ["carry-over", "video mode"])
+def test_carried_weights_do_not_drift_on_a_long_real_clip(data_dir, mode):
     """REDS 027 (real blur, 320×180), 30 frames played forwards and backwards: with carry-over
-    the frames at the end must score like per-frame Algorithm A on the same frames. At 3× the
-    paper's learning rate; without the decay towards the original weights the weights drift
-    linearly (48 lr by frame 60) and the last frames lose 4–7 dB (measured)."""
+    (whole-frame steps, each frame matched) and in the video mode (a step on three 128² crops,
+    carried frames not matched) the frames at the end must score like per-frame Algorithm A on
+    the same frames. At 3× the paper's learning rate; without the decay towards the original
+    weights the weights drift linearly (48 lr by frame 60) and the last frames lose 4–7 dB
+    (measured with carry-over)."""
     root = data_dir / "train" / "reds027_x4"
     names = sorted(p.name for p in (root / "blur").iterdir())[:30]
     blurry = [read_image(root / "blur" / n) for n in names]
     sharp = [read_image(root / "sharp" / n) for n in names]
     order = play_order(30, 60)
-    config = TTAConfig(steps=5, carry=1, lr=1e-5, histmatch="fast")
+    algorithm_a = TTAConfig(steps=5, lr=1e-5, histmatch="fast")
+    if mode == "carry-over":
+        config = dataclasses.replace(algorithm_a, carry=1)
+    else:
+        config = dataclasses.replace(algorithm_a, crop=128, crops=3).for_video()
     carried = Deblurrer("unet-lite", device="cpu", batch_size=1, tta=config)
     outputs = [carried(blurry[i]) for i in order]
     last = range(48, 60, 3)
-    per_frame = Deblurrer("unet-lite", device="cpu", tta=dataclasses.replace(config, carry=None))
+    per_frame = Deblurrer("unet-lite", device="cpu", tta=algorithm_a)
     reference = np.mean([psnr(per_frame(blurry[order[t]]), sharp[order[t]]) for t in last])
     drifted = np.mean([psnr(outputs[t], sharp[order[t]]) for t in last])
     assert drifted >= reference - 0.1, (drifted, reference)
@@ -243,15 +304,16 @@ def test_carry_over_does_not_drift_on_a_long_real_clip(data_dir):
 
 def test_video_mode_crop_steps_take_bf16_where_the_cpu_has_it_within_one_level(data_dir):
     """The video mode (carry-over, one step on three crops a frame); its crop steps run under bf16
-    autocast on CPUs with native bf16 (L0 and LN stay float32 whole-frame passes), which moves
+    autocast on CPUs with native bf16 (the whole-frame passes stay float32), which moves
     the output of real frames by at most one 8-bit level against float32 steps."""
     from reblur_deploy.device import native_bf16
 
     video = TTAConfig(steps=3).for_video()
-    assert (video.carry, video.crop, video.crops) == (1, 256, 3)
+    assert (video.carry, video.crop, video.crops, video.match_carried) == (1, 256, 3, False)
     assert TTAConfig(steps=3, carry=2, crop=128).for_video() == TTAConfig(
-        steps=3, carry=2, crop=128
+        steps=3, carry=2, crop=128, match_carried=False
     )
+    assert TTAConfig(steps=3, match_carried=True).for_video().match_carried is True
     auto = Deblurrer("unet-lite", device="cpu", tta=video)
     expected = torch.bfloat16 if native_bf16("cpu") else None
     assert auto.adapter.config.amp_dtype == expected

@@ -93,6 +93,11 @@ _TTA_OPTIONS = {
         click.Choice(["exact", "fast"]),
         "Final histogram matching: binned, within 0.5/255 of exact (fast), or exact.",
     ),
+    "match_carried": (
+        bool,
+        "Video: match each carried frame to its own L0 (a whole-frame pass with crops). "
+        "[default: on, off in the video mode]",
+    ),
 }
 
 
@@ -101,7 +106,10 @@ def tta_options(fn):
     for name, (kind, text) in reversed(_TTA_OPTIONS.items()):
         flag = "--tta-" + name.replace("_", "-")
         default = getattr(_TTA_DEFAULTS, name)
-        if kind is bool:
+        if kind is bool and default is None:  # unset: the mode decides
+            off = "--tta-no-" + name.replace("_", "-")
+            fn = click.option(f"{flag}/{off}", f"tta_{name}", default=None, help=text)(fn)
+        elif kind is bool:
             fn = click.option(flag, f"tta_{name}", is_flag=True, default=False, help=text)(fn)
         else:
             fn = click.option(flag, f"tta_{name}", type=kind, default=default, help=text,

@@ -137,7 +137,7 @@ def _terminate(signum, frame):
     "--tta-video/--tta-per-frame",
     default=None,
     help="TTA of videos: the video mode (carry-over, one step a frame on three 256² crops, "
-    "about 3× plain inference) or per-frame Algorithm A (--tta steps on every frame). "
+    "about 2× plain inference) or per-frame Algorithm A (--tta steps on every frame). "
     "[default: the video mode for videos unless --tta-carry or --tta-crop is given]",
 )
 @click.option(
