@@ -13,8 +13,9 @@ with the initial weights, so L0 costs nothing extra.
 Variants (all off by default, so the defaults are Algorithm A):
 
 * ``crop``/``crops``: each step adapts on ``crops`` random crops instead of the whole
-  frame; the whole frame is inferred twice without gradient (L0 and LN). The backward pass, the
-  expensive and memory-hungry part, then scales with the crops, not the frame.
+  frame; the whole frame is inferred without gradient for LN, and for L0 where LN is matched
+  to it. The backward pass, the expensive and memory-hungry part, then scales with the crops,
+  not the frame.
 * ``tol``: early stop when the loss improves by less than this relative amount in a step.
 * ``carry`` (video): keep the adapted weights from frame to frame; after a reset (the
   first frame or a scene cut) a frame gets ``steps`` steps, every other frame ``carry``.
