@@ -17,7 +17,8 @@ Sections (``--only`` picks some):
   order: plain inference, per-frame Algorithm A, carry-over on whole frames and the video mode
   (``TTAConfig.for_video``), also with its carried frames matched to their own L0:
   seconds a frame and its ratio to plain inference, NIQE and the share of per-frame
-  Algorithm A's NIQE gain kept, blur score, flicker.
+  Algorithm A's NIQE gain kept (also with each output's tones matched to plain inference's),
+  blur score, flicker.
 * ``drift``: the video mode over a long shot with ground truth (``BenchConfig.drift``: a
   sequence of frame pairs played forwards and backwards to ``drift_frames`` frames) against
   per-frame Algorithm A: PSNR per block, so that drift over the shot shows.
