@@ -141,8 +141,8 @@ def _niqe_in_tones_of(outputs: list[np.ndarray], plain: list[np.ndarray]) -> flo
     """Mean NIQE of the outputs after matching each one's histograms to plain inference's
     output of the same frame: a setting's NIQE change without its change of tone, which
     Algorithm A's own matching removes and carried weights keep. Matched exactly in float and
-    rounded back to 8 bits: uint8 matching truncates, and a level of truncation moves NIQE by
-    as much as TTA does here (0.02)."""
+    rounded back to the frames' integer type: uint8 matching truncates, and a level of
+    truncation moves NIQE by as much as TTA does here (0.02–0.03)."""
     from ..histmatch import match_histograms
     from ..metrics import niqe
 
