@@ -86,7 +86,9 @@ def match_histograms(
     The two may differ in H×W but not in N or C. Returns a tensor of ``image``'s dtype and
     device. By default through the binned kernels, within 0.5/255 of the exact mapping (and
     identical to it on 8-bit data); ``exact=True`` computes the exact mapping (10–40× slower on
-    a 720p frame). Not differentiable (a lookup through sorted values).
+    a 720p frame). Not differentiable (a lookup through sorted values). uint8 results are the
+    mapped values truncated, as scikit-image returns them for uint8 images: half a level lower
+    on average than rounding; match floats and round for an unbiased 8-bit result.
     """
     if exact or image.dtype != reference.dtype or image.dtype not in _BINNED_DTYPES:
         return match_histograms_exact(image, reference)
