@@ -15,14 +15,19 @@ from reblur_deploy.models import build
 
 from .conftest import randomized
 
-# Runs reblur-run in this process and prints its peak resident memory (KiB) last.
+# Runs reblur-run in this process and prints its peak resident memory (KiB) last: VmHWM, the
+# high-water mark of this process's own memory. Not getrusage's ru_maxrss: Linux carries that
+# across execve, so a child that subprocess starts by vfork reports the pytest process's peak
+# when that is higher (a clean-clone run measured both tiled runs at the same 1.48 GB so).
 PEAK = """
-import resource, sys
+import sys
 from reblur_deploy.cli.run import main
 try:
     main(sys.argv[1:], standalone_mode=False)
 finally:
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    with open("/proc/self/status") as status:
+        hwm = next(line for line in status if line.startswith("VmHWM:"))
+    print(hwm.split()[1], file=sys.stderr)
 """
 
 
@@ -81,11 +86,9 @@ def test_a_frame_too_large_for_the_budget_is_tiled_and_stays_within_it(tmp_path,
                                        "--tile-overlap", 64)  # fmt: skip
     assert explicit.returncode == 0, explicit.stderr
     assert np.array_equal(read_image(tmp_path / "auto.png"), read_image(tmp_path / "explicit.png"))
-    # Whole, the frame needs far more than the budget; tiled, the run stays near it. Peak RSS
-    # is a whole-process figure: one clean-clone run saw a tiled process peak 0.9 GB above its
-    # usual 0.6 GB (not reproduced in isolation), so the lower of the two tiled runs counts.
+    # Whole, the frame needs far more than the budget; tiled, the run stays near it.
     peaks = (whole_peak, tiled_peak, explicit_peak)
-    assert whole_peak - min(tiled_peak, explicit_peak) > budget / 2, peaks
+    assert whole_peak - max(tiled_peak, explicit_peak) > budget / 2, peaks
     difference = np.abs(
         read_image(tmp_path / "auto.png").astype(int) - read_image(tmp_path / "whole.png")
     )
