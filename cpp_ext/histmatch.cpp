@@ -13,12 +13,14 @@
 // runtime and thread count, torch.set_num_threads applies) over planes x chunks; inner loops
 // are written for auto-vectorisation (#pragma omp simd). The extension is built for the
 // baseline x86-64 (SSE2); the range and histogram passes also get AVX2 and AVX-512 clones,
-// chosen at load time (HM_X86_CLONES). The lookup has none: its gathers are faster as SSE2's
-// scalar loads than as GCC 12's emulated vector gathers.
+// chosen at load time (HM_X86_CLONES), and the lookup is written with AVX2 and AVX-512 gather
+// intrinsics, chosen at run time (GCC 12 emulates gathers with scalar loads).
 //
-// Measured choices (bench/histmatch_ab.py; docs/BENCHMARKS.md): one histogram per chunk (two
-// interleaved ones for even and odd pixels, against store-to-load chains, were 10 % slower: the
-// bins then fill 256 KiB instead of 128); scratch memory kept between calls.
+// Measured choices (bench/histmatch_ab.py; docs/BENCHMARKS.md): counts only for the source's
+// histogram (the reference's min, max and cmin per bin cost 2-3x a count per pixel); threads
+// taking histogram tasks from a shared counter, dearer ones first; one histogram per chunk (two
+// interleaved ones for even and odd pixels, against store-to-load chains, were 10 % slower);
+// scratch memory kept between calls.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -28,6 +30,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -35,6 +38,10 @@
 #include <vector>
 
 #include "histmatch_common.h"
+
+#if defined(__x86_64__) && defined(__GLIBC__)
+#include <immintrin.h>
+#endif
 
 // AVX2 and AVX-512 clones of a function, picked when the library loads (an ifunc: x86-64 with
 // glibc only; elsewhere the one baseline build).
@@ -50,12 +57,14 @@ namespace {
 constexpr int64_t kMinChunk = 1 << 16;  // pixels per histogram task, at least
 constexpr int64_t kApplyChunk = 1 << 16;  // pixels per lookup task
 
+// A reference bin, as one task counts it.
 struct Bin {
   int32_t count;
   int32_t cmin;  // pixels equal to mn
   float mn, mx;
 };
 
+// A reference plane's histogram, its tasks' bins merged.
 struct Histogram {
   std::vector<int64_t> count, cmin;
   std::vector<float> mn, mx;
@@ -87,15 +96,14 @@ struct Range {
   bool finite;
 };
 
-template <typename scalar_t>
 HM_X86_CLONES
-Range plane_range(const scalar_t* p, int64_t n) {
+Range plane_range(const float* p, int64_t n) {
   float lo = std::numeric_limits<float>::infinity();
   float hi = -std::numeric_limits<float>::infinity();
   int bad = 0;
 #pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : bad)
   for (int64_t i = 0; i < n; ++i) {
-    const float x = static_cast<float>(p[i]);
+    const float x = p[i];
     lo = std::min(lo, x);
     hi = std::max(hi, x);
     bad |= !(x - x == 0.0f);  // NaN or infinite
@@ -106,12 +114,10 @@ Range plane_range(const scalar_t* p, int64_t n) {
 constexpr int kBlock = 1024;
 
 // The canonical values of a block of m <= kBlock pixels and their bins (vectorised).
-template <typename scalar_t>
-void bin_block(const scalar_t* p, int m, float lo, float scale, int bins, float* xs,
-               int32_t* idx) {
+void bin_block(const float* p, int m, float lo, float scale, int bins, float* xs, int32_t* idx) {
 #pragma omp simd
   for (int j = 0; j < m; ++j) {
-    const float x = canonical(static_cast<float>(p[j]));
+    const float x = canonical(p[j]);
     xs[j] = x;
     idx[j] = bin_of(x, lo, scale, bins);
   }
@@ -121,10 +127,9 @@ void bin_block(const scalar_t* p, int m, float lo, float scale, int bins, float*
 // bins of each block of kBlock pixels are computed first, in a vectorised loop (binning inside
 // the histogram's scatter loop ran 30 % slower). Always inlined, so that the histogram's
 // AVX2/AVX-512 clones get their own vector loop.
-template <typename scalar_t, typename Visit>
-__attribute__((always_inline)) inline void for_each_binned(const scalar_t* p, int64_t n,
-                                                           float lo, float scale, int bins,
-                                                           Visit&& visit) {
+template <typename Visit>
+__attribute__((always_inline)) inline void for_each_binned(const float* p, int64_t n, float lo,
+                                                           float scale, int bins, Visit&& visit) {
   float xs[kBlock];
   int32_t idx[kBlock];
   for (int64_t s = 0; s < n; s += kBlock) {
@@ -134,14 +139,13 @@ __attribute__((always_inline)) inline void for_each_binned(const scalar_t* p, in
   }
 }
 
-// One chunk's histogram into h[0, bins): per bin the count, min, max and cmin, the number of
-// pixels equal to the min (the exact quantile of a reference knot and of a source bin's lowest
-// value; clamped images hold many equal values at 0 and 1). One pass: a value at or below its
-// bin's min is rare once the bin holds a few values (4 % of a 720p frame's pixels), so that
-// branch is predictable; a branch-free update of the min and cmin was 10-25 % slower.
-template <typename scalar_t>
+// One chunk of a reference plane into h[0, bins): per bin the count, min, max and cmin, the
+// number of pixels equal to the min (the exact quantile of a knot; clamped images hold many
+// equal values at 0 and 1). One pass: a value at or below its bin's min is rare once the bin
+// holds a few values (4 % of a 720p frame's pixels), so that branch is predictable; a
+// branch-free update of the min and cmin was 10-25 % slower.
 HM_X86_CLONES
-void chunk_histogram(const scalar_t* p, int64_t n, float lo, float scale, int bins, Bin* h) {
+void chunk_histogram(const float* p, int64_t n, float lo, float scale, int bins, Bin* h) {
   for_each_binned(p, n, lo, scale, bins, [h](int64_t, int b, float x) {
     Bin& e = h[b];
     e.count += 1;
@@ -151,6 +155,13 @@ void chunk_histogram(const scalar_t* p, int64_t n, float lo, float scale, int bi
     }
     e.mx = x > e.mx ? x : e.mx;
   });
+}
+
+// One chunk of a source plane: counts only (32 KiB of bins, in the L1 cache; 2-3x the speed of
+// chunk_histogram).
+HM_X86_CLONES
+void chunk_counts(const float* p, int64_t n, float lo, float scale, int bins, int32_t* count) {
+  for_each_binned(p, n, lo, scale, bins, [count](int64_t, int b, float) { count[b] += 1; });
 }
 
 struct Knots {
@@ -183,22 +194,20 @@ void reference_knots(const Histogram& h, int64_t total, Knots& k) {
   }
 }
 
-// A plane's lookup table as three arrays, per source bin its min, slope and low value (LutEntry's
-// mn, lut_slope and lo): the per-pixel lookup reads them as three scalar loads.
+// A plane's lookup table as two arrays, LutEntry's a and d: the per-pixel lookup gathers each.
 struct Lut {
-  float *mn, *k, *lo;
+  float *a, *d;
   void set(size_t b, const LutEntry& e) const {
-    mn[b] = e.mn;
-    k[b] = lut_slope(e);
-    lo[b] = e.lo;
+    a[b] = e.a;
+    d[b] = e.d;
   }
 };
 
-// Fills one plane's lookup table and each bin's error bound (err; 0 for an empty bin); returns
-// the plane's. The quantiles queried, q_lo(b) <= q_hi(b) <= q_lo(b + 1) <= ..., never
-// decrease: one forward walk finds every knot.
-template <bool kUint8>
-double build_lut(const Histogram& src, int64_t n_src, const Knots& k, Lut lut, double* bin_err) {
+// Fills one plane's lookup table and each bin's error bound (err; 0 for an empty bin) from the
+// source's counts; returns the plane's bound. The quantiles queried, q_lo(b) <= q_hi(b) <
+// q_lo(b + 1) <= ..., never decrease: one forward walk finds every knot.
+double build_lut(const int64_t* count, int bins, int64_t n_src, bool one_value, const Knots& k,
+                 Lut lut, double* bin_err) {
   const int n = static_cast<int>(k.q.size());
   const double* q = k.q.data();
   const double* f = k.f.data();
@@ -207,38 +216,23 @@ double build_lut(const Histogram& src, int64_t n_src, const Knots& k, Lut lut, d
   KnotCursor cursor{q, n, 0};
   double bound = 0.0;
   int64_t cum = 0;
-  for (size_t b = 0; b < src.count.size(); ++b) {
-    if (src.count[b] == 0) {
-      lut.set(b, {0.0f, 0.0f, 0.0f, 0.0f});
+  for (int b = 0; b < bins; ++b) {
+    if (count[b] == 0) {
+      lut.set(b, {0.0f, 0.0f});
       bin_err[b] = 0.0;
       continue;
     }
-    const int64_t prev = cum;
-    cum += src.count[b];
-    const float mn = src.mn[b], mx = src.mx[b];
-    double v_lo = 0.0, err = 0.0;
-    float sc = 0.0f;
-    if (mn < mx) {
-      const double q_lo = static_cast<double>(prev + src.cmin[b]) / ns;
-      const int h = cursor.upper(q_lo);
-      v_lo = interp_at(q_lo, q, f, n, h);
-      err = eps_at_knot(q_lo, q, eps, n, h);
-      sc = 1.0f / (mx - mn);
-      sc = sc <= kFloatMax ? sc : 0.0f;  // too narrow to divide by: every pixel gets v_lo
-    }
+    const double q_lo = static_cast<double>(cum + 1) / ns;
+    cum += count[b];
     const double q_hi = static_cast<double>(cum) / ns;
-    const int h = cursor.upper(q_hi);
-    const double v_hi = interp_at(q_hi, q, f, n, h);
-    const double err_hi = eps_at_knot(q_hi, q, eps, n, h);
-    if (mn < mx) {
-      err = (v_hi - v_lo) + std::max(err_hi, err);
-    } else {
-      v_lo = v_hi;
-      err = err_hi;
-    }
-    bound = std::max(bound, err);
-    bin_err[b] = err;
-    lut.set(b, {mn, sc, out_value<kUint8>(v_lo), out_value<kUint8>(v_hi)});
+    const int h_lo = cursor.upper(q_lo);
+    const double v_lo = interp_at(q_lo, q, f, n, h_lo);
+    const double e_lo = eps_at_knot(q_lo, q, eps, n, h_lo);
+    const int h_hi = cursor.upper(q_hi);
+    const double v_hi = interp_at(q_hi, q, f, n, h_hi);
+    const double e_hi = eps_at_knot(q_hi, q, eps, n, h_hi);
+    lut.set(b, source_entry<false>(v_lo, v_hi, e_lo, e_hi, one_value, &bin_err[b]));
+    bound = std::max(bound, bin_err[b]);
   }
   return bound;
 }
@@ -249,27 +243,57 @@ struct Fix {
   float value;
 };
 
-// Maps the pixels of every source bin whose bound exceeds refine_above at their exact
-// quantiles (into `fixes`, written over the lookup's output afterwards); returns the plane's
-// bound after that. A pixel x of bin b has the exact quantile (C_{b-1} + #{pixels of b <= x}) / N
-// (pixels of lower bins are all smaller), and its value through the knots is the exact mapping
-// up to eps at that quantile. The bins this catches are mostly in sparse histogram tails: two
-// pixels whose quantiles straddle a gap in the reference's values, where placing them by value
-// between the bin's two mapped quantiles can miss by levels, and which would otherwise send the
-// whole plane to the exact path.
-template <bool kUint8, typename scalar_t>
-double refine_plane(const scalar_t* p, int64_t n, float lo, float scale, int bins,
-                    const Histogram& src, const Knots& k, const double* bin_err,
+// Refines the source bins of a plane whose bound exceeds refine_above (bin_err, the lookup
+// table and `fixes` are updated); returns the plane's bound after that. A pixel x of bin b has
+// the exact quantile (C_{b-1} + #{pixels of b <= x}) / N, and its value through the knots is the
+// exact mapping up to eps at that quantile. Two steps, each only where the one before left a
+// bin beyond the bound:
+// 1. one pass finds those bins' min and max: a bin holding one value maps as a whole to the
+//    value at C_b / N (8-bit levels stored as floats, clamped values);
+// 2. the remaining bins' pixels are sorted and each mapped at its exact quantile (into `fixes`,
+//    written over the lookup's output afterwards). These are mostly in sparse histogram tails:
+//    a few pixels whose quantiles straddle a gap in the reference's values, where placing them
+//    by value between the bin's two mapped quantiles can miss by levels, and which would
+//    otherwise send the whole plane to the exact path.
+double refine_plane(const float* p, int64_t n, float lo, float scale, int bins,
+                    const int64_t* count, const Knots& k, Lut lut, double* bin_err,
                     double refine_above, std::vector<Fix>& fixes) {
+  const int knots = static_cast<int>(k.q.size());
+  const double* q = k.q.data();
+  const double* f = k.f.data();
+  const double* eps = k.eps.data();
+  const double ns = static_cast<double>(n);
   std::vector<uint8_t> refine(bins, 0);
+  for (int b = 0; b < bins; ++b) refine[b] = bin_err[b] > refine_above;
+
+  // 1. bins of one value
+  std::vector<float> mn(bins, std::numeric_limits<float>::infinity());
+  std::vector<float> mx(bins, -std::numeric_limits<float>::infinity());
+  for_each_binned(p, n, lo, scale, bins, [&](int64_t, int b, float x) {
+    if (!refine[b]) return;
+    mn[b] = std::min(mn[b], x);
+    mx[b] = std::max(mx[b], x);
+  });
   double bound = 0.0;
+  int64_t cum = 0;
+  bool left = false;
   for (int b = 0; b < bins; ++b) {
-    if (bin_err[b] > refine_above) {
-      refine[b] = 1;
+    cum += count[b];
+    if (refine[b] && mn[b] == mx[b]) {
+      const double q_hi = static_cast<double>(cum) / ns;
+      const double v = interp(q_hi, q, f, knots);
+      lut.set(b, source_entry<false>(v, v, 0.0, eps_at(q_hi, q, eps, knots), true, &bin_err[b]));
+      refine[b] = bin_err[b] > refine_above;
+    }
+    if (refine[b]) {
+      left = true;
     } else {
       bound = std::max(bound, bin_err[b]);
     }
   }
+  if (!left) return bound;
+
+  // 2. pixel by pixel
   struct Pixel {
     int32_t bin;
     float x;
@@ -282,62 +306,122 @@ double refine_plane(const scalar_t* p, int64_t n, float lo, float scale, int bin
   std::sort(pixels.begin(), pixels.end(), [](const Pixel& a, const Pixel& b) {
     return a.bin != b.bin ? a.bin < b.bin : a.x < b.x;
   });
-  const int knots = static_cast<int>(k.q.size());
   int64_t below = 0;  // C_{b-1}: the pixels of the bins before the current one
   int bin = 0;
   size_t first = 0;  // the current bin's first entry in `pixels`
   for (size_t i = 0; i < pixels.size();) {
     const Pixel& px = pixels[i];
     if (i == 0 || px.bin != pixels[i - 1].bin) {
-      for (; bin < px.bin; ++bin) below += src.count[bin];
+      for (; bin < px.bin; ++bin) below += count[bin];
       first = i;
     }
     size_t end = i + 1;  // past the run of pixels equal to px.x
     while (end < pixels.size() && pixels[end].bin == px.bin && pixels[end].x == px.x) ++end;
-    const double q = static_cast<double>(below + static_cast<int64_t>(end - first)) /
-                     static_cast<double>(n);
-    const float y = out_value<kUint8>(interp(q, k.q.data(), k.f.data(), knots));
-    bound = std::max(bound, eps_at(q, k.q.data(), k.eps.data(), knots));
+    const double qx = static_cast<double>(below + static_cast<int64_t>(end - first)) / ns;
+    const float y = out_value<false>(interp(qx, q, f, knots));
+    bound = std::max(bound, eps_at(qx, q, eps, knots));
     for (; i < end; ++i) fixes.push_back({pixels[i].at, y});
   }
   return bound;
 }
 
-template <typename scalar_t>
-void apply_lut_chunk(const scalar_t* p, scalar_t* out, int64_t n, float lo, float scale, int bins,
-                     Lut lut) {
+// The lookup of n pixels: out[i] = a + t * d of x = canonical(p[i]), its bin's entry and its
+// place t in the bin.
+void apply_lut_portable(const float* p, float* out, int64_t n, float lo, float scale, int bins,
+                        Lut lut) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float x = canonical(static_cast<float>(p[i]));
-    const int b = bin_of(x, lo, scale, bins);
-    out[i] = static_cast<scalar_t>(apply_lut(x, lut.mn[b], lut.k[b], lut.lo[b]));
+    const float f = bin_coord(canonical(p[i]), lo, scale);
+    const int b = bin_index(f, bins);
+    out[i] = apply_lut(bin_fraction(f, b), lut.a[b], lut.d[b]);
   }
+}
+
+#if defined(__x86_64__) && defined(__GLIBC__)
+// The same lookup with AVX-512's or AVX2's gather instructions, which GCC 12 does not emit for
+// this loop (it emulates them with scalar loads): about 1.9x and 1.5x the portable loop's speed.
+// The same float operations in the same order (no fused multiply-add): the same results bit
+// for bit.
+__attribute__((target("avx512f"))) void apply_lut_avx512(const float* p, float* out, int64_t n,
+                                                         float lo, float scale, int bins,
+                                                         Lut lut) {
+  const __m512 vlo = _mm512_set1_ps(lo), vscale = _mm512_set1_ps(scale);
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  const __m512 top = _mm512_set1_ps(static_cast<float>(bins - 1));
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = _mm512_add_ps(_mm512_loadu_ps(p + i), zero);  // canonical
+    const __m512 f = _mm512_mul_ps(_mm512_sub_ps(x, vlo), vscale);  // bin_coord
+    __m512 c = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(f, zero, _CMP_GE_OQ), f);  // bin_index
+    c = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, top, _CMP_LE_OQ), top, c);
+    const __m512i b = _mm512_cvttps_epi32(c);
+    __m512 t = _mm512_sub_ps(f, _mm512_cvtepi32_ps(b));  // bin_fraction
+    t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, zero, _CMP_GE_OQ), t);
+    t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, one, _CMP_LE_OQ), one, t);
+    const __m512 a = _mm512_i32gather_ps(b, lut.a, 4);
+    const __m512 d = _mm512_i32gather_ps(b, lut.d, 4);
+    _mm512_storeu_ps(out + i, _mm512_add_ps(a, _mm512_mul_ps(t, d)));  // apply_lut
+  }
+  apply_lut_portable(p + i, out + i, n - i, lo, scale, bins, lut);
+}
+
+__attribute__((target("avx2"))) void apply_lut_avx2(const float* p, float* out, int64_t n,
+                                                    float lo, float scale, int bins, Lut lut) {
+  const __m256 vlo = _mm256_set1_ps(lo), vscale = _mm256_set1_ps(scale);
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  const __m256 top = _mm256_set1_ps(static_cast<float>(bins - 1));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_add_ps(_mm256_loadu_ps(p + i), zero);
+    const __m256 f = _mm256_mul_ps(_mm256_sub_ps(x, vlo), vscale);
+    __m256 c = _mm256_blendv_ps(zero, f, _mm256_cmp_ps(f, zero, _CMP_GE_OQ));
+    c = _mm256_blendv_ps(top, c, _mm256_cmp_ps(c, top, _CMP_LE_OQ));
+    const __m256i b = _mm256_cvttps_epi32(c);
+    __m256 t = _mm256_sub_ps(f, _mm256_cvtepi32_ps(b));
+    t = _mm256_blendv_ps(zero, t, _mm256_cmp_ps(t, zero, _CMP_GE_OQ));
+    t = _mm256_blendv_ps(one, t, _mm256_cmp_ps(t, one, _CMP_LE_OQ));
+    const __m256 a = _mm256_i32gather_ps(lut.a, b, 4);
+    const __m256 d = _mm256_i32gather_ps(lut.d, b, 4);
+    _mm256_storeu_ps(out + i, _mm256_add_ps(a, _mm256_mul_ps(t, d)));
+  }
+  apply_lut_portable(p + i, out + i, n - i, lo, scale, bins, lut);
+}
+#endif
+
+using ApplyLut = void (*)(const float*, float*, int64_t, float, float, int, Lut);
+
+ApplyLut pick_apply_lut() {
+#if defined(__x86_64__) && defined(__GLIBC__)
+  if (__builtin_cpu_supports("avx512f")) return apply_lut_avx512;
+  if (__builtin_cpu_supports("avx2")) return apply_lut_avx2;
+#endif
+  return apply_lut_portable;
 }
 
 // Working memory kept from call to call by each calling thread: allocations this large come
 // fresh from mmap, and touching their pages cost about 0.7 ms a call (most of a small image's
 // time).
 struct Scratch {
-  std::vector<Bin> parts;
-  std::vector<Histogram> hists;
-  std::vector<float> tables;  // the planes' Lut arrays: P x bins each of mn, k, lo
+  std::vector<Bin> parts;          // reference tasks' bins
+  std::vector<int32_t> counts;     // source tasks' counts
+  std::vector<Histogram> hists;    // per reference plane
+  std::vector<int64_t> src_count;  // P x bins
+  std::vector<float> tables;       // the planes' Lut arrays: P x bins each of a and d
   std::vector<double> bin_err;
 };
 // A call on more plane-bins than this frees its scratch afterwards (about 14 MiB kept at most):
 // a large batch would otherwise leave tens of MiB on every thread that called.
 constexpr int64_t kKeepPlaneBins = 16 * 8192;
 
-// refine_above: source bins whose bound exceeds it are mapped pixel by pixel (refine_plane);
-// infinity (the operator's None) leaves the binned result as it is.
-template <typename scalar_t>
+// refine_above: source bins whose bound exceeds it are refined (refine_plane); infinity (the
+// operator's None) leaves the binned result as it is.
 at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference, int bins,
                            double refine_above, at::Tensor& out) {
-  constexpr bool kUint8 = std::is_same<scalar_t, uint8_t>::value;
   const int64_t planes = source.size(0), ns = source.size(1), nr = reference.size(1);
-  const scalar_t* src = source.const_data_ptr<scalar_t>();
-  const scalar_t* ref = reference.const_data_ptr<scalar_t>();
+  const float* src = source.const_data_ptr<float>();
+  const float* ref = reference.const_data_ptr<float>();
   at::Tensor bound = at::empty({planes}, source.options().dtype(at::kDouble));
-  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+  float* dst = out.mutable_data_ptr<float>();
   double* bound_ptr = bound.mutable_data_ptr<double>();
 
   // 1. ranges of the 2P planes
@@ -349,57 +433,78 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
     }
   });
 
-  // 2. histograms: tasks = (plane of either tensor, chunk); merged per plane afterwards. A
+  // 2. histograms: tasks = (plane of either tensor, chunk), merged per plane afterwards. A
   // plane is split only when there are fewer planes than threads: every task starts a fresh
   // histogram (cold cache lines, mispredicted first visits), which costs more than it saves.
+  // The threads take tasks in turn from a shared counter, the reference's (2-3x dearer per
+  // pixel) first, so that each gets about half the work.
   struct Task {
     int64_t plane;  // < planes: source plane, else reference plane (plane - planes)
     int64_t begin, end;
+    int64_t slot;   // its bins: parts[slot * bins] (reference) or counts[slot * bins] (source)
   };
   std::vector<Task> tasks;
   const int64_t splits = std::max<int64_t>(1, (at::get_num_threads() + 2 * planes - 1) /
                                                     (2 * planes));
-  for (int64_t j = 0; j < 2 * planes; ++j) {
+  int64_t ref_tasks = 0, src_tasks = 0;
+  for (int64_t j = 2 * planes - 1; j >= 0; --j) {
     const int64_t n = j < planes ? ns : nr;
     const int64_t chunk = std::max(kMinChunk, (n + splits - 1) / splits);
-    for (int64_t s = 0; s < n; s += chunk) tasks.push_back({j, s, std::min(n, s + chunk)});
+    for (int64_t s = 0; s < n; s += chunk) {
+      tasks.push_back({j, s, std::min(n, s + chunk), j < planes ? src_tasks++ : ref_tasks++});
+    }
   }
-  thread_local Scratch scratch;
+  thread_local Scratch scratch;  // the caller's: bound to references before any parallel_for
   std::vector<Bin>& parts = scratch.parts;
-  parts.resize(tasks.size() * bins);
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+  std::vector<int32_t>& counts = scratch.counts;
+  parts.resize(ref_tasks * bins);
+  counts.resize(src_tasks * bins);
+  const int64_t n_tasks = static_cast<int64_t>(tasks.size());
+  std::atomic<int64_t> next_task{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     const Bin empty{0, 0, std::numeric_limits<float>::infinity(),
                     -std::numeric_limits<float>::infinity()};
-    for (int64_t t = begin; t < end; ++t) {
+    for (int64_t t = next_task++; t < n_tasks; t = next_task++) {
       const Task& task = tasks[t];
       const Range& r = ranges[task.plane];
-      const scalar_t* base = task.plane < planes ? src + task.plane * ns
-                                                 : ref + (task.plane - planes) * nr;
-      Bin* part = parts.data() + t * bins;
-      std::fill_n(part, bins, empty);
       const float scale = plane_scale(r.lo, r.hi, bins);
-      chunk_histogram(base + task.begin, task.end - task.begin, r.lo, scale, bins, part);
+      const int64_t m = task.end - task.begin;
+      if (task.plane < planes) {
+        int32_t* count = counts.data() + task.slot * bins;
+        std::fill_n(count, bins, 0);
+        chunk_counts(src + task.plane * ns + task.begin, m, r.lo, scale, bins, count);
+      } else {
+        Bin* part = parts.data() + task.slot * bins;
+        std::fill_n(part, bins, empty);
+        chunk_histogram(ref + (task.plane - planes) * nr + task.begin, m, r.lo, scale, bins,
+                        part);
+      }
     }
   });
+  const size_t m = static_cast<size_t>(planes) * bins;
   std::vector<Histogram>& hists = scratch.hists;
-  hists.resize(2 * planes);
-  at::parallel_for(0, 2 * planes, 1, [&](int64_t begin, int64_t end) {
+  hists.resize(planes);
+  std::vector<int64_t>& src_count = scratch.src_count;
+  src_count.assign(m, 0);
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       hists[j].reset(bins);
-      for (size_t t = 0; t < tasks.size(); ++t) {
-        if (tasks[t].plane != j) continue;
-        hists[j].merge(parts.data() + t * bins, bins);
+      int64_t* count = src_count.data() + j * bins;
+      for (const Task& task : tasks) {
+        if (task.plane == planes + j) hists[j].merge(parts.data() + task.slot * bins, bins);
+        if (task.plane != j) continue;
+        const int32_t* part = counts.data() + task.slot * bins;
+        for (int b = 0; b < bins; ++b) count[b] += part[b];
       }
     }
   });
 
   // 3. knots and lookup tables, per plane
-  const size_t m = static_cast<size_t>(planes) * bins;
   std::vector<float>& tables = scratch.tables;
-  tables.resize(3 * m);
+  tables.resize(2 * m);
   const auto plane_lut = [&](int64_t j) {
     const size_t at = static_cast<size_t>(j) * bins;
-    return Lut{tables.data() + at, tables.data() + m + at, tables.data() + 2 * m + at};
+    return Lut{tables.data() + at, tables.data() + m + at};
   };
   std::vector<double>& bin_err = scratch.bin_err;
   bin_err.resize(m);
@@ -409,41 +514,39 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
       if (!ranges[j].finite || !ranges[planes + j].finite) {
         bound_ptr[j] = std::numeric_limits<double>::infinity();
         const Lut lut = plane_lut(j);
-        for (int b = 0; b < bins; ++b) lut.set(b, {0.0f, 0.0f, NAN, NAN});
+        for (int b = 0; b < bins; ++b) lut.set(b, {NAN, NAN});
         continue;
       }
       thread_local Knots k;  // on a pool thread: kept between calls, like Scratch
-      reference_knots(hists[planes + j], nr, k);
+      reference_knots(hists[j], nr, k);
       double* err = bin_err.data() + j * bins;
-      bound_ptr[j] = build_lut<kUint8>(hists[j], ns, k, plane_lut(j), err);
+      const int64_t* count = src_count.data() + j * bins;
+      const Range& r = ranges[j];
+      const float scale = plane_scale(r.lo, r.hi, bins);
+      const bool one_value = one_value_per_bin(false, r.lo, r.hi, scale);
+      bound_ptr[j] = build_lut(count, bins, ns, one_value, k, plane_lut(j), err);
       if (bound_ptr[j] > refine_above) {
-        const Range& r = ranges[j];
-        bound_ptr[j] = refine_plane<kUint8>(src + j * ns, ns, r.lo, plane_scale(r.lo, r.hi, bins),
-                                            bins, hists[j], k, err, refine_above, fixes[j]);
+        bound_ptr[j] = refine_plane(src + j * ns, ns, r.lo, scale, bins, count, k, plane_lut(j),
+                                    err, refine_above, fixes[j]);
       }
       if (bins > 8192) k = Knots();  // kept only at the default size
     }
   });
 
   // 4. apply
-  std::vector<Task> apply;
-  for (int64_t j = 0; j < planes; ++j) {
-    for (int64_t s = 0; s < ns; s += kApplyChunk) {
-      apply.push_back({j, s, std::min(ns, s + kApplyChunk)});
-    }
-  }
-  at::parallel_for(0, static_cast<int64_t>(apply.size()), 1, [&](int64_t begin, int64_t end) {
+  static const ApplyLut apply = pick_apply_lut();
+  const int64_t chunks = (ns + kApplyChunk - 1) / kApplyChunk;
+  at::parallel_for(0, planes * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const Task& task = apply[t];
-      const Range& r = ranges[task.plane];
-      const int64_t off = task.plane * ns + task.begin;
-      const float scale = plane_scale(r.lo, r.hi, bins);
-      apply_lut_chunk(src + off, dst + off, task.end - task.begin, r.lo, scale, bins,
-                      plane_lut(task.plane));
+      const int64_t j = t / chunks, s = (t % chunks) * kApplyChunk;
+      const Range& r = ranges[j];
+      const int64_t off = j * ns + s;
+      apply(src + off, dst + off, std::min(ns - s, kApplyChunk), r.lo,
+            plane_scale(r.lo, r.hi, bins), bins, plane_lut(j));
     }
   });
   for (int64_t j = 0; j < planes; ++j) {
-    for (const Fix& fix : fixes[j]) dst[j * ns + fix.at] = static_cast<scalar_t>(fix.value);
+    for (const Fix& fix : fixes[j]) dst[j * ns + fix.at] = fix.value;
   }
   if (planes * bins > kKeepPlaneBins) scratch = Scratch();
   return bound;
@@ -471,9 +574,9 @@ void check_inputs(const at::Tensor& source, const at::Tensor& reference, int64_t
 
 namespace {
 
-// uint8 planes: one bin per level, so the matching is exact whatever `bins` says (as the binned
-// path is on 8-bit data): counts only, 256-entry knots and lookup tables. Same result as
-// hist_match_impl<uint8_t> (both equal the exact reference), several times faster.
+// uint8 planes: one bin per level, so the matching is exact whatever `bins` says: counts only,
+// 256-entry knots and lookup tables. Same result as the binned algorithm on uint8 (the CUDA
+// kernel and the torch implementation: both equal the exact reference with the default bins).
 void count_levels(const uint8_t* p, int64_t n, int64_t* counts) {
   int32_t part[4][256] = {};
   int64_t i = 0;
@@ -556,7 +659,7 @@ at::Tensor hist_match_cpu(const at::Tensor& source, const at::Tensor& reference,
               "hist_match_cpu: CPU tensors only");
   if (source.scalar_type() == at::kByte) return hist_match_levels(source, reference, out);
   const double above = refine_above.value_or(std::numeric_limits<double>::infinity());
-  return hist_match_impl<float>(source, reference, static_cast<int>(bins), above, out);
+  return hist_match_impl(source, reference, static_cast<int>(bins), above, out);
 }
 
 }  // namespace

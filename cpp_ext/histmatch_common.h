@@ -4,27 +4,36 @@
 //
 // Per (image, channel) plane, for the source and the reference:
 //   lo, hi  = the plane's min and max;   scale = bins / (hi - lo)  (0 for a constant plane)
-//   bin(x)  = trunc(clamp((x - lo) * scale, 0, bins - 1))          (float32 arithmetic)
-//   per bin: count, min, max and cmin = how many pixels equal the bin's min.
+//   f(x)    = (x - lo) * scale, the pixel's coordinate on the bin axis  (float32 arithmetic)
+//   bin(x)  = trunc(clamp(f, 0, bins - 1)),  t(x) = clamp(f - bin, 0, 1)  (its place in the bin)
+// The reference's histogram holds per bin its count, min, max and cmin = how many pixels equal
+// the bin's min; the source's holds counts only (a third of the work per pixel; see
+// docs/BENCHMARKS.md). C_b = pixels in bins <= b, N = the plane's pixels.
+//
 // Reference knots (skimage's quantile mapping uses one knot per unique value; we use at most
 // two per bin, both of them knots of the exact mapping):
 //   a bin holding one value v:  (C_b / N, v)
 //   a bin holding several:      ((C_{b-1} + cmin_b) / N, min_b)  and  (C_b / N, max_b)
-// (C_b = pixels in bins <= b.) Each source bin maps the quantiles of its min and max,
-// (C_{b-1} + cmin_b) / N and C_b / N, through numpy.interp on these knots, written exactly as
-// the torch reference writes it; a pixel in between is placed linearly between the two by its
-// value. Where every bin holds one value (8-bit images: levels 1/255 apart, bins at most
-// range/8192 wide with the default 8192 bins) the knots and quantiles are the exact ones and
-// the result equals the torch reference bit for bit.
+// Where every bin holds one value (8-bit images: levels 1/255 apart, bins at most range/8192
+// wide with the default 8192 bins) these are the exact mapping's knots.
 //
-// Error bound, per plane (returned beside the output): for a source bin, the exact result of
-// each of its pixels lies between the exact mapping of its min and of its max quantile; the
-// binned mapping differs from the exact one only strictly inside a multi-valued reference bin,
-// by at most that bin's max - min. So
+// Source bins: a pixel of bin b has the exact quantile (C_{b-1} + #{pixels of b <= x}) / N, in
+// [q_lo, q_hi] = [(C_{b-1} + 1) / N, C_b / N]. Both ends are mapped through the knots (numpy.interp,
+// written exactly as the torch reference writes it) to v_lo and v_hi, and a pixel is placed
+// between the two by its place in the bin: out = a + t * d, a = v_lo, d = v_hi - v_lo (float).
+// A bin of one pixel has q_lo = q_hi, so d = 0: sparse tails map exactly. Where every bin holds
+// one value (constant planes; uint8 planes whose scale is at least 2) a bin maps as a whole to
+// v_hi (d = 0), exactly.
+//
+// Error bound, per plane (returned beside the output): every pixel's exact result lies between
+// the exact mapping of q_lo and of q_hi, and ours between v_lo and v_hi; the knots' mapping
+// differs from the exact one only strictly inside a multi-valued reference bin, by at most that
+// bin's max - min. So
 //   |ours - exact| <= max over source bins of (v_hi - v_lo) + eps(q_lo, q_hi)
 // (plus float32 rounding), with eps the max - min of a multi-valued reference bin that the
-// bin's quantiles fall strictly inside, else 0. The Python wrapper recomputes planes whose
-// bound exceeds its tolerance with the exact reference.
+// quantile falls strictly inside, else 0. The CPU kernel can refine the bins beyond a bound
+// (histmatch.cpp, refine_plane); the Python wrapper recomputes planes whose bound still exceeds
+// its tolerance with the exact reference.
 #pragma once
 
 #include <cstdint>
@@ -68,12 +77,25 @@ HM_HD float plane_scale(float lo, float hi, int bins) {
   return (hi > lo && s <= kFloatMax) ? s : 0.0f;
 }
 
-HM_HD int bin_of(float x, float lo, float scale, int bins) {
-  float f = fmul(fsub(x, lo), scale);
+// A pixel's coordinate on the plane's bin axis: bin b holds [b, b + 1) (the top bin up to bins).
+HM_HD float bin_coord(float x, float lo, float scale) { return fmul(fsub(x, lo), scale); }
+
+HM_HD int bin_index(float f, int bins) {
   f = f >= 0.0f ? f : 0.0f;  // NaN -> 0 too: never an index outside the histogram
   const float top = static_cast<float>(bins - 1);
   f = f <= top ? f : top;
   return static_cast<int>(f);
+}
+
+HM_HD int bin_of(float x, float lo, float scale, int bins) {
+  return bin_index(bin_coord(x, lo, scale), bins);
+}
+
+// Where coordinate f lies in its bin b, in [0, 1] (f - b is exact: f is within [b, 2b] or b = 0).
+HM_HD float bin_fraction(float f, int b) {
+  float t = fsub(f, static_cast<float>(b));
+  t = t >= 0.0f ? t : 0.0f;  // NaN -> 0
+  return t <= 1.0f ? t : 1.0f;
 }
 
 // First index with q[i] > x, clamped to [1, n - 1] (torch.searchsorted(right=True) + clamp).
@@ -137,20 +159,32 @@ HM_HD float out_value(double v) {
   return static_cast<float>(v);
 }
 
-// One source bin's lookup entry: a pixel x of the bin becomes lo + (x - mn) * k, with the slope
-// k = sc * (hi - lo) computed once per bin (lut_slope), so that the CPU's per-pixel lookup reads
-// three values instead of four (its gathers are emulated, one load per value). A bin holding one
-// value has sc = 0, hence k = 0 and the output lo exactly.
+// One source bin's lookup entry: a pixel of the bin at fraction t becomes a + t * d.
 struct LutEntry {
-  float mn, sc, lo, hi;
+  float a, d;
 };
 
-HM_HD float lut_slope(const LutEntry& e) { return fmul(e.sc, fsub(e.hi, e.lo)); }
-
-HM_HD float apply_lut(float x, float mn, float k, float lo) {
-  return fadd(lo, fmul(fsub(x, mn), k));
+// The entry and error bound of a source bin whose quantiles q_lo <= q_hi map to v_lo <= v_hi
+// (eps_lo, eps_hi: the knots' error there). one_value: the bin is known to hold one value, whose
+// exact quantile is q_hi.
+template <bool kUint8>
+HM_HD LutEntry source_entry(double v_lo, double v_hi, double eps_lo, double eps_hi,
+                            bool one_value, double* err) {
+  if (one_value) {
+    *err = eps_hi;
+    return {out_value<kUint8>(v_hi), 0.0f};
+  }
+  *err = dadd(dsub(v_hi, v_lo), eps_lo > eps_hi ? eps_lo : eps_hi);
+  const float a = out_value<kUint8>(v_lo);
+  return {a, fsub(out_value<kUint8>(v_hi), a)};
 }
 
-HM_HD float apply_lut(float x, const LutEntry& e) { return apply_lut(x, e.mn, lut_slope(e), e.lo); }
+// Whether every bin of a source plane holds one value: a constant plane, or a uint8 plane whose
+// levels (1 apart) land at least 2 apart on the bin axis.
+HM_HD bool one_value_per_bin(bool uint8, float lo, float hi, float scale) {
+  return lo == hi || (uint8 && scale >= 2.0f);
+}
+
+HM_HD float apply_lut(float t, float a, float d) { return fadd(a, fmul(t, d)); }
 
 }  // namespace reblur_hm

@@ -2,15 +2,16 @@
 // error bound: histmatch_common.h). Batched: every launch covers all P = N * C planes.
 //
 //   1. plane ranges: at::aminmax over each plane of source and reference
-//   2. hist_kernel: per block, a shared-memory histogram of one chunk of one plane (count, min and
-//      max as order-preserving integer keys, all by shared-memory atomics), merged into the
-//      plane's global histogram with one global atomic per non-empty bin
-//   3. cmin_kernel: pixels equal to their bin's min (a second, read-only sweep)
+//   2. hist_kernel: per block, a shared-memory histogram of one chunk of one plane (count, and for
+//      the reference min and max as order-preserving integer keys, all by shared-memory
+//      atomics), merged into the plane's global histogram with one global atomic per non-empty
+//      bin
+//   3. cmin_kernel: reference pixels equal to their bin's min (a second, read-only sweep)
 //   4. lut_kernel: one block per plane scans the reference histogram into knots (CDF scan with
-//      cub::BlockScan), scans the source histogram, and maps each source bin's min and max
+//      cub::BlockScan), scans the source's counts, and maps each source bin's lowest and highest
 //      quantile through the knots (binary search, numpy.interp arithmetic); block max of the
 //      per-bin error bound
-//   5. apply_kernel: out = lut lookup of each source pixel
+//   5. apply_kernel: out = lut lookup of each source pixel at its place in its bin
 //
 // All arithmetic that must agree with the CPU and torch paths goes through histmatch_common.h
 // (explicitly rounded intrinsics: no FMA contraction).
@@ -57,7 +58,8 @@ __device__ __forceinline__ float load_float(const scalar_t* p, int64_t i) {
   return canonical(static_cast<float>(p[i]));
 }
 
-// Global histogram layout, int32 [2][P][4][bins]: count, min key, max key, cmin.
+// Global histogram layout, int32 [2][P][4][bins]: count, min key, max key, cmin (the source's
+// [0] holds counts only).
 struct Hist {
   int* base;
   int planes, bins;
@@ -106,8 +108,10 @@ __global__ void hist_kernel(const scalar_t* __restrict__ src, const scalar_t* __
     const int b = bin_of(x, lo, scale, bins);
     const int k = float_key(x);
     atomicAdd(&s_count[b], 1);
-    atomicMin(&s_min[b], k);
-    atomicMax(&s_max[b], k);
+    if (which == 1) {
+      atomicMin(&s_min[b], k);
+      atomicMax(&s_max[b], k);
+    }
   }
   __syncthreads();
   int* g_count = h.field(which, plane, 0);
@@ -117,29 +121,28 @@ __global__ void hist_kernel(const scalar_t* __restrict__ src, const scalar_t* __
     const int c = s_count[b];
     if (c == 0) continue;
     atomicAdd(&g_count[b], c);
-    atomicMin(&g_min[b], s_min[b]);
-    atomicMax(&g_max[b], s_max[b]);
+    if (which == 1) {
+      atomicMin(&g_min[b], s_min[b]);
+      atomicMax(&g_max[b], s_max[b]);
+    }
   }
 }
 
 template <typename scalar_t>
-__global__ void cmin_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ ref,
-                            int64_t ns, int64_t nr, const float* __restrict__ lo_s,
-                            const float* __restrict__ hi_s, const float* __restrict__ lo_r,
-                            const float* __restrict__ hi_r, Hist h) {
+__global__ void cmin_kernel(const scalar_t* __restrict__ ref, int64_t nr,
+                            const float* __restrict__ lo_r, const float* __restrict__ hi_r,
+                            Hist h) {
   extern __shared__ int smem[];
   const int bins = h.bins;
   int* s_cmin = smem;
-  const int which = blockIdx.z, plane = blockIdx.y;
-  const int64_t n = which == 0 ? ns : nr;
+  const int plane = blockIdx.y;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * kChunk;
-  if (begin >= n) return;
-  const int64_t end = min(n, begin + static_cast<int64_t>(kChunk));
-  const scalar_t* p = (which == 0 ? src + plane * ns : ref + plane * nr);
-  const float lo = canonical(which == 0 ? lo_s[plane] : lo_r[plane]);
-  const float hi = canonical(which == 0 ? hi_s[plane] : hi_r[plane]);
-  const float scale = plane_scale(lo, hi, bins);
-  const int* g_min = h.field(which, plane, 1);
+  if (begin >= nr) return;
+  const int64_t end = min(nr, begin + static_cast<int64_t>(kChunk));
+  const scalar_t* p = ref + plane * nr;
+  const float lo = canonical(lo_r[plane]);
+  const float scale = plane_scale(lo, canonical(hi_r[plane]), bins);
+  const int* g_min = h.field(1, plane, 1);
 
   for (int b = threadIdx.x; b < bins; b += blockDim.x) s_cmin[b] = 0;
   __syncthreads();
@@ -149,7 +152,7 @@ __global__ void cmin_kernel(const scalar_t* __restrict__ src, const scalar_t* __
     if (float_key(x) == g_min[b]) atomicAdd(&s_cmin[b], 1);
   }
   __syncthreads();
-  int* g_cmin = h.field(which, plane, 3);
+  int* g_cmin = h.field(1, plane, 3);
   for (int b = threadIdx.x; b < bins; b += blockDim.x) {
     if (s_cmin[b] != 0) atomicAdd(&g_cmin[b], s_cmin[b]);
   }
@@ -227,9 +230,6 @@ __global__ void __launch_bounds__(kLutThreads)
   // Source: cumulative counts, then each bin's LUT entry and error bound.
   const int n_knots = s_knots;
   const int* s_count = h.field(0, plane, 0);
-  const int* s_min = h.field(0, plane, 1);
-  const int* s_max = h.field(0, plane, 2);
-  const int* s_cmin = h.field(0, plane, 3);
   int64_t src_pixels = 0;
   for (int b = first; b < min(bins, first + per); ++b) src_pixels += s_count[b];
   int64_t src_base;
@@ -237,6 +237,8 @@ __global__ void __launch_bounds__(kLutThreads)
   Scan(temp.scan).ExclusiveSum(src_pixels, src_base);
   __syncthreads();
   const double ns_d = static_cast<double>(ns);
+  const float lo = canonical(lo_s[plane]), hi = canonical(hi_s[plane]);
+  const bool one_value = one_value_per_bin(kUint8, lo, hi, plane_scale(lo, hi, bins));
   double err_max = 0.0;
   cum = src_base;
   // A thread's queries never decrease: one binary search, then a forward walk.
@@ -246,33 +248,21 @@ __global__ void __launch_bounds__(kLutThreads)
   for (int b = first; b < min(bins, first + per); ++b) {
     const int c = s_count[b];
     if (c == 0) {
-      table[b] = {0.0f, 0.0f, 0.0f, 0.0f};
+      table[b] = {0.0f, 0.0f};
       continue;
     }
-    const int64_t prev = cum;
+    const double q_lo = ddiv(static_cast<double>(cum + 1), ns_d);
     cum += c;
-    const float mn = key_float(s_min[b]), mx = key_float(s_max[b]);
-    double v_lo = 0.0, err_lo = 0.0;
-    float sc = 0.0f;
-    if (mn < mx) {
-      const double q_lo = ddiv(static_cast<double>(prev + s_cmin[b]), ns_d);
-      const int h = cursor.upper(q_lo);
-      v_lo = interp_at(q_lo, q, f, n_knots, h);
-      err_lo = eps_at_knot(q_lo, q, eps, n_knots, h);
-      sc = __fdiv_rn(1.0f, fsub(mx, mn));
-      sc = sc <= kFloatMax ? sc : 0.0f;
-    }
     const double q_hi = ddiv(static_cast<double>(cum), ns_d);
-    const int h = cursor.upper(q_hi);
-    const double v_hi = interp_at(q_hi, q, f, n_knots, h);
-    double err = eps_at_knot(q_hi, q, eps, n_knots, h);
-    if (mn < mx) {
-      err = dadd(dsub(v_hi, v_lo), fmax(err, err_lo));
-    } else {
-      v_lo = v_hi;
-    }
+    const int h_lo = cursor.upper(q_lo);
+    const double v_lo = interp_at(q_lo, q, f, n_knots, h_lo);
+    const double e_lo = eps_at_knot(q_lo, q, eps, n_knots, h_lo);
+    const int h_hi = cursor.upper(q_hi);
+    const double v_hi = interp_at(q_hi, q, f, n_knots, h_hi);
+    const double e_hi = eps_at_knot(q_hi, q, eps, n_knots, h_hi);
+    double err;
+    table[b] = source_entry<kUint8>(v_lo, v_hi, e_lo, e_hi, one_value, &err);
     err_max = fmax(err_max, err);
-    table[b] = {mn, sc, out_value<kUint8>(v_lo), out_value<kUint8>(v_hi)};
   }
   __syncthreads();
   const double plane_bound = Reduce(temp.reduce).Reduce(err_max, MaxOp());
@@ -292,8 +282,10 @@ __global__ void apply_kernel(const scalar_t* __restrict__ src, scalar_t* __restr
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < ns;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float x = load_float(p, i);
-    const LutEntry e = table[bin_of(x, lo, scale, bins)];
-    o[i] = static_cast<scalar_t>(apply_lut(x, e));
+    const float fc = bin_coord(x, lo, scale);
+    const int b = bin_index(fc, bins);
+    const LutEntry e = table[b];
+    o[i] = static_cast<scalar_t>(apply_lut(bin_fraction(fc, b), e.a, e.d));
   }
 }
 
@@ -337,13 +329,14 @@ at::Tensor hist_match_cuda_impl(const at::Tensor& source, const at::Tensor& refe
   hist_kernel<scalar_t><<<grid, kThreads, hist_smem, stream>>>(src, ref, ns, nr, ls, hs, lr, hr,
                                                                 h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  cmin_kernel<scalar_t><<<grid, kThreads, cmin_smem, stream>>>(
-      src, ref, ns, nr, ls, hs, lr, hr, h);
+  const dim3 ref_grid(static_cast<unsigned>((nr + kChunk - 1) / kChunk),
+                      static_cast<unsigned>(planes));
+  cmin_kernel<scalar_t><<<ref_grid, kThreads, cmin_smem, stream>>>(ref, nr, lr, hr, h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   // 4. knots and lookup tables
   at::Tensor knots = at::empty({3, planes, 2 * static_cast<int64_t>(bins)}, opts.dtype(at::kDouble));
-  at::Tensor lut = at::empty({planes, bins, 4}, opts.dtype(at::kFloat));
+  at::Tensor lut = at::empty({planes, bins, 2}, opts.dtype(at::kFloat));
   at::Tensor bound = at::empty({planes}, opts.dtype(at::kDouble));
   double* kq = knots.mutable_data_ptr<double>();
   const int64_t knot_stride = static_cast<int64_t>(planes) * 2 * bins;

@@ -8,25 +8,26 @@ through the reference's empirical quantiles with linear interpolation: the mappi
   unique values (same quantiles, same ``np.interp`` end-point rules, float64), which agrees with
   scikit-image to rounding;
 * **binned** (the default, ``match_histograms_fast`` with its default tolerance): per plane a
-  histogram of ``HIST_BINS`` = 8192 bins (with each bin's min, max and count of its min), a CDF
-  scan, a quantile-interpolated lookup table and one lookup per pixel; C++ on the CPU and CUDA
-  on a GPU (cpp_ext/, dispatched by ``reblur_deploy.kernels``), or the same operations in torch
-  when the extension cannot be built. Its contract:
+  histogram of ``HIST_BINS`` = 8192 bins (the reference's with each bin's min, max and count
+  of its min; the source's counts only), a CDF scan, a quantile-interpolated lookup table and
+  one lookup per pixel, placed within its bin by value; C++ on the CPU and CUDA on a GPU
+  (cpp_ext/, dispatched by ``reblur_deploy.kernels``), or the same operations in torch when
+  the extension cannot be built. Its contract:
 
-  * bit-identical to the exact path whenever no bin holds two distinct values of a plane: 8-bit
-    images (uint8 tensors, or floats k/255) always, since their levels are 1/255 apart and the
-    bins at most 1/8192 of the plane's range;
-  * otherwise (float data) within a **proven bound**: each plane's bound of |binned − exact| is
-    computed from its histograms (see cpp_ext/histmatch_common.h). On the CPU kernel, the
-    source bins whose bound exceeds ``tolerance`` (default ``TOLERANCE`` = 0.5/255, half an
-    8-bit level) have their pixels mapped one by one at their exact quantiles; every plane
-    whose bound still exceeds it is recomputed with the exact path. The result is therefore
-    always within 0.5/255 of the exact one. The bins caught so are mostly in sparse histogram
-    tails: TTA's unclamped outputs at lr 3e-5 in the video mode (720p GOPRO frames) had 1–2
-    planes in 3 of 4 frames with bounds of 0.5–1.3/255, each from a few tail bins of two
-    pixels, which sent the whole plane to the exact path (about 0.1–0.3 s a plane); mapped
-    pixel by pixel their bounds fall to 0.3–0.46/255. The CUDA kernel and the torch
-    implementation do not refine: beyond the tolerance they fall back per plane.
+  * bit-identical to the exact path on uint8 images (one level per bin);
+  * otherwise within a **proven bound**: each plane's bound of |binned − exact| is computed
+    from its histograms (see cpp_ext/histmatch_common.h). On the CPU kernel, the source bins
+    whose bound exceeds ``tolerance`` (default ``TOLERANCE`` = 0.5/255, half an 8-bit level)
+    are refined: a bin holding one value maps exactly, and the pixels of the others are mapped
+    one by one at their exact quantiles; every plane whose bound still exceeds the tolerance
+    is recomputed with the exact path. The result is therefore always within 0.5/255 of the
+    exact one (floats holding 8-bit levels included; ``refine_above=0`` makes those exact).
+    The bins caught so are mostly in sparse histogram tails: TTA's unclamped outputs at lr
+    3e-5 in the video mode (720p GOPRO frames) had 1–2 planes in 3 of 4 frames with bounds of
+    0.5–1.3/255, each from a few tail bins of two pixels, which sent the whole plane to the
+    exact path (about 0.1–0.3 s a plane); mapped pixel by pixel their bounds fall to
+    0.3–0.46/255. The CUDA kernel and the torch implementation do not refine: beyond the
+    tolerance they fall back per plane.
 
 Other dtypes (float64, wider integers) and mixed dtypes take the exact path: the binned one
 computes in float32 or uint8.
@@ -85,7 +86,7 @@ def match_histograms(
 
     The two may differ in H×W but not in N or C. Returns a tensor of ``image``'s dtype and
     device. By default through the binned kernels, within 0.5/255 of the exact mapping (and
-    identical to it on 8-bit data); ``exact=True`` computes the exact mapping (10–40× slower on
+    identical to it on uint8 data); ``exact=True`` computes the exact mapping (10–40× slower on
     a 720p frame). Not differentiable (a lookup through sorted values). uint8 results are the
     mapped values truncated, as scikit-image returns them for uint8 images: half a level lower
     on average than rounding; match floats and round for an unbiased 8-bit result.
@@ -118,11 +119,11 @@ def match_histograms_fast(
     tolerance: float | None = TOLERANCE,
     implementation: str | None = None,
 ) -> torch.Tensor:
-    """Histogram matching through per-plane histograms of ``bins`` bins: exact for 8-bit data,
+    """Histogram matching through per-plane histograms of ``bins`` bins: exact for uint8 data,
     otherwise within ``tolerance`` of the exact result (on the CPU kernel, source bins whose
-    bound exceeds it are mapped pixel by pixel at their exact quantiles; planes whose bound
-    still exceeds it are recomputed exactly; ``tolerance=None`` skips both and returns the
-    binned result).
+    bound exceeds it are refined: mapped exactly where they hold one value, else pixel by pixel
+    at their exact quantiles; planes whose bound still exceeds it are recomputed exactly;
+    ``tolerance=None`` skips both and returns the binned result).
 
     Same arguments and result as ``match_histograms_exact``. uint8 and float32 tensors are
     matched as they are, other float dtypes in float32. ``implementation``: ``"ext"`` (C++/CUDA
@@ -153,9 +154,9 @@ def match_histograms_binned(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The binned result without any fallback, and its per-plane bound of |binned − exact|
     (float64, N·C values, ``inf`` for a plane holding NaN or infinite values).
-    ``refine_above``: the C++ CPU kernel maps the pixels of source bins whose bound exceeds
-    it at their exact quantiles, and reports the bound after that (the CUDA kernel and the
-    torch implementation ignore it)."""
+    ``refine_above``: the C++ CPU kernel refines the source bins whose bound exceeds it (see
+    ``match_histograms_fast``) and reports the bound after that (the CUDA kernel and the torch
+    implementation ignore it)."""
     _check(image, reference, "match_histograms_fast")
     if not 2 <= bins <= 2**20:
         raise ConfigError(f"bins must be in [2, 2^20], got {bins}")
@@ -194,16 +195,34 @@ def _plane_scale(lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
     return torch.where((hi > lo) & (scale <= _FLOAT_MAX), scale, torch.zeros_like(scale))
 
 
-def _bin_index(x: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, bins: int) -> torch.Tensor:
-    f = (x - lo[:, None]) * scale[:, None]
+def _bin_coord(x: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x - lo[:, None]) * scale[:, None]
+
+
+def _bin_index(f: torch.Tensor, bins: int) -> torch.Tensor:
     f = torch.where(f >= 0, f, torch.zeros_like(f)).clamp_(max=bins - 1)  # NaN -> 0
     return f.to(torch.int64)
+
+
+def _bin_fraction(f: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    t = f - index.float()
+    return torch.where(t >= 0, t, torch.zeros_like(t)).clamp_(max=1)  # NaN -> 0
+
+
+def _flat_index(index: torch.Tensor, bins: int) -> torch.Tensor:
+    planes = index.shape[0]
+    return (index + torch.arange(planes, device=index.device)[:, None] * bins).reshape(-1)
+
+
+def _counts(index: torch.Tensor, bins: int) -> torch.Tensor:
+    flat = _flat_index(index, bins)
+    return torch.bincount(flat, minlength=index.shape[0] * bins).view(-1, bins)
 
 
 def _histogram(x: torch.Tensor, index: torch.Tensor, bins: int):
     """Per plane and bin: count, min, max and the number of pixels equal to the min."""
     planes = x.shape[0]
-    flat = (index + torch.arange(planes, device=x.device)[:, None] * bins).reshape(-1)
+    flat = _flat_index(index, bins)
     values = x.reshape(-1)
     count = torch.bincount(flat, minlength=planes * bins)
     inf = torch.full((planes * bins,), torch.inf, device=x.device)
@@ -246,9 +265,11 @@ def _match_binned_torch(source: torch.Tensor, reference: torch.Tensor, bins: int
     lo_r, hi_r = ref.aminmax(dim=1)
     finite = torch.stack([lo_s, hi_s, lo_r, hi_r]).isfinite().all(0)
     lo_s, hi_s, lo_r, hi_r = (v + 0.0 for v in (lo_s, hi_s, lo_r, hi_r))
-    index_s = _bin_index(src, lo_s, _plane_scale(lo_s, hi_s, bins), bins)
-    index_r = _bin_index(ref, lo_r, _plane_scale(lo_r, hi_r, bins), bins)
-    count_s, min_s, max_s, cmin_s = _histogram(src, index_s, bins)
+    scale_s = _plane_scale(lo_s, hi_s, bins)
+    coord_s = _bin_coord(src, lo_s, scale_s)
+    index_s = _bin_index(coord_s, bins)
+    index_r = _bin_index(_bin_coord(ref, lo_r, _plane_scale(lo_r, hi_r, bins)), bins)
+    count_s = _counts(index_s, bins)
     count_r, min_r, max_r, cmin_r = _histogram(ref, index_r, bins)
 
     # Reference knots, two slots per bin: (C_{b-1} + cmin, min) if the bin holds several
@@ -268,27 +289,21 @@ def _match_binned_torch(source: torch.Tensor, reference: torch.Tensor, bins: int
     q = torch.where(lead, first, q)
     f = torch.where(lead, lo_r.double()[:, None], f)
 
-    # Source bins: map the quantiles of their min and max through the knots.
+    # Source bins: map the quantiles of their lowest and highest pixel through the knots
+    # (source_entry); uint8 planes of one level per bin map each bin to its highest quantile.
     cum_s = count_s.cumsum(1)
-    prev_s = cum_s - count_s
     q_hi = cum_s.double() / n_src
-    q_lo = (prev_s + cmin_s).double() / n_src
-    v_hi = _interp_rows(q_hi, q, f)
-    several = min_s < max_s
-    v_lo = torch.where(several, _interp_rows(q_lo, q, f), v_hi)
-    eps_hi = _eps_rows(q_hi, q, e)
-    err = torch.where(several, (v_hi - v_lo) + torch.maximum(eps_hi, _eps_rows(q_lo, q, e)), eps_hi)
+    q_lo = (cum_s - count_s + 1).double() / n_src
+    v_hi, v_lo = _interp_rows(q_hi, q, f), _interp_rows(q_lo, q, f)
+    eps_hi, eps_lo = _eps_rows(q_hi, q, e), _eps_rows(q_lo, q, e)
+    one_value = ((lo_s == hi_s) | ((scale_s >= 2.0) & uint8))[:, None]  # one_value_per_bin
+    err = torch.where(one_value, eps_hi, (v_hi - v_lo) + torch.maximum(eps_hi, eps_lo))
     bound = torch.where(count_s > 0, err, 0.0).amax(1)
     bound = torch.where(finite, bound, torch.inf)
-    scale = 1.0 / (max_s - min_s)
-    scale = torch.where(several & (scale <= _FLOAT_MAX), scale, torch.zeros_like(scale))
     if uint8:
         v_lo, v_hi = (v.clamp(0, 255).to(torch.uint8).float() for v in (v_lo, v_hi))
-    lut_lo, lut_hi = v_lo.float(), v_hi.float()
-    slope = scale * (lut_hi - lut_lo)  # lut_slope
-
-    def at(table: torch.Tensor) -> torch.Tensor:
-        return table.gather(1, index_s)
-
-    out = at(lut_lo) + (src - at(min_s)) * at(slope)  # apply_lut
+    lut_a = torch.where(one_value, v_hi.float(), v_lo.float())
+    lut_d = torch.where(one_value, 0.0, v_hi.float() - lut_a)
+    t = _bin_fraction(coord_s, index_s)
+    out = lut_a.gather(1, index_s) + t * lut_d.gather(1, index_s)  # apply_lut
     return out.to(source.dtype), bound

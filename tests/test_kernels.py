@@ -72,7 +72,7 @@ def random_pair(shapes, kind: str, seed: int, device="cpu"):
     return a.to(device), b.to(device)
 
 
-def kernel_call(ext, source, reference, bins=HIST_BINS):
+def kernel_call(ext, source, reference, bins=HIST_BINS, refine_above=None):
     """The raw operator on P×N planes, with the output poisoned first (twice for uint8)."""
     src = source.reshape(source.shape[0] * source.shape[1], -1).contiguous()
     ref = reference.reshape(src.shape[0], -1).contiguous()
@@ -80,7 +80,7 @@ def kernel_call(ext, source, reference, bins=HIST_BINS):
     results = []
     for poison in poisons:
         out = torch.full_like(src, poison)
-        bound = ext.hist_match_out(src, ref, bins, out)
+        bound = ext.hist_match_out(src, ref, bins, out, refine_above)
         results.append((out, bound))
     if len(results) == 2:
         assert torch.equal(results[0][0], results[1][0]), "some output element was not written"
@@ -103,10 +103,34 @@ def test_cpu_kernel_equals_its_torch_reference(ext, shapes, kind):
 @pytest.mark.parametrize("kind", ["8-bit levels", "uint8"])
 @pytest.mark.parametrize("shapes", SIZES, ids=lambda s: f"{s[0]}-{s[1]}")
 def test_exact_on_8_bit_data(ext, shapes, kind):
+    """uint8 planes are exact as they are; 8-bit levels stored as floats once every bin with a
+    nonzero bound is refined (each holds one level, which then maps exactly). The public
+    function refines only beyond its tolerance: within it on floats, exact on uint8."""
     source, reference = random_pair(shapes, kind, seed=7)
+    exact = match_histograms(source, reference, exact=True)
+    ours, bound = kernel_call(ext, source, reference, refine_above=0.0)
+    assert torch.equal(ours, exact)
+    assert (bound == 0).all()
+    default = match_histograms_fast(source, reference)
+    if kind == "uint8":
+        assert torch.equal(kernel_call(ext, source, reference)[0], exact)
+        assert torch.equal(default, exact)
+    else:
+        assert (default - exact).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_constant_source_planes_map_exactly(ext, dtype):
+    """A constant plane holds one value in its one bin: every pixel maps to the reference's
+    top quantile, bound 0, in the kernel and its torch reference alike."""
+    source = torch.full((1, 2, 30, 40), 77, dtype=dtype)
+    reference = torch.randint(0, 256, (1, 2, 20, 20), generator=torch.Generator().manual_seed(1))
+    reference = reference.to(dtype)
     ours, bound = kernel_call(ext, source, reference)
     assert torch.equal(ours, match_histograms(source, reference, exact=True))
     assert (bound == 0).all()
+    expected, _ = _match_binned_torch(source.reshape(2, -1), reference.reshape(2, -1), HIST_BINS)
+    assert torch.equal(ours, expected.view(source.shape))
 
 
 @pytest.mark.parametrize("bins", [256, 1024, 65536])
@@ -204,9 +228,9 @@ def test_other_float_dtypes_are_matched_in_float32(ext):
     source, reference = random_pair(SIZES[1], "8-bit levels", seed=2)
     out = match_histograms_fast(source.half(), reference.half())
     assert out.dtype == torch.float16
-    torch.testing.assert_close(
-        out.float(), match_histograms(source, reference, exact=True), atol=1e-3, rtol=0
-    )
+    exact = match_histograms(source, reference, exact=True)
+    # within the tolerance, plus float16's rounding of values up to 1 (2^-11)
+    torch.testing.assert_close(out.float(), exact, atol=TOLERANCE + 2**-11, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +329,7 @@ def test_cuda_kernel_equals_the_cpu_kernel_and_the_torch_reference(ext, kind):
         gpu, gpu_bound = kernel_call(ext, source.cuda(), reference.cuda())
         cpu, cpu_bound = kernel_call(ext, source, reference)
         assert torch.equal(gpu.cpu(), cpu) and torch.equal(gpu_bound.cpu(), cpu_bound)
-        if kind in ("8-bit levels", "uint8"):
+        if kind == "uint8":
             assert torch.equal(gpu.cpu(), match_histograms(source, reference, exact=True))
 
 
