@@ -237,6 +237,10 @@ double build_lut(const int64_t* count, int bins, int64_t n_src, bool one_value, 
   return bound;
 }
 
+// refine_plane maps every bin of one value exactly on a plane whose values fill at most
+// 1/kFewValues of its bins.
+constexpr int kFewValues = 8;
+
 // One output value that replaces the lookup's: out[at] = value.
 struct Fix {
   int64_t at;
@@ -246,45 +250,49 @@ struct Fix {
 // Refines the source bins of a plane whose bound exceeds refine_above (bin_err, the lookup
 // table and `fixes` are updated); returns the plane's bound after that. A pixel x of bin b has
 // the exact quantile (C_{b-1} + #{pixels of b <= x}) / N, and its value through the knots is the
-// exact mapping up to eps at that quantile. Two steps, each only where the one before left a
-// bin beyond the bound:
-// 1. one pass finds those bins' min and max: a bin holding one value maps as a whole to the
-//    value at C_b / N (8-bit levels stored as floats, clamped values);
-// 2. the remaining bins' pixels are sorted and each mapped at its exact quantile (into `fixes`,
-//    written over the lookup's output afterwards). These are mostly in sparse histogram tails:
-//    a few pixels whose quantiles straddle a gap in the reference's values, where placing them
-//    by value between the bin's two mapped quantiles can miss by levels, and which would
-//    otherwise send the whole plane to the exact path.
+// exact mapping up to eps at that quantile.
+// 1. With few_values (a plane whose values fill at most 1/kFewValues of the bins, such as
+//    8-bit levels stored as floats) one pass finds the min and max of every bin not yet exact:
+//    a bin holding one value maps as a whole to the value at C_b / N, so that such planes are
+//    matched exactly, as uint8 planes are.
+// 2. The pixels of the bins still beyond refine_above are sorted and each mapped at its exact
+//    quantile (into `fixes`, written over the lookup's output afterwards). These are mostly in
+//    sparse histogram tails: a few pixels whose quantiles straddle a gap in the reference's
+//    values, where placing them by value between the bin's two mapped quantiles can miss by
+//    levels, and which would otherwise send the whole plane to the exact path.
 double refine_plane(const float* p, int64_t n, float lo, float scale, int bins,
                     const int64_t* count, const Knots& k, Lut lut, double* bin_err,
-                    double refine_above, std::vector<Fix>& fixes) {
+                    double refine_above, bool few_values, std::vector<Fix>& fixes) {
   const int knots = static_cast<int>(k.q.size());
   const double* q = k.q.data();
   const double* f = k.f.data();
   const double* eps = k.eps.data();
   const double ns = static_cast<double>(n);
   std::vector<uint8_t> refine(bins, 0);
-  for (int b = 0; b < bins; ++b) refine[b] = bin_err[b] > refine_above;
 
   // 1. bins of one value
-  std::vector<float> mn(bins, std::numeric_limits<float>::infinity());
-  std::vector<float> mx(bins, -std::numeric_limits<float>::infinity());
-  for_each_binned(p, n, lo, scale, bins, [&](int64_t, int b, float x) {
-    if (!refine[b]) return;
-    mn[b] = std::min(mn[b], x);
-    mx[b] = std::max(mx[b], x);
-  });
-  double bound = 0.0;
-  int64_t cum = 0;
-  bool left = false;
-  for (int b = 0; b < bins; ++b) {
-    cum += count[b];
-    if (refine[b] && mn[b] == mx[b]) {
+  if (few_values) {
+    for (int b = 0; b < bins; ++b) refine[b] = bin_err[b] > 0.0;
+    std::vector<float> mn(bins, std::numeric_limits<float>::infinity());
+    std::vector<float> mx(bins, -std::numeric_limits<float>::infinity());
+    for_each_binned(p, n, lo, scale, bins, [&](int64_t, int b, float x) {
+      if (!refine[b]) return;
+      mn[b] = std::min(mn[b], x);
+      mx[b] = std::max(mx[b], x);
+    });
+    int64_t cum = 0;
+    for (int b = 0; b < bins; ++b) {
+      cum += count[b];
+      if (!refine[b] || mn[b] != mx[b]) continue;
       const double q_hi = static_cast<double>(cum) / ns;
       const double v = interp(q_hi, q, f, knots);
       lut.set(b, source_entry<false>(v, v, 0.0, eps_at(q_hi, q, eps, knots), true, &bin_err[b]));
-      refine[b] = bin_err[b] > refine_above;
     }
+  }
+  double bound = 0.0;
+  bool left = false;
+  for (int b = 0; b < bins; ++b) {
+    refine[b] = bin_err[b] > refine_above;
     if (refine[b]) {
       left = true;
     } else {
@@ -525,9 +533,12 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
       const float scale = plane_scale(r.lo, r.hi, bins);
       const bool one_value = one_value_per_bin(false, r.lo, r.hi, scale);
       bound_ptr[j] = build_lut(count, bins, ns, one_value, k, plane_lut(j), err);
-      if (bound_ptr[j] > refine_above) {
+      const bool few_values =
+          std::isfinite(refine_above) &&
+          std::count_if(count, count + bins, [](int64_t c) { return c > 0; }) <= bins / kFewValues;
+      if (bound_ptr[j] > refine_above || (few_values && bound_ptr[j] > 0.0)) {
         bound_ptr[j] = refine_plane(src + j * ns, ns, r.lo, scale, bins, count, k, plane_lut(j),
-                                    err, refine_above, fixes[j]);
+                                    err, refine_above, few_values, fixes[j]);
       }
       if (bins > 8192) k = Knots();  // kept only at the default size
     }

@@ -14,15 +14,17 @@ through the reference's empirical quantiles with linear interpolation: the mappi
   (cpp_ext/, dispatched by ``reblur_deploy.kernels``), or the same operations in torch when
   the extension cannot be built. Its contract:
 
-  * bit-identical to the exact path on uint8 images (one level per bin);
+  * bit-identical to the exact path on 8-bit images: uint8 tensors always (one level per
+    bin), floats holding 8-bit levels on the CPU kernel (below);
   * otherwise within a **proven bound**: each plane's bound of |binned − exact| is computed
     from its histograms (see cpp_ext/histmatch_common.h). On the CPU kernel, the source bins
     whose bound exceeds ``tolerance`` (default ``TOLERANCE`` = 0.5/255, half an 8-bit level)
     are refined: a bin holding one value maps exactly, and the pixels of the others are mapped
-    one by one at their exact quantiles; every plane whose bound still exceeds the tolerance
-    is recomputed with the exact path. The result is therefore always within 0.5/255 of the
-    exact one (floats holding 8-bit levels included; ``refine_above=0`` makes those exact).
-    The bins caught so are mostly in sparse histogram tails: TTA's unclamped outputs at lr
+    one by one at their exact quantiles; on a plane whose values fill at most an eighth of
+    the bins (8-bit levels stored as floats) every bin holding one value is mapped exactly.
+    Every plane whose bound still exceeds the tolerance is recomputed with the exact path, so
+    the result is always within 0.5/255 of the exact one. The bins caught so are mostly in
+    sparse histogram tails: TTA's unclamped outputs at lr
     3e-5 in the video mode (720p GOPRO frames) had 1–2 planes in 3 of 4 frames with bounds of
     0.5–1.3/255, each from a few tail bins of two pixels, which sent the whole plane to the
     exact path (about 0.1–0.3 s a plane); mapped pixel by pixel their bounds fall to
@@ -86,7 +88,7 @@ def match_histograms(
 
     The two may differ in H×W but not in N or C. Returns a tensor of ``image``'s dtype and
     device. By default through the binned kernels, within 0.5/255 of the exact mapping (and
-    identical to it on uint8 data); ``exact=True`` computes the exact mapping (10–40× slower on
+    identical to it on 8-bit data); ``exact=True`` computes the exact mapping (10–40× slower on
     a 720p frame). Not differentiable (a lookup through sorted values). uint8 results are the
     mapped values truncated, as scikit-image returns them for uint8 images: half a level lower
     on average than rounding; match floats and round for an unbiased 8-bit result.
@@ -119,11 +121,11 @@ def match_histograms_fast(
     tolerance: float | None = TOLERANCE,
     implementation: str | None = None,
 ) -> torch.Tensor:
-    """Histogram matching through per-plane histograms of ``bins`` bins: exact for uint8 data,
-    otherwise within ``tolerance`` of the exact result (on the CPU kernel, source bins whose
-    bound exceeds it are refined: mapped exactly where they hold one value, else pixel by pixel
-    at their exact quantiles; planes whose bound still exceeds it are recomputed exactly;
-    ``tolerance=None`` skips both and returns the binned result).
+    """Histogram matching through per-plane histograms of ``bins`` bins: exact for 8-bit data
+    (see the module's docstring), otherwise within ``tolerance`` of the exact result (on the
+    CPU kernel, source bins whose bound exceeds it are refined: mapped exactly where they hold
+    one value, else pixel by pixel at their exact quantiles; planes whose bound still exceeds
+    it are recomputed exactly; ``tolerance=None`` skips both and returns the binned result).
 
     Same arguments and result as ``match_histograms_exact``. uint8 and float32 tensors are
     matched as they are, other float dtypes in float32. ``implementation``: ``"ext"`` (C++/CUDA

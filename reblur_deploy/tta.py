@@ -44,7 +44,7 @@ Speed options (the step's are opt-in; histogram matching is binned by default):
   (``reblur_deploy.kernels.resblock``; CUDA only, else torch with a log line).
 * ``histmatch``: ``"fast"`` (default) matches through the binned kernels (C++/CUDA), within
   0.5/255 of the exact matching by construction (planes whose proven bound exceeds that are
-  matched exactly) and identical to it on uint8 data; ``"exact"`` uses the exact reference
+  matched exactly) and identical to it on 8-bit data; ``"exact"`` uses the exact reference
   (scikit-image's mapping to rounding, 10–40× slower at 720p).
 
 Batches: images are adapted independently by default (each from the original weights), so a

@@ -44,7 +44,7 @@ def test_every_section_reports_its_rows(report):
     assert hist[("ours (C++)", "float32")]["max_error_255"] <= 0.5
     assert hist[("ours, torch ops", "float32")]["max_error_255"] <= 0.5
     interleaved = sections["histmatch"]["interleaved"]
-    assert interleaved["rounds"] >= 15 and interleaved["min"] <= interleaved["median"] > 0
+    assert interleaved["rounds"] >= 40 and interleaved["min"] <= interleaved["median"] > 0
     resblock = sections["resblock"]
     assert [r["variant"] for r in resblock["rows"]] == ["eager"]
     assert any("fused ResBlock not measured" in n for n in resblock["notes"])

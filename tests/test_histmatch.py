@@ -21,8 +21,7 @@ def pair(data_dir):
 @pytest.mark.parametrize("noise", [0.0, 0.02], ids=["8-bit-levels", "continuous"])
 def test_equals_skimage_on_real_images(pair, noise):
     """exact=True is scikit-image's mapping to rounding; the default (binned) path is within
-    half an 8-bit level of it (8-bit levels stored as floats included), and identical on the
-    same images as uint8."""
+    half an 8-bit level of it, and identical on 8-bit levels (as floats and as uint8)."""
     source, reference = pair
     source = source + np.random.default_rng(0).normal(0, noise, source.shape).astype(np.float32)
     expected = skimage_match(source, reference, channel_axis=-1)
@@ -36,6 +35,7 @@ def test_equals_skimage_on_real_images(pair, noise):
     assert np.abs(exact - expected).max() <= 1e-5
     assert np.abs(default - expected).max() <= 0.5 / 255 + 1e-6
     if noise == 0:
+        assert np.array_equal(default, exact)
         as_uint8 = [to_tensor(np.rint(x * 255).astype(np.uint8)) for x in (source, reference)]
         assert torch.equal(match_histograms(*as_uint8), match_histograms(*as_uint8, exact=True))
 

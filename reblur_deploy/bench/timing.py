@@ -91,18 +91,26 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
 
 def interleaved_ratio(base: Callable[[], object], other: Callable[[], object], rounds: int) -> dict:
     """``base``'s time over ``other``'s, from rounds of one call of each (after a warm-up of
-    both): the median of the per-round ratios, their range, and each side's median seconds. A
-    shared VM's speed drifts by tens of percent within seconds, which separate medians of the
-    two would take for a difference between them (CPU callables: nothing to synchronise)."""
+    both), the two taking turns to go first: the median of the per-round ratios, their range,
+    and each side's median seconds. A shared VM's speed drifts by tens of percent within
+    seconds, which separate medians of the two would take for a difference between them; and
+    the call that goes second finds the caches as the first left them (CPU callables: nothing
+    to synchronise)."""
     base(), other()
     ratios, base_s, other_s = [], [], []
-    for _ in range(rounds):
+
+    def seconds(fn: Callable[[], object]) -> float:
         start = time.perf_counter()
-        base()
-        middle = time.perf_counter()
-        other()
-        base_s.append(middle - start)
-        other_s.append(time.perf_counter() - middle)
+        fn()
+        return time.perf_counter() - start
+
+    for i in range(rounds):
+        if i % 2:
+            other_s.append(seconds(other))
+            base_s.append(seconds(base))
+        else:
+            base_s.append(seconds(base))
+            other_s.append(seconds(other))
         ratios.append(base_s[-1] / other_s[-1])
     return {"rounds": rounds, "median": statistics.median(ratios), "min": min(ratios),
             "max": max(ratios), "base_s": statistics.median(base_s),
