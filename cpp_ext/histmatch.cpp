@@ -208,12 +208,10 @@ struct Lut {
 // q_lo(b + 1) <= ..., never decrease: one forward walk finds every knot.
 double build_lut(const int64_t* count, int bins, int64_t n_src, bool one_value, const Knots& k,
                  Lut lut, double* bin_err) {
-  const int n = static_cast<int>(k.q.size());
-  const double* q = k.q.data();
   const double* f = k.f.data();
   const double* eps = k.eps.data();
   const double ns = static_cast<double>(n_src);
-  KnotCursor cursor{q, n, 0};
+  KnotCursor cursor{k.q.data(), static_cast<int>(k.q.size()), 0};
   double bound = 0.0;
   int64_t cum = 0;
   for (int b = 0; b < bins; ++b) {
@@ -222,16 +220,8 @@ double build_lut(const int64_t* count, int bins, int64_t n_src, bool one_value, 
       bin_err[b] = 0.0;
       continue;
     }
-    const double q_lo = static_cast<double>(cum + 1) / ns;
+    lut.set(b, source_bin<false>(cum, count[b], ns, cursor, f, eps, one_value, &bin_err[b]));
     cum += count[b];
-    const double q_hi = static_cast<double>(cum) / ns;
-    const int h_lo = cursor.upper(q_lo);
-    const double v_lo = interp_at(q_lo, q, f, n, h_lo);
-    const double e_lo = eps_at_knot(q_lo, q, eps, n, h_lo);
-    const int h_hi = cursor.upper(q_hi);
-    const double v_hi = interp_at(q_hi, q, f, n, h_hi);
-    const double e_hi = eps_at_knot(q_hi, q, eps, n, h_hi);
-    lut.set(b, source_entry<false>(v_lo, v_hi, e_lo, e_hi, one_value, &bin_err[b]));
     bound = std::max(bound, bin_err[b]);
   }
   return bound;

@@ -179,6 +179,24 @@ HM_HD LutEntry source_entry(double v_lo, double v_hi, double eps_lo, double eps_
   return {a, fsub(out_value<kUint8>(v_hi), a)};
 }
 
+// The entry and error bound of a source bin of `count` pixels above `below` pixels of lower bins
+// (of n in all): its quantiles (below + 1) / n and (below + count) / n mapped through the knots
+// q, f (eps: their error), found by the cursor (queries of successive bins never decrease).
+template <bool kUint8>
+HM_HD LutEntry source_bin(int64_t below, int64_t count, double n, KnotCursor& cursor,
+                          const double* f, const double* eps, bool one_value, double* err) {
+  const double* q = cursor.q;
+  const double q_lo = ddiv(static_cast<double>(below + 1), n);
+  const double q_hi = ddiv(static_cast<double>(below + count), n);
+  const int h_lo = cursor.upper(q_lo);
+  const double v_lo = interp_at(q_lo, q, f, cursor.n, h_lo);
+  const double e_lo = eps_at_knot(q_lo, q, eps, cursor.n, h_lo);
+  const int h_hi = cursor.upper(q_hi);
+  const double v_hi = interp_at(q_hi, q, f, cursor.n, h_hi);
+  const double e_hi = eps_at_knot(q_hi, q, eps, cursor.n, h_hi);
+  return source_entry<kUint8>(v_lo, v_hi, e_lo, e_hi, one_value, err);
+}
+
 // Whether every bin of a source plane holds one value: a constant plane, or a uint8 plane whose
 // levels (1 apart) land at least 2 apart on the bin axis.
 HM_HD bool one_value_per_bin(bool uint8, float lo, float hi, float scale) {

@@ -251,17 +251,9 @@ __global__ void __launch_bounds__(kLutThreads)
       table[b] = {0.0f, 0.0f};
       continue;
     }
-    const double q_lo = ddiv(static_cast<double>(cum + 1), ns_d);
-    cum += c;
-    const double q_hi = ddiv(static_cast<double>(cum), ns_d);
-    const int h_lo = cursor.upper(q_lo);
-    const double v_lo = interp_at(q_lo, q, f, n_knots, h_lo);
-    const double e_lo = eps_at_knot(q_lo, q, eps, n_knots, h_lo);
-    const int h_hi = cursor.upper(q_hi);
-    const double v_hi = interp_at(q_hi, q, f, n_knots, h_hi);
-    const double e_hi = eps_at_knot(q_hi, q, eps, n_knots, h_hi);
     double err;
-    table[b] = source_entry<kUint8>(v_lo, v_hi, e_lo, e_hi, one_value, &err);
+    table[b] = source_bin<kUint8>(cum, c, ns_d, cursor, f, eps, one_value, &err);
+    cum += c;
     err_max = fmax(err_max, err);
   }
   __syncthreads();
