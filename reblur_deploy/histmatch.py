@@ -24,12 +24,11 @@ through the reference's empirical quantiles with linear interpolation: the mappi
     the bins (8-bit levels stored as floats) every bin holding one value is mapped exactly.
     Every plane whose bound still exceeds the tolerance is recomputed with the exact path, so
     the result is always within 0.5/255 of the exact one. The bins caught so are mostly in
-    sparse histogram tails: TTA's unclamped outputs at lr
-    3e-5 in the video mode (720p GOPRO frames) had 1–2 planes in 3 of 4 frames with bounds of
-    0.5–1.3/255, each from a few tail bins of two pixels, which sent the whole plane to the
-    exact path (about 0.1–0.3 s a plane); mapped pixel by pixel their bounds fall to
-    0.3–0.46/255. The CUDA kernel and the torch implementation do not refine: beyond the
-    tolerance they fall back per plane.
+    sparse histogram tails: TTA's unclamped outputs at lr 3e-5 in the video mode (720p GOPRO
+    frames) had 1–2 planes in 3 of 4 frames with bounds of 0.5–1.3/255, each from a few tail
+    bins of two pixels, which sent the whole plane to the exact path (about 0.1–0.3 s a
+    plane); mapped pixel by pixel their bounds fall to 0.3–0.46/255. The CUDA kernel and the
+    torch implementation do not refine: beyond the tolerance they fall back per plane.
 
 Other dtypes (float64, wider integers) and mixed dtypes take the exact path: the binned one
 computes in float32 or uint8.
@@ -88,10 +87,11 @@ def match_histograms(
 
     The two may differ in H×W but not in N or C. Returns a tensor of ``image``'s dtype and
     device. By default through the binned kernels, within 0.5/255 of the exact mapping (and
-    identical to it on 8-bit data); ``exact=True`` computes the exact mapping (10–40× slower on
-    a 720p frame). Not differentiable (a lookup through sorted values). uint8 results are the
-    mapped values truncated, as scikit-image returns them for uint8 images: half a level lower
-    on average than rounding; match floats and round for an unbiased 8-bit result.
+    identical to it on 8-bit data); ``exact=True`` computes the exact mapping (about 70×
+    slower on a 720p frame on the CPU). Not differentiable (a lookup through sorted values).
+    uint8 results are the mapped values truncated, as scikit-image returns them for uint8
+    images: half a level lower on average than rounding; match floats and round for an
+    unbiased 8-bit result.
     """
     if exact or image.dtype != reference.dtype or image.dtype not in _BINNED_DTYPES:
         return match_histograms_exact(image, reference)
@@ -292,7 +292,8 @@ def _match_binned_torch(source: torch.Tensor, reference: torch.Tensor, bins: int
     f = torch.where(lead, lo_r.double()[:, None], f)
 
     # Source bins: map the quantiles of their lowest and highest pixel through the knots
-    # (source_entry); uint8 planes of one level per bin map each bin to its highest quantile.
+    # (source_bin); where every bin holds one value (one_value_per_bin) a bin maps as a whole
+    # to its highest quantile's value.
     cum_s = count_s.cumsum(1)
     q_hi = cum_s.double() / n_src
     q_lo = (cum_s - count_s + 1).double() / n_src

@@ -45,7 +45,7 @@ Speed options (the step's are opt-in; histogram matching is binned by default):
 * ``histmatch``: ``"fast"`` (default) matches through the binned kernels (C++/CUDA), within
   0.5/255 of the exact matching by construction (planes whose proven bound exceeds that are
   matched exactly) and identical to it on 8-bit data; ``"exact"`` uses the exact reference
-  (scikit-image's mapping to rounding, 10–40× slower at 720p).
+  (scikit-image's mapping to rounding, about 70× slower on a 720p frame on the CPU).
 
 Batches: images are adapted independently by default (each from the original weights), so a
 result never depends on what else is in the batch; ``joint=True`` adapts once on the whole
