@@ -270,13 +270,13 @@ double refine_plane(const float* p, int64_t n, float lo, float scale, int bins,
       mn[b] = std::min(mn[b], x);
       mx[b] = std::max(mx[b], x);
     });
-    int64_t cum = 0;
+    KnotCursor cursor{q, knots, 0};
+    int64_t below = 0;
     for (int b = 0; b < bins; ++b) {
-      cum += count[b];
-      if (!refine[b] || mn[b] != mx[b]) continue;
-      const double q_hi = static_cast<double>(cum) / ns;
-      const double v = interp(q_hi, q, f, knots);
-      lut.set(b, source_entry<false>(v, v, 0.0, eps_at(q_hi, q, eps, knots), true, &bin_err[b]));
+      if (refine[b] && mn[b] == mx[b]) {
+        lut.set(b, source_bin<false>(below, count[b], ns, cursor, f, eps, true, &bin_err[b]));
+      }
+      below += count[b];
     }
   }
   double bound = 0.0;

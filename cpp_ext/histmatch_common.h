@@ -164,24 +164,11 @@ struct LutEntry {
   float a, d;
 };
 
-// The entry and error bound of a source bin whose quantiles q_lo <= q_hi map to v_lo <= v_hi
-// (eps_lo, eps_hi: the knots' error there). one_value: the bin is known to hold one value, whose
-// exact quantile is q_hi.
-template <bool kUint8>
-HM_HD LutEntry source_entry(double v_lo, double v_hi, double eps_lo, double eps_hi,
-                            bool one_value, double* err) {
-  if (one_value) {
-    *err = eps_hi;
-    return {out_value<kUint8>(v_hi), 0.0f};
-  }
-  *err = dadd(dsub(v_hi, v_lo), eps_lo > eps_hi ? eps_lo : eps_hi);
-  const float a = out_value<kUint8>(v_lo);
-  return {a, fsub(out_value<kUint8>(v_hi), a)};
-}
-
 // The entry and error bound of a source bin of `count` pixels above `below` pixels of lower bins
-// (of n in all): its quantiles (below + 1) / n and (below + count) / n mapped through the knots
-// q, f (eps: their error), found by the cursor (queries of successive bins never decrease).
+// (of n in all): its quantiles q_lo = (below + 1) / n and q_hi = (below + count) / n mapped
+// through the knots q, f (eps: their error) to v_lo <= v_hi, found by the cursor (queries of
+// successive bins never decrease). one_value: the bin is known to hold one value, whose exact
+// quantile is q_hi.
 template <bool kUint8>
 HM_HD LutEntry source_bin(int64_t below, int64_t count, double n, KnotCursor& cursor,
                           const double* f, const double* eps, bool one_value, double* err) {
@@ -194,7 +181,13 @@ HM_HD LutEntry source_bin(int64_t below, int64_t count, double n, KnotCursor& cu
   const int h_hi = cursor.upper(q_hi);
   const double v_hi = interp_at(q_hi, q, f, cursor.n, h_hi);
   const double e_hi = eps_at_knot(q_hi, q, eps, cursor.n, h_hi);
-  return source_entry<kUint8>(v_lo, v_hi, e_lo, e_hi, one_value, err);
+  if (one_value) {
+    *err = e_hi;
+    return {out_value<kUint8>(v_hi), 0.0f};
+  }
+  *err = dadd(dsub(v_hi, v_lo), e_lo > e_hi ? e_lo : e_hi);
+  const float a = out_value<kUint8>(v_lo);
+  return {a, fsub(out_value<kUint8>(v_hi), a)};
 }
 
 // Whether every bin of a source plane holds one value: a constant plane, or a uint8 plane whose
