@@ -21,6 +21,7 @@ The bars (exit status 1 when one fails), from the paper's claims:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def main() -> int:
     parser.add_argument("--tta", type=int, default=5, help="TTA steps of the last row")
     parser.add_argument("--real", type=Path, help="also TTA on these photos without ground truth")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
+    parser.add_argument("--json", type=Path, help="also write the figures and bars as JSON here")
     parser.add_argument(
         "--figure",
         type=Path,
@@ -165,6 +167,23 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.json:  # e.g. a point of a training campaign's learning curve (train.campaign)
+        rows_json = {
+            key: {"psnr": float(m["psnr"].mean()), "ssim": m["ssim"],
+                  "niqe": float(m["niqe"].mean()), "blur": float(m["blur"].mean())}
+            for key, m in zip(("input", "baseline", "model", "tta"), table.values(), strict=True)
+        }  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": rows_json,
+                    "mr": {k: float(v) for k, v in figures.items()},
+                    "tta_better": tta_better,
+                    "bars": {name: bool(ok) for name, ok, _ in bars},
+                },
+                indent=1,
+            )
+        )
     if args.figure:
         name, top, left = FIGURE
         index = names.index(name) if name in names else 0

@@ -3,6 +3,7 @@ with the evaluation pairs held out, and better than their input on those pairs."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
     out = tmp_path / "bar.md"
     cmd = [sys.executable, REPO / "bench" / "quality_bar.py", "--data", data_dir / "gopro",
            "--data", data_dir / "gopro_more",
-           "--tta", "1", "--out", out, "--figure", tmp_path / "crops.png"]  # fmt: skip
+           "--tta", "1", "--out", out, "--figure", tmp_path / "crops.png",
+           "--json", tmp_path / "bar.json"]  # fmt: skip
     result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
     assert result.returncode in (0, 1), result.stderr  # 1: a bar failed (the model card says)
     table = out.read_text()
@@ -76,6 +78,10 @@ def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
     assert "| PSNR above the input on every pair | PASS |" in table
     assert "| L1 + L_Reblur (unet-lite), TTA 1 |" in table
     assert read_image(tmp_path / "crops.png").shape == (256, 5 * 256, 3)  # 4 rows + sharp
+    figures = json.loads((tmp_path / "bar.json").read_text())  # a campaign's curve point
+    assert set(figures["rows"]) == {"input", "baseline", "model", "tta"}
+    assert f"{figures['rows']['model']['niqe']:.3f}" in table
+    assert f"{100 * figures['mr']['mr_ranked']:.0f} %" in table and len(figures["bars"]) == 5
 
 
 def test_the_wheel_installs_train_and_export_inside_the_package(tmp_path):

@@ -177,3 +177,41 @@ def test_package_stores_float16_checks_the_outputs_and_keeps_provenance(tmp_path
     assert packaged["storage"] == "float16" and 0 < packaged["sample_max_abs_diff"] <= 2e-3
     with pytest.raises(WeightsError, match="not a bundled model name"):
         package(str(source), "my-model", fp16=False, tolerance=1e-3, assets=assets)
+
+
+def test_a_campaign_session_trains_the_leader_then_brings_the_twin_to_its_iteration(
+    tmp_path, pairs
+):
+    """python -m train.campaign: two members, one session, then a second with nothing left."""
+    campaign = tmp_path / "tiny.toml"
+    campaign.write_text(
+        f"""[common]
+iters = 4
+data = ["paired:{pairs}"]
+md_config = {{ widths = [8, 12, 16], n_blocks = 1 }}
+mr_blocks = 1
+mr_width = 8
+crop = 64
+batch_size = 2
+checkpoint_every = 2
+device = "cpu"
+tensorboard = "off"
+[members.joint]
+mode = "joint"
+[members.l1]
+mode = "baseline"
+"""
+    )
+    tool = (sys.executable, "-m", "train.campaign")
+    for _ in range(2):
+        result = run(campaign, "--minutes", 5, "--no-score", tool=tool)
+        assert result.returncode == 0, result.stderr
+    folder = tmp_path / "tiny"
+    ledger = [json.loads(line) for line in (folder / "ledger.jsonl").read_text().splitlines()]
+    assert [sorted(s["members"]) for s in ledger] == [["joint", "l1"], ["joint"]]
+    first = ledger[0]["members"]
+    assert first["joint"]["to"] == first["l1"]["to"] == 4 and first["joint"]["cpu_s"] > 0
+    assert ledger[1]["members"]["joint"] == {**ledger[1]["members"]["joint"], "from": 4, "to": 4}
+    for member, mode in (("joint", "joint"), ("l1", "baseline")):
+        provenance = load_weights(folder / member / "last.safetensors").metadata["provenance"]
+        assert provenance["config"]["mode"] == mode

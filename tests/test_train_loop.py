@@ -172,6 +172,24 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(pairs, tmp_path):
     assert [line["iter"] for line in lines] == list(range(1, 7))  # the killed run's 4, 5 dropped
 
 
+def test_a_run_split_into_sessions_by_stop_at_and_stop_after_matches_one_run(pairs, tmp_path):
+    """A campaign's sessions: each stops early with a checkpoint, the next resumes it."""
+    common = {"iters": 6, "checkpoint_every": 3, "keep_checkpoints": 1, "log_every": 1}
+    straight = train(config(pairs, tmp_path / "a", **common))
+    first = train(config(pairs, tmp_path / "b", stop_at=4, **common))
+    assert first.stopped_at == 4 and first.iterations == 6  # the run's length is unchanged
+    assert [i for i, _ in ckpt.list_checkpoints(first.out)] == [4]
+    # a deadline already past when training starts: stops after the first iteration
+    second = train(config(pairs, tmp_path / "b", resume="auto", stop_after=1e-6, **common))
+    assert second.stopped_at == 5
+    last = train(config(pairs, tmp_path / "b", resume="auto", **common))
+    assert last.stopped_at is None
+    a, _ = ckpt.load(ckpt.checkpoint_path(straight.out, 6))
+    b, state = ckpt.load(ckpt.checkpoint_path(last.out, 6))
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+    assert state["schedule"]["milestones"] == [3, 4, 5]
+
+
 def test_checkpoints_are_safetensors_with_a_json_state_never_pickles(pairs, tmp_path):
     result = train(config(pairs, tmp_path, iters=2, amp="fp16", val=["names:461"], val_crop=64))
     path = ckpt.checkpoint_path(result.out, 2)

@@ -199,6 +199,24 @@ class TrainConfig:
             OPTIM,
         ),
     )
+    stop_after: float | None = field(
+        default=None,
+        metadata=_m(
+            "Stop this invocation after about this many minutes of wall time, with a "
+            "checkpoint; the run's length and schedule stay those of --iters, so --resume "
+            "continues it (a campaign across sessions).",
+            OPTIM,
+            metavar="MINUTES",
+        ),
+    )
+    stop_at: int | None = field(
+        default=None,
+        metadata=_m(
+            "Stop this invocation at this iteration, with a checkpoint (as --stop-after).",
+            OPTIM,
+            metavar="ITERATION",
+        ),
+    )
     lr: float = field(
         default=1e-4,
         metadata=_m(
@@ -322,7 +340,7 @@ class TrainConfig:
     HARMLESS = frozenset(
         ["out", "resume", "checkpoint_every", "keep_checkpoints", "val_every", "log_every",
          "progress", "tensorboard", "workers", "device", "check_data", "cache", "cache_mb",
-         "channels_last", "compile"]
+         "channels_last", "compile", "stop_after", "stop_at"]
     )  # fmt: skip
 
     # ------------------------------------------------------------------------------- I/O
@@ -377,6 +395,10 @@ class TrainConfig:
             raise ConfigError("--lr must be positive; --lambda and loss weights ≥ 0")
         if self.workers is not None and self.workers < 0:
             raise ConfigError("--workers must be ≥ 0")
+        if (self.stop_after is not None and self.stop_after <= 0) or (
+            self.stop_at is not None and self.stop_at <= 0
+        ):
+            raise ConfigError("--stop-after and --stop-at must be positive")
         if len(self.syn_frames) != 2:
             raise ConfigError("--syn-frames takes MIN,MAX")
         if self.perceptual > 0 and not self.vgg_weights:

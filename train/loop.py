@@ -99,6 +99,7 @@ class Result:
     iterations: int
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    stopped_at: int | None = None  # the iteration --stop-at / --stop-after ended this call at
 
 
 class Trainer:
@@ -113,6 +114,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.init_source: dict[str, Any] | None = None  # what --init started from
         self.last_metrics: dict[str, float] = {}
+        self.stopped_at: int | None = None  # --stop-at / --stop-after ended the run here
         if self.ctx.world > 1 and config.batch_size % self.ctx.world:
             raise ConfigError(
                 f"--batch-size {config.batch_size} must be a multiple of the number of "
@@ -438,10 +440,28 @@ class Trainer:
                     self.save_checkpoint(iteration)
                 if on_iteration is not None:
                     on_iteration(iteration)
+                if not final and self._stop_requested(iteration):
+                    if iteration % cfg.checkpoint_every:  # else just saved
+                        self.save_checkpoint(iteration)
+                    self.stopped_at = iteration
+                    break
         finally:
             bar.close()
             self.logger.close()
         return self._result()
+
+    def _stop_requested(self, iteration: int) -> bool:
+        """--stop-at / --stop-after: end this invocation early (rank 0 decides for all, at
+        logging intervals, so the processes stop at the same iteration)."""
+        cfg = self.config
+        if self.total is None or (cfg.stop_at is None and cfg.stop_after is None):
+            return False
+        if cfg.stop_at is not None and iteration >= cfg.stop_at:
+            return True
+        if cfg.stop_after is None or iteration % cfg.log_every:
+            return False
+        late = time.time() - self.started > cfg.stop_after * 60
+        return bool(ddp.broadcast(self.ctx, late))
 
     def _fix_total(self, iteration: int, bar: tqdm) -> None:
         """--minutes: after CALIBRATION iterations, the count that fits the time left (measured
@@ -467,6 +487,7 @@ class Trainer:
             self.total,
             self.last_metrics,
             time.time() - self.started,
+            self.stopped_at,
         )
 
     # ---------------------------------------------------------------- validation

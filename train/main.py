@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted; resume from the last checkpoint with --resume")
         return 130
+    if result.stopped_at is not None:
+        _say(
+            f"stopped at iteration {result.stopped_at} of {result.iterations}; continue with "
+            f"--resume --out {config.out}\nweights: {result.weights}"
+        )
+        return 0
     metrics = result.metrics
     figures = ""
     if metrics:

@@ -1,0 +1,149 @@
+"""``python -m train.campaign FILE --minutes M``: one session's share of a training campaign.
+
+A campaign is a long ``train.main`` run (and its twins) that no single session can finish: each
+session resumes it for a wall-clock budget and stops with a checkpoint, and the run folders live
+in the repository (a few MB for ``unet-lite``) so that the next session, on any machine, goes on
+from there. The campaign file (TOML) holds the options every member shares and each member's own:
+
+    [common]                  # train.main options of every member
+    iters = 100000
+    data = ["paired:../shared/data/gopro@0.2", ...]
+    [members.joint]           # the first member leads and takes most of the time
+    mode = "joint"
+    init = "unet-lite"
+    [members.l1]              # the others follow it to the same iteration
+    mode = "baseline"
+    init = "unet-lite-l1"
+
+Member NAME's run folder is ``<FILE without .toml>/NAME``. After training, ``bench/quality_bar.py``
+scores the leader against the second member on the held-out frames and one JSON line (iteration,
+CPU-hours so far, the figures) is appended to ``<folder>/curve.jsonl``: the learning curve of
+docs/TRAINING.md. ``<folder>/ledger.jsonl`` records every session's training (machine, wall and
+CPU seconds per member).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tomllib
+
+from . import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+LEAD_SHARE = 0.8  # of the minutes: the followers cost a fraction of a joint iteration
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def iteration(out: Path) -> int:
+    found = checkpoint.list_checkpoints(out)
+    return found[-1][0] if found else 0
+
+
+def run_member(out: Path, options: dict, stop: list[str], log) -> dict:
+    """Start or resume one member; returns its wall and CPU seconds and iterations."""
+    start = iteration(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        if start:
+            argv = ["--resume", "--out", str(out)]
+        else:
+            config = Path(tmp) / "config.json"
+            config.write_text(json.dumps({**options, "out": str(out)}))
+            argv = ["--config", str(config)]
+        begin = time.time()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "train.main", *argv, "--no-progress", *stop],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        _, status, usage = os.wait4(child.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"error: {out.name} failed (exit {code}); see the log")
+    return {
+        "from": start,
+        "to": iteration(out),
+        "wall_s": round(time.time() - begin, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+    }
+
+
+def cpu_hours(folder: Path) -> float:
+    ledger = folder / "ledger.jsonl"
+    if not ledger.exists():
+        return 0.0
+    sessions = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    return sum(m["cpu_s"] for s in sessions for m in s["members"].values()) / 3600
+
+
+def score(folder: Path, lead: str, twin: str, log) -> dict:
+    """The quality bar of the leader against its twin, as a dict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bar.json"
+        weights = [str(folder / name / "last.safetensors") for name in (lead, twin)]
+        subprocess.run(
+            [sys.executable, "bench/quality_bar.py", "--weights", weights[0],
+             "--baseline", weights[1], "--json", str(out)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+        return json.loads(out.read_text()) if out.exists() else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("campaign", type=Path, help="the campaign's TOML file")
+    parser.add_argument("--minutes", type=float, required=True, help="this session's budget")
+    parser.add_argument("--log", type=Path, help="training output [default: FOLDER/session.log]")
+    parser.add_argument("--no-score", action="store_true", help="skip the quality bar")
+    args = parser.parse_args(argv)
+    if not args.minutes > 0:
+        parser.error("--minutes must be positive")
+    spec = tomllib.loads(args.campaign.read_text())
+    folder = args.campaign.with_suffix("")
+    folder.mkdir(exist_ok=True)
+    members = list(spec["members"])
+    deadline = time.time() + args.minutes * 60
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(), "members": {}}
+    with open(args.log or folder / "session.log", "a") as log:
+        for rank, name in enumerate(members):
+            options = {**spec.get("common", {}), **spec["members"][name]}
+            left = (deadline - time.time()) / 60
+            if rank == 0:
+                stop = ["--stop-after", f"{max(1.0, left * LEAD_SHARE):.1f}"]
+            else:  # follow the leader to its iteration, within what is left
+                target = iteration(folder / members[0])
+                if iteration(folder / name) >= target:
+                    continue
+                stop = ["--stop-at", str(target), "--stop-after", f"{max(1.0, left):.1f}"]
+            record["members"][name] = run_member(folder / name, options, stop, log)
+            log.flush()
+        with open(folder / "ledger.jsonl", "a") as ledger:
+            ledger.write(json.dumps(record) + "\n")
+        if not args.no_score and len(members) > 1:
+            lead, twin = members[:2]
+            figures = score(folder, lead, twin, log)
+            point = {"iteration": iteration(folder / lead),
+                     "twin_iteration": iteration(folder / twin),
+                     "cpu_hours": round(cpu_hours(folder), 3), "date": record["date"],
+                     "cpu": record["cpu"], **figures}  # fmt: skip
+            with open(folder / "curve.jsonl", "a") as curve:
+                curve.write(json.dumps(point) + "\n")
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
