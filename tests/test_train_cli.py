@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from reblur_deploy import WeightsError, load_weights, save_weights
 from reblur_deploy.io import read_image, write_image
 from reblur_deploy.models import build
-from train import checkpoint as ckpt
-from train.config import TrainConfig
-from train.loop import train
-from train.package import package
+from reblur_deploy.train import checkpoint as ckpt
+from reblur_deploy.train.config import TrainConfig
+from reblur_deploy.train.loop import train
+from reblur_deploy.train.package import package
 
 from .conftest import randomized
 from .test_train_data import write_gopro_crops

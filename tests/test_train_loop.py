@@ -12,13 +12,23 @@ from safetensors.torch import load_file, save_file
 
 from reblur_deploy import ConfigError, DependencyError, WeightsError, load_weights, losses
 from reblur_deploy.models import build
-from train import checkpoint as ckpt
-from train.ablation import PatchDiscriminator, PerceptualLoss, VGG19Features, vgg19_layer_names
-from train.config import TrainConfig
-from train.data import decode, load_source, to_float, to_tensor
-from train.figures import mr_report
-from train.loop import Trainer, lr_at, milestones, train
-from train.objective import DeblurOutputs, deblur_loss, pseudo_sharp, reblur_module_loss
+from reblur_deploy.train import checkpoint as ckpt
+from reblur_deploy.train.ablation import (
+    PatchDiscriminator,
+    PerceptualLoss,
+    VGG19Features,
+    vgg19_layer_names,
+)
+from reblur_deploy.train.config import TrainConfig
+from reblur_deploy.train.data import decode, load_source, to_float, to_tensor
+from reblur_deploy.train.figures import mr_report
+from reblur_deploy.train.loop import Trainer, lr_at, milestones, train
+from reblur_deploy.train.objective import (
+    DeblurOutputs,
+    deblur_loss,
+    pseudo_sharp,
+    reblur_module_loss,
+)
 
 from .test_train_data import write_gopro_crops
 
@@ -216,9 +226,9 @@ def test_init_fine_tunes_from_a_weight_file_and_keeps_its_provenance(pairs, tmp_
     stage1 = train(config(pairs, tmp_path / "1", mode="baseline", iters=2))
     stage2 = Trainer(config(pairs, tmp_path / "2", init=str(stage1.weights), iters=2))
     first = load_weights(stage1.weights).deblur.state_dict()
-    assert all(torch.equal(v, stage2.md.state_dict()[k]) for k, v in first.items())
-    assert stage2.mr is not None  # the L1 file has no MR: MR starts fresh
-    source = stage2.provenance(0, {})["init"]
+    assert all(torch.equal(v, stage2.nets.md.state_dict()[k]) for k, v in first.items())
+    assert stage2.nets.mr is not None  # the L1 file has no MR: MR starts fresh
+    source = stage2.saver.provenance(0, {}, stage2.total)["init"]
     assert source["weights"] == str(stage1.weights) and len(source["sha256"]) == 64
     assert source["provenance"]["config"]["mode"] == "baseline"
     wider = config(
@@ -231,8 +241,8 @@ def test_init_fine_tunes_from_a_weight_file_and_keeps_its_provenance(pairs, tmp_
 def test_bf16_autocast_and_baseline_mode(pairs, tmp_path, batch):
     trainer = Trainer(config(pairs, tmp_path, amp="bf16", mode="baseline"))
     parts = trainer.step(*batch)
-    assert set(parts) == {"l1", "loss_md"} and trainer.mr is None
-    assert all(p.dtype == torch.float32 for p in trainer.md.parameters())
+    assert set(parts) == {"l1", "loss_md"} and trainer.nets.mr is None
+    assert all(p.dtype == torch.float32 for p in trainer.nets.md.parameters())
 
 
 def test_perceptual_and_adversarial_ablations(pairs, tmp_path, batch):

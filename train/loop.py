@@ -16,8 +16,9 @@ scales of |Lₖ − Sₖ|, Sₖ the sharp crop average-pooled to the scale. The 
 (VGG-19 perceptual, PatchGAN adversarial) are added to L_D; the discriminator then takes its
 own step after MR's.
 
-The losses are composed in ``objective.py``, MR's validation figures computed in
-``figures.py`` and the run's metrics written by ``logs.RunLog``.
+The set-up (data, networks, optimisers, --init) is in ``setup.py``, the weight files and
+checkpoints in ``saving.py``, the losses in ``objective.py``, MR's validation figures in
+``figures.py``; the run's metrics are written by ``logs.RunLog``.
 
 Adam (lr 1e-4, betas 0.9, 0.999) for each network; the learning rate is halved at 50 %, 75 %
 and 90 % of the run and is a pure function of the iteration. AMP: torch.autocast in bf16, or
@@ -26,67 +27,44 @@ fp16 with one GradScaler shared by the optimizers (``update`` once per iteration
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from reblur_deploy import losses
-from reblur_deploy._version import __version__
-from reblur_deploy.device import autocast
-from reblur_deploy.errors import ConfigError, InputError, ReblurError
 from reblur_deploy.metrics import psnr, ssim
-from reblur_deploy.models import build, name_of
 from reblur_deploy.padding import pad_to_multiple
-from reblur_deploy.weights import load_weights, save_weights
 
 from . import checkpoint as ckpt
 from . import ddp
-from .ablation import PatchDiscriminator, PerceptualLoss, discriminator_loss
+from .ablation import discriminator_loss
 from .config import TrainConfig
-from .data import (
-    Augment,
-    BatchStream,
-    DataPlan,
-    ImageStore,
-    MixSampler,
-    TrainSet,
-    ValSet,
-    check_items,
-    decoded_bytes,
-    plan_data,
-)
+from .data import BatchStream
 from .figures import mr_figures, mr_report, summarize, to_u8
-from .logs import RunLog, finite
-from .objective import DeblurOutputs, deblur_loss, pseudo_sharp, reblur_module_loss
-from .synthetic import BlurParams
+from .logs import RunLog
+from .objective import deblur_loss, pseudo_sharp, reblur_module_loss
+from .saving import Saver
+from .setup import (
+    build_networks,
+    check_out,
+    init_from,
+    lr_at,
+    milestones,
+    on_main,
+    per_process_batch,
+    planned_total,
+    prepare_data,
+)
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-MILESTONES = (0.5, 0.75, 0.9)
 CALIBRATION = 20  # --minutes: iterations timed before the run's length is fixed
-
-
-def milestones(total: int) -> list[int]:
-    """Iterations from which the learning rate is halved once more (50 %, 75 %, 90 %)."""
-    return [int(p * total) for p in MILESTONES]
-
-
-def lr_at(iteration: int, total: int, base: float) -> float:
-    """The learning rate of the update made at 0-based ``iteration`` of a ``total``-long run."""
-    return base * 0.5 ** sum(iteration >= m for m in milestones(total))
-
-
-# ----------------------------------------------------------------------------- trainer
+_SHOWN = ("l1", "reblur", "blur", "sharp", "mr_syn", "perceptual", "adversarial")
 
 
 @dataclass
@@ -103,281 +81,95 @@ class Result:
 
 
 class Trainer:
+    """One training run: set up (setup.py) and resumed (saving.py) here, then ``run``."""
+
     def __init__(
         self, config: TrainConfig, ctx: ddp.Context | None = None, command: str | None = None
     ):
         self.config = config
-        self.ctx = ctx or ddp.Context(device=torch.device("cpu"))
-        self.command = command or "python -m train.main"
-        self.out = Path(config.out)
+        self.ctx = ctx = ctx or ddp.Context(device=torch.device("cpu"))
         self.started = time.time()
-        self.best: dict[str, Any] | None = None
-        self.init_source: dict[str, Any] | None = None  # what --init started from
+        self.batch = per_process_batch(config, ctx)
+        on_main(ctx, lambda: check_out(config))
+        self.data = prepare_data(config, ctx)
+        self.total = planned_total(config, self.data.sampler, self.batch)  # None: --minutes
+        self.nets = build_networks(config, ctx)
+        init_source = init_from(self.nets, config.init) if config.init else None
+        command = command or "python -m train.main"
+        self.saver = Saver(config, ctx, self.nets, self.data, command, self.started, init_source)
+        self.start, self.rng_state = 0, None
+        if config.resume:
+            path = ckpt.find_checkpoint(config.resume, config.out)
+            self.start, self.total, self.rng_state = self.saver.restore(path, self.total)
         self.last_metrics: dict[str, float] = {}
         self.stopped_at: int | None = None  # --stop-at / --stop-after ended the run here
-        if self.ctx.world > 1 and config.batch_size % self.ctx.world:
-            raise ConfigError(
-                f"--batch-size {config.batch_size} must be a multiple of the number of "
-                f"processes ({self.ctx.world})"
-            )
-        self.batch = config.batch_size // self.ctx.world
-        self._on_main(self._check_out)
-        self._prepare_data()
-        self._build()
-        if config.init:
-            self._init_from(config.init)
-        self.start = 0
-        self.resume_state: dict[str, Any] | None = None
-        if config.resume:
-            self._load(ckpt.find_checkpoint(config.resume, self.out))
-
-    # ------------------------------------------------------------------ set-up helpers
-
-    def _on_main(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on rank 0; if it raises, every process raises the same error."""
-        error, message = None, None
-        if self.ctx.main:
-            try:
-                fn()
-            except ReblurError as e:
-                error, message = e, str(e)
-        message = ddp.broadcast(self.ctx, message)
-        if error is not None:
-            raise error
-        if message is not None:
-            raise ConfigError(message)
-
-    def _check_out(self) -> None:
-        if self.config.resume:
-            return
-        if ckpt.list_checkpoints(self.out) or (self.out / "last.safetensors").exists():
-            raise ConfigError(
-                f"{self.out} already holds a training run; pass --resume to continue it or "
-                "choose another --out"
-            )
-
-    def _prepare_data(self) -> None:
-        cfg, ctx = self.config, self.ctx
-        self.plan: DataPlan = plan_data(cfg.data, cfg.val, cfg.seed, cfg.gopro_blur)
-        train_items = self.plan.train_items
-        val_items = [item for item, _ in self.plan.val]
-        self.store = ImageStore()
-        self.cached = cfg.cache == "on" or (
-            cfg.cache == "auto" and decoded_bytes(train_items + val_items) <= cfg.cache_mb * 2**20
-        )
-        bar = tqdm(
-            desc="checking data",
-            unit="img",
-            total=len(train_items) + len(val_items),
-            disable=not (ctx.main and cfg.progress),
-            leave=False,
-        )
-        full = cfg.check_data == "full"
-        if self.cached:  # every process decodes everything once (that is the full check)
-            problems = [
-                check_items(train_items, cfg.crop, True, self.store, progress=bar),
-                check_items(val_items, 8, True, self.store, progress=bar),
-            ]
-        else:  # each process checks its share
-            bar.total = len(train_items[ctx.rank :: ctx.world]) + len(
-                val_items[ctx.rank :: ctx.world]
-            )
-            problems = [
-                check_items(train_items[ctx.rank :: ctx.world], cfg.crop, full, progress=bar),
-                check_items(val_items[ctx.rank :: ctx.world], 8, full, progress=bar),
-            ]
-        bar.close()
-        found = [p for ps in ddp.gather(ctx, problems) for p in ps if p]
-        if found:
-            raise InputError(f"bad training data: {found[0]}")
-        blur = BlurParams(
-            tuple(cfg.syn_frames),
-            cfg.syn_shift,
-            cfg.syn_rotation,
-            cfg.syn_zoom,
-            cfg.syn_noise,
-            cfg.syn_soften,
-        )
-        self.dataset = TrainSet(
-            train_items,
-            cfg.crop,
-            self.store,
-            Augment(cfg.flip, cfg.rotate, cfg.channel_shuffle),
-            blur,
-            cfg.seed,
-            reblur=cfg.mode == "mr",
-        )
-        self.valset = ValSet(self.plan.val, cfg.val_crop, self.store, blur, cfg.seed)
-        self.sampler = MixSampler(
-            [len(s.items) for s in self.plan.train],
-            [s.share for s in self.plan.train],
-            cfg.seed,
-            ctx.rank,
-            ctx.world,
-        )
-        self.total: int | None = None  # --minutes: fixed after CALIBRATION iterations (run)
-        if cfg.iters is not None:
-            self.total = cfg.iters
-        elif cfg.epochs is not None:
-            self.total = max(1, math.ceil(cfg.epochs * len(self.sampler) / self.batch))
-
-    def _build(self) -> None:
-        cfg, ctx = self.config, self.ctx
-        device = ctx.device
-        torch.manual_seed(cfg.seed)
-        self.md = build(cfg.md, **cfg.md_config).to(device)
-        self.mr = None
-        if cfg.mode in ("joint", "mr"):
-            self.mr = build("reblur", n_blocks=cfg.mr_blocks, width=cfg.mr_width).to(device)
-        self.disc = PatchDiscriminator().to(device) if cfg.adversarial > 0 else None
-        self.perceptual = None
-        if cfg.perceptual > 0:
-            self.perceptual = PerceptualLoss(cfg.vgg_weights, cfg.perceptual_layer).to(device)
-        self.md_train: nn.Module = DeblurOutputs(self.md)
-        self.mr_train, self.disc_train = self.mr, self.disc
-        if ctx.distributed:
-            ids = [device.index] if device.type == "cuda" else None
-            self.md_train = DistributedDataParallel(self.md_train, device_ids=ids)
-            if self.mr is not None:
-                self.mr_train = DistributedDataParallel(self.mr, device_ids=ids)
-            if self.disc is not None:
-                self.disc_train = DistributedDataParallel(self.disc, device_ids=ids)
-        if cfg.channels_last:
-            for module in self._networks().values():
-                module.to(memory_format=torch.channels_last)
-        if cfg.compile:  # the training forward passes; validation and saving use the originals
-            self.md_train = torch.compile(self.md_train)
-            if self.mr is not None:
-                self.mr_train = torch.compile(self.mr_train)
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        trained = (("opt_md", self.md), ("opt_mr", self.mr), ("opt_disc", self.disc))
-        if cfg.mode == "mr":  # MD stays as it is (frozen), for validation and the weight file
-            trained = (("opt_mr", self.mr),)
-        for name, module in trained:
-            if module is not None:
-                self.optimizers[name] = torch.optim.Adam(
-                    module.parameters(), lr=cfg.lr, betas=(0.9, 0.999)
-                )
-        self.amp_dtype = AMP_DTYPES.get(cfg.amp)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-
-    def _init_from(self, weights: str) -> None:
-        """Copy MD (and a same-shaped MR) from a weight file: fine-tuning, e.g. an L1-trained
-        MD continued with the reblurring loss."""
-        loaded = load_weights(weights)
-        # The source's own provenance travels along, so a fine-tuned file names every stage.
-        self.init_source = {
-            "weights": str(weights),
-            "sha256": loaded.sha256,
-            "provenance": loaded.metadata.get("provenance"),
-        }
-        pairs = [(self.md, loaded.deblur, "deblur")]
-        if self.mr is not None and loaded.reblur is not None:
-            pairs.append((self.mr, loaded.reblur, "reblur"))
-        for target, source, role in pairs:
-            if type(target) is not type(source) or target.config != source.config:
-                raise ConfigError(
-                    f"--init {weights}: its {role} module {name_of(source)} {source.config} "
-                    f"differs from this run's {name_of(target)} {target.config}"
-                )
-            target.load_state_dict(source.state_dict())
-
-    def _networks(self) -> dict[str, nn.Module]:
-        found = {"md": self.md, "mr": self.mr, "disc": self.disc}
-        return {k: v for k, v in found.items() if v is not None}
-
-    def _load(self, path: Path) -> None:
-        tensors, state = ckpt.load(path)
-        for prefix, module in self._networks().items():
-            ckpt.load_module(prefix, module, tensors)
-        for name, optimizer in self.optimizers.items():
-            if name not in state.get("optimizers", {}):
-                raise ConfigError(f"{path} has no {name} state (it was trained in another mode)")
-            ckpt.load_optimizer(name, optimizer, tensors, state["optimizers"][name])
-        if self.scaler.is_enabled() and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.start = int(state["iteration"])
-        self.best = state.get("best")
-        self.resume_state = state
-        if self.total is None:  # --minutes: the count the interrupted run had fixed
-            self.total = int(state["total_iterations"])
-        if self.start > self.total:
-            raise ConfigError(f"{path} is at iteration {self.start}, past the run's {self.total}")
-
-    def autocast(self):
-        return autocast(self.ctx.device, self.amp_dtype)
 
     # ------------------------------------------------------------------------- a step
 
     def step(self, blurry: torch.Tensor, sharp: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = self.config
+        """One iteration's updates: MD, then MR, then the discriminator (module docstring)."""
+        cfg, nets = self.config, self.nets
         if cfg.mode == "mr":  # the batch is (T_α(S), T(S)) pairs from synthesize_reblur
             return self.mr_step(blurry, sharp)
         pseudo = None
-        if self.mr is not None:
-            with self.autocast():
-                pseudo = pseudo_sharp(self.md, sharp)  # MD before this iteration's update
-        opt_md = self.optimizers["opt_md"]
-        opt_md.zero_grad(set_to_none=True)
-        with self.autocast():
+        if nets.mr is not None:
+            with nets.autocast():
+                pseudo = pseudo_sharp(nets.md, sharp)  # MD before this iteration's update
+        with nets.autocast():
             loss, parts, deblurred = deblur_loss(
-                self.md_train,
+                nets.md_train,
                 blurry,
                 sharp,
-                mr=self.mr,
+                mr=nets.mr,
                 lam=cfg.lam,
-                perceptual=self.perceptual,
+                perceptual=nets.perceptual,
                 perceptual_weight=cfg.perceptual,
-                disc=self.disc,
+                disc=nets.disc,
                 adversarial_weight=cfg.adversarial,
             )
-        self.scaler.scale(loss).backward()
-        self.scaler.step(opt_md)
+        self._update("opt_md", loss)
         deblurred = deblurred.detach()
-        if self.mr is not None:
-            opt_mr = self.optimizers["opt_mr"]
-            opt_mr.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss_r, parts_r = reblur_module_loss(self.mr_train, deblurred, blurry, pseudo)
-            self.scaler.scale(loss_r).backward()
-            self.scaler.step(opt_mr)
+        if nets.mr is not None:
+            with nets.autocast():
+                loss_r, parts_r = reblur_module_loss(nets.mr_train, deblurred, blurry, pseudo)
+            self._update("opt_mr", loss_r)
             parts.update(parts_r)
-        if self.disc is not None:
-            opt_disc = self.optimizers["opt_disc"]
-            opt_disc.zero_grad(set_to_none=True)
-            with self.autocast():
-                real, fake = self.disc_train(torch.cat([sharp, deblurred])).chunk(2)
+        if nets.disc is not None:
+            with nets.autocast():
+                real, fake = nets.disc_train(torch.cat([sharp, deblurred])).chunk(2)
                 loss_d = discriminator_loss(real, fake)
-            self.scaler.scale(loss_d).backward()
-            self.scaler.step(opt_disc)
+            self._update("opt_disc", loss_d)
             parts["disc"] = loss_d.detach()
-        self.scaler.update()
+        nets.scaler.update()
         return parts
 
     def mr_step(self, partial: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """MR alone on |MR(T_α(S)) − T(S)|: learn to lengthen the blur an image already has."""
-        opt_mr = self.optimizers["opt_mr"]
-        opt_mr.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = losses.l1(self.mr_train(partial), target)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(opt_mr)
-        self.scaler.update()
+        with self.nets.autocast():
+            loss = losses.l1(self.nets.mr_train(partial), target)
+        self._update("opt_mr", loss)
+        self.nets.scaler.update()
         return {"mr_syn": loss.detach()}
+
+    def _update(self, name: str, loss: torch.Tensor) -> None:
+        """One optimiser's step on ``loss`` (through the shared GradScaler; no-op without fp16)."""
+        optimizer = self.nets.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        self.nets.scaler.scale(loss).backward()
+        self.nets.scaler.step(optimizer)
 
     # ---------------------------------------------------------------------- the loop
 
     def loader(self) -> DataLoader:
+        """Batches from iteration ``self.start`` on (the stream resumes where it stopped)."""
         cfg, ctx = self.config, self.ctx
         workers = cfg.workers
         if workers is None:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
             workers = 0 if ctx.device.type != "cuda" else min(8, (os.cpu_count() or 1) // local)
         return DataLoader(
-            self.dataset,
-            batch_sampler=BatchStream(self.sampler, self.batch, start=self.start),
+            self.data.dataset,
+            batch_sampler=BatchStream(self.data.sampler, self.batch, start=self.start),
             num_workers=workers,
             pin_memory=ctx.device.type == "cuda",
             prefetch_factor=4 if workers else None,
@@ -385,10 +177,9 @@ class Trainer:
 
     def run(self, on_iteration: Callable[[int], None] | None = None) -> Result:
         cfg, ctx = self.config, self.ctx
-        self.logger = RunLog(cfg, self.out, self.ctx.main, self.start if cfg.resume else None)
-        if self.resume_state is not None:
-            saved = self.resume_state["rng"]
-            ckpt.set_rng_state(saved[ctx.rank] if ctx.rank < len(saved) else saved[0])
+        self.logger = RunLog(cfg, self.saver.out, ctx.main, self.start if cfg.resume else None)
+        if self.rng_state is not None:
+            ckpt.set_rng_state(self.rng_state)
         if self.total is not None and self.start >= self.total:
             self.logger.close()
             return self._result()
@@ -401,54 +192,58 @@ class Trainer:
             dynamic_ncols=True,
             smoothing=0.1,
         )
-        sums: dict[str, torch.Tensor] = {}
-        count, window_start = 0, time.perf_counter()
-        self._train_start = window_start
+        window = _Window()
+        self._train_start = window.start
         iteration = self.start
         batches = iter(self.loader())
         try:
             while self.total is None or iteration < self.total:
-                lr = lr_at(iteration, self.total or CALIBRATION * 2, cfg.lr)  # not yet halved
-                for optimizer in self.optimizers.values():
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                blurry, sharp = next(batches)
-                layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-                blurry = blurry.to(ctx.device, non_blocking=True, memory_format=layout)
-                sharp = sharp.to(ctx.device, non_blocking=True, memory_format=layout)
+                lr = self._set_lr(iteration)
+                blurry, sharp = self._to_device(next(batches))
                 parts = self.step(blurry, sharp)
                 iteration += 1
                 if self.total is None:
                     self._fix_total(iteration, bar)
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0) + value.float()
-                count += 1
+                window.add(parts)
                 bar.update()
                 final = iteration == self.total
                 if iteration % cfg.log_every == 0 or final:
-                    means = ddp.mean(ctx, {k: float(v) / count for k, v in sums.items()})
-                    elapsed = time.perf_counter() - window_start
-                    self.logger.train(iteration, lr, means, count / max(elapsed, 1e-9))
-                    bar.set_postfix(
-                        {k: f"{v:.4f}" for k, v in means.items() if k in _SHOWN}, refresh=False
-                    )
-                    sums, count, window_start = {}, 0, time.perf_counter()
+                    self._log(iteration, lr, window, bar)
+                    window = _Window()
                 due = self.total is not None  # --minutes: nothing is saved before it is fixed
-                if due and len(self.valset) and (iteration % cfg.val_every == 0 or final):
+                if due and len(self.data.valset) and (iteration % cfg.val_every == 0 or final):
                     self.validate(iteration)
                 if due and (iteration % cfg.checkpoint_every == 0 or final):
-                    self.save_checkpoint(iteration)
+                    self.saver.save(iteration, self.total, self.last_metrics)
                 if on_iteration is not None:
                     on_iteration(iteration)
                 if not final and self._stop_requested(iteration):
                     if iteration % cfg.checkpoint_every:  # else just saved
-                        self.save_checkpoint(iteration)
+                        self.saver.save(iteration, self.total, self.last_metrics)
                     self.stopped_at = iteration
                     break
         finally:
             bar.close()
             self.logger.close()
         return self._result()
+
+    def _set_lr(self, iteration: int) -> float:
+        lr = lr_at(iteration, self.total or CALIBRATION * 2, self.config.lr)  # not yet halved
+        for optimizer in self.nets.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def _to_device(self, batch: list[torch.Tensor]) -> list[torch.Tensor]:
+        layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        device = self.ctx.device
+        return [x.to(device, non_blocking=True, memory_format=layout) for x in batch]
+
+    def _log(self, iteration: int, lr: float, window: _Window, bar: tqdm) -> None:
+        """The mean losses since the last log line, and the rate (all processes average)."""
+        means = ddp.mean(self.ctx, window.means())
+        self.logger.train(iteration, lr, means, window.rate())
+        bar.set_postfix({k: f"{v:.4f}" for k, v in means.items() if k in _SHOWN}, refresh=False)
 
     def _stop_requested(self, iteration: int) -> bool:
         """--stop-at / --stop-after: end this invocation early (rank 0 decides for all, at
@@ -479,10 +274,11 @@ class Trainer:
         bar.refresh()
 
     def _result(self) -> Result:
-        best = self.out / "best.safetensors"
+        out = self.saver.out
+        best = out / "best.safetensors"
         return Result(
-            self.out,
-            self.out / "last.safetensors",
+            out,
+            out / "last.safetensors",
             best if best.exists() else None,
             self.total,
             self.last_metrics,
@@ -494,17 +290,18 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, iteration: int) -> dict[str, float]:
-        ctx = self.ctx
+        """PSNR/SSIM of MD (and MR's figures) on the validation set; best.safetensors kept."""
+        ctx, nets, valset = self.ctx, self.nets, self.data.valset
         rows = []
-        for module in self._networks().values():
+        for module in nets.modules().values():
             module.eval()
         try:
-            for index in range(ctx.rank, len(self.valset), ctx.world):
-                name, blurry, sharp = self.valset[index]
+            for index in range(ctx.rank, len(valset), ctx.world):
+                name, blurry, sharp = valset[index]
                 blurry, sharp = blurry[None].to(ctx.device), sharp[None].to(ctx.device)
-                padded, h, w = pad_to_multiple(blurry, self.md.size_divisor)
-                with self.autocast():
-                    output = self.md(padded)[..., :h, :w]
+                padded, h, w = pad_to_multiple(blurry, nets.md.size_divisor)
+                with nets.autocast():
+                    output = nets.md(padded)[..., :h, :w]
                 output = output.float().clamp(0, 1)
                 out8, gt8, in8 = to_u8(output), to_u8(sharp), to_u8(blurry)
                 row = {
@@ -513,12 +310,12 @@ class Trainer:
                     "ssim": ssim(out8, gt8),
                     "psnr_input": psnr(in8, gt8),
                 }
-                if self.mr is not None:
-                    with self.autocast():
-                        row.update(mr_figures(self.mr, output, sharp, blurry))
+                if nets.mr is not None:
+                    with nets.autocast():
+                        row.update(mr_figures(nets.mr, output, sharp, blurry))
                 rows.append(row)
         finally:
-            for module in self._networks().values():
+            for module in nets.modules().values():
                 module.train()
         everything = [row for part in ddp.gather(ctx, rows) for row in part]
         metrics = summarize(everything)
@@ -527,78 +324,28 @@ class Trainer:
         report = mr_report(metrics)
         if ctx.main and report:
             tqdm.write(f"iteration {iteration}: {report}", file=sys.stderr)
-        # MR alone trains in --mode mr, so its best weights are those that re-create blur best.
-        key = "mr_gain" if self.config.mode == "mr" else "psnr"
-        if ctx.main and (self.best is None or metrics[key] > self.best[key]):
-            self.best = {"iteration": iteration, **finite(metrics)}
-            self.write_weights(self.out / "best.safetensors", iteration, metrics)
+        self.saver.keep_if_best(iteration, metrics, self.total)
         return metrics
 
-    # ---------------------------------------------------------------- saving
 
-    def provenance(self, iteration: int, metrics: dict[str, float]) -> dict[str, Any]:
-        val_names = [item.name for item, _ in self.plan.val]
-        return {
-            "command": self.command,
-            "trainer": "python -m train.main",
-            "data": {
-                "train": [{"spec": s.spec, "items": len(s.items)} for s in self.plan.train],
-                "val": self.plan.val_desc,
-                "val_items": val_names[:200] + (["..."] if len(val_names) > 200 else []),
-                "cache": self.cached,
-            },
-            "iterations": iteration,
-            "total_iterations": self.total,
-            "metrics": finite(metrics),
-            "best": self.best,
-            "config": self.config.to_dict(),
-            "init": self.init_source,
-            "world_size": self.ctx.world,
-            "device": str(self.ctx.device),
-            "torch_version": torch.__version__,
-            "package_version": __version__,
-            "wall_seconds": round(time.time() - self.started, 1),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+class _Window:
+    """The losses summed since the last log line, for their means and the rate."""
 
-    def write_weights(self, path: Path, iteration: int, metrics: dict[str, float]) -> Path:
-        return save_weights(
-            path,
-            {"deblur": self.md, "reblur": self.mr},
-            {"provenance": self.provenance(iteration, metrics)},
-        )
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.start = time.perf_counter()
 
-    def save_checkpoint(self, iteration: int) -> None:
-        rngs = ddp.gather(self.ctx, ckpt.rng_state())
-        if not self.ctx.main:
-            return
-        tensors: dict[str, torch.Tensor] = {}
-        for prefix, module in self._networks().items():
-            tensors.update(ckpt.module_tensors(prefix, module))
-        optimizers = {}
-        for name, optimizer in self.optimizers.items():
-            saved_tensors, saved = ckpt.optimizer_state(name, optimizer)
-            tensors.update(saved_tensors)
-            optimizers[name] = saved
-        state = {
-            "iteration": iteration,
-            "total_iterations": self.total,
-            "config": self.config.to_dict(),
-            "optimizers": optimizers,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "schedule": {"lr": self.config.lr, "milestones": milestones(self.total)},
-            "best": self.best,
-            "rng": rngs,
-            "world_size": self.ctx.world,
-            "data": [{"spec": s.spec, "items": len(s.items)} for s in self.plan.train],
-        }
-        ckpt.save(ckpt.checkpoint_path(self.out, iteration), tensors, state)
-        for _, old in ckpt.list_checkpoints(self.out)[: -self.config.keep_checkpoints]:
-            old.unlink(missing_ok=True)
-        self.write_weights(self.out / "last.safetensors", iteration, self.last_metrics)
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        for key, value in parts.items():
+            self.sums[key] = self.sums.get(key, 0) + value.float()
+        self.count += 1
 
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / self.count for k, v in self.sums.items()}
 
-_SHOWN = ("l1", "reblur", "blur", "sharp", "mr_syn", "perceptual", "adversarial")
+    def rate(self) -> float:
+        return self.count / max(time.perf_counter() - self.start, 1e-9)
 
 
 def train(
