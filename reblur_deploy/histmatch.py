@@ -11,13 +11,13 @@ through the reference's empirical quantiles with linear interpolation: the mappi
   histogram of ``HIST_BINS`` = 8192 bins (the reference's with each bin's min, max and count
   of its min; the source's counts only), a CDF scan, a quantile-interpolated lookup table and
   one lookup per pixel, placed within its bin by value; C++ on the CPU and CUDA on a GPU
-  (cpp_ext/, dispatched by ``reblur_deploy.kernels``), or the same operations in torch when
+  (kernels/csrc/, dispatched by ``reblur_deploy.kernels``), or the same operations in torch when
   the extension cannot be built. Its contract:
 
   * bit-identical to the exact path on 8-bit images: uint8 tensors always (one level per
     bin), floats holding 8-bit levels on the CPU kernel (below);
   * otherwise within a **proven bound**: each plane's bound of |binned − exact| is computed
-    from its histograms (see cpp_ext/histmatch_common.h). On the CPU kernel, the source bins
+    from its histograms (see kernels/csrc/histmatch_common.h). On the CPU kernel, the source bins
     whose bound exceeds ``tolerance`` (default ``TOLERANCE`` = 0.5/255, half an 8-bit level)
     are refined: a bin holding one value maps exactly, and the pixels of the others are mapped
     one by one at their exact quantiles; on a plane whose values fill at most an eighth of
@@ -259,7 +259,7 @@ def _eps_rows(x: torch.Tensor, xp: torch.Tensor, eps: torch.Tensor) -> torch.Ten
 
 def _match_binned_torch(source: torch.Tensor, reference: torch.Tensor, bins: int):
     """The binned algorithm in torch operations, in the kernels' order of float operations
-    (cpp_ext/histmatch_common.h): the fallback and the kernels' reference. P×N in, P×N out."""
+    (kernels/csrc/histmatch_common.h): the fallback and the kernels' reference. P×N in, P×N out."""
     uint8 = source.dtype == torch.uint8
     src, ref = source.float() + 0.0, reference.float() + 0.0  # + 0.0: -0.0 becomes +0.0
     planes, n_src, n_ref = src.shape[0], src.shape[1], ref.shape[1]

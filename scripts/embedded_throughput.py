@@ -4,7 +4,7 @@ folder of real GOPRO frames (PNG in, PNG out) with `unet-lite` on the CPU (eager
 a time) and is timed end to end (start-up, decoding, the network, encoding); the C++ program
 also reports the time of its frame function alone.
 
-    make cpp && python bench/embedded_throughput.py [--data ../shared/data] [--frames 20]
+    make cpp && python scripts/embedded_throughput.py [--data ../shared/data] [--frames 20]
 """
 
 from __future__ import annotations

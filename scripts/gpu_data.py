@@ -1,6 +1,6 @@
-"""Copy the subset of ../shared/data that bench/gpu_train.sh trains on into bench/gpu_data/.
+"""Copy the subset of ../shared/data that scripts/gpu_train.sh trains on into scripts/gpu_data/.
 
-    python bench/gpu_data.py            # then: run(..., carry=["bench/gpu_data"])
+    python scripts/gpu_data.py            # then: run(..., carry=["scripts/gpu_data"])
 
 A lent GPU machine sees only the repository and what travels with it (64 MiB in all), so the
 subset is chosen to fit (about 45 MB): the held-out pairs of the bundled models (val/), and for

@@ -2,7 +2,7 @@
 # On a GPU machine: run the gpu-marked tests and the full reblur-bench in one command and write
 # one report; with --record, append the benchmark tables to docs/BENCHMARKS.md as well.
 #
-#   bash bench/gpu_suite.sh [--record] [OUT_DIR] [-- extra reblur-bench options]
+#   bash scripts/gpu_suite.sh [--record] [OUT_DIR] [-- extra reblur-bench options]
 #
 # OUT_DIR (default bench-report-<UTC date>-<host>) receives:
 #   report.md        device, date, versions, the pytest summary and every benchmark table

@@ -2,8 +2,8 @@
 # One call on a lent GPU machine: train unet-reblur for a fixed wall-clock budget, package it
 # and measure it against the bundled unet-reblur on the held-out pairs.
 #
-#   python bench/gpu_data.py                      # here, beside ../shared: the data subset
-#   bash bench/gpu_train.sh OUT_DIR [MINUTES]     # there (default 8 minutes of training)
+#   python scripts/gpu_data.py                      # here, beside ../shared: the data subset
+#   bash scripts/gpu_train.sh OUT_DIR [MINUTES]     # there (default 8 minutes of training)
 #
 # Stages, from the bundled unet-reblur (its MD and MR): --mode mr (MR's warm start on
 # lengthened synthetic blur) for a quarter of the budget, then joint training (L1 + L_Reblur,
@@ -14,13 +14,13 @@
 # paper's U-Net with TTA take minutes on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:?usage: bash bench/gpu_train.sh OUT_DIR [MINUTES]}"
+out="${1:?usage: bash scripts/gpu_train.sh OUT_DIR [MINUTES]}"
 minutes="${2:-8}"
 device="${DEVICE:-cuda}"
-data="${GPU_DATA:-bench/gpu_data}"  # the layout bench/gpu_data.py writes
+data="${GPU_DATA:-scripts/gpu_data}"  # the layout scripts/gpu_data.py writes
 bin=.venv/bin
 [[ -x "$bin/python" ]] || bin="$(dirname "$(command -v python3)")"
-[[ -d "$data/train" ]] || { echo "gpu_train: $data missing: run python bench/gpu_data.py" >&2; exit 2; }
+[[ -d "$data/train" ]] || { echo "gpu_train: $data missing: run python scripts/gpu_data.py" >&2; exit 2; }
 if [[ "$device" == cuda ]]; then
   "$bin/python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' ||
     { echo "gpu_train: torch sees no CUDA GPU (DEVICE=cpu to run on the CPU)" >&2; exit 2; }
@@ -42,6 +42,6 @@ common=(--device "$device" --amp bf16 --channels-last "$compile" --crop "${CROP:
   --minutes "$(split 0.75)" "${common[@]}" --out "$out/joint"
 "$bin/python" -m train.package "$out/joint/last.safetensors" unet-reblur --fp16 --assets "$out"
 [[ "${QUALITY:-1}" == 1 ]] || exit 0
-"$bin/python" bench/quality_bar.py --weights "$out/unet-reblur.safetensors" \
+"$bin/python" scripts/quality_bar.py --weights "$out/unet-reblur.safetensors" \
   --baseline unet-reblur --min-gain 1.5 --data "$data/val" --tta 5 --out "$out/quality_bar.md" ||
   echo "gpu_train: a quality bar failed (see $out/quality_bar.md)" >&2

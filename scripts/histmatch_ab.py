@@ -2,13 +2,14 @@
 
 This VM's speed drifts by tens of percent within seconds, so timings of two builds taken one
 after the other cannot tell a 10 % change from noise. Here each variant (a copy of
-cpp_ext/histmatch.cpp with changes) is compiled under its own operator namespace beside the
-installed kernel, and rounds of one call of each on the same 1280×720 frame (reblur-bench's
-histmatch case) give the speed-up as the median of the per-round ratios
-(``bench.timing.interleaved_ratio``). Variants must give the installed kernel's output and
-bounds bit for bit, unless named ``probe*`` (a variant that leaves a phase out, to time it).
+reblur_deploy/kernels/csrc/histmatch.cpp with changes) is compiled under its own operator
+namespace beside the installed kernel, and rounds of one call of each on the same 1280×720
+frame (reblur-bench's histmatch case) give the speed-up as the median of the per-round ratios
+(``reblur_deploy.bench.timing.interleaved_ratio``). Variants must give the installed kernel's
+output and bounds bit for bit, unless named ``probe*`` (a variant that leaves a phase out, to
+time it).
 
-    python bench/histmatch_ab.py my_variant.cpp [probe_nohist.cpp ...] [--rounds 40]
+    python scripts/histmatch_ab.py my_variant.cpp [probe_nohist.cpp ...] [--rounds 40]
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from pathlib import Path
 import torch
 from torch.utils.cpp_extension import load
 
-from reblur_deploy.bench.histmatch import _sample_frames, _tensor
+from reblur_deploy.bench.histmatch import sample_frames
 from reblur_deploy.bench.timing import interleaved_ratio
 from reblur_deploy.histmatch import HIST_BINS
-from reblur_deploy.kernels import load_extension
-from reblur_deploy.kernels._ext import CPP_FLAGS, OPENMP
+from reblur_deploy.kernels import CPP_FLAGS, OPENMP, load_extension, source_dir
 
-COMMON = Path(__file__).resolve().parents[1] / "cpp_ext" / "histmatch_common.h"
+COMMON = source_dir() / "histmatch_common.h"
 
 
 def build(variant: Path, work: Path):
@@ -54,9 +54,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for variant in args.variants:
             ops[variant.stem] = build(variant, Path(work))
-    cpu = torch.device("cpu")
-    source, reference = (
-        _tensor(a, cpu).reshape(3, -1).contiguous() for a in _sample_frames((720, 1280))
+    source, reference = (  # 3 planes (one per channel) of a 720p frame
+        torch.from_numpy(a).permute(2, 0, 1).reshape(3, -1).contiguous()
+        for a in sample_frames((720, 1280))
     )
     outputs = {name: torch.empty_like(source) for name in ops}
     bounds = {name: op(source, reference, HIST_BINS, outputs[name]) for name, op in ops.items()}

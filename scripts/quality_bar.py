@@ -1,8 +1,8 @@
 """The quality bar of a bundled model, on the GOPRO pairs held out of its training.
 
-    python bench/quality_bar.py [--weights unet-lite --baseline unet-lite-l1 --min-gain 1.0]
-    python bench/quality_bar.py --weights unet-reblur --baseline unet-reblur-l1 --min-gain 1.5
-    python bench/quality_bar.py ... --real ../shared/data/real_blur_noGT   # + photos without GT
+    python scripts/quality_bar.py [--weights unet-lite --baseline unet-lite-l1 --min-gain 1.0]
+    python scripts/quality_bar.py --weights unet-reblur --baseline unet-reblur-l1 --min-gain 1.5
+    python scripts/quality_bar.py ... --real ../shared/data/real_blur_noGT   # + photos without GT
 
 The held-out pairs are those the model's provenance lists as validation items (``train.main
 --val``) that exist under ``--data``: the model is never scored on what it trained on. Full

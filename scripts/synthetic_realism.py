@@ -1,6 +1,6 @@
 """How close is the synthetic blur to real motion blur? The same scenes, blurred both ways.
 
-    python bench/synthetic_realism.py [--data ../shared/data/gopro] [--seeds 3] [SYN OPTIONS]
+    python scripts/synthetic_realism.py [--data ../shared/data/gopro] [--seeds 3] [SYN OPTIONS]
 
 For each GOPRO pair, the real blurry frame and ``--seeds`` synthetic blurs of its sharp frame
 (``train.synthetic.synthesize`` with the options of ``train.main``: --syn-shift, --syn-frames,

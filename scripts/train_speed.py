@@ -1,6 +1,6 @@
 """Training speed on this machine: iterations per second and the share of its measured peak.
 
-    python bench/train_speed.py [--iters 20] [--out FILE.md]
+    python scripts/train_speed.py [--iters 20] [--out FILE.md]
 
 For each model (the bundled models' shapes: `unet-lite` and the paper's U-Net, each with its
 MR) and each precision (fp32, bf16 autocast) and memory layout (contiguous, channels-last):

@@ -2,7 +2,7 @@
 fresh subprocess with reblur-bench's timer (``reblur_deploy.bench.timing.timed``: the largest
 increase of the resident set on a CPU, peak allocated memory on CUDA).
 
-    python bench/tta_cost.py [--device cpu] [--size 720x1280] [--steps 1]
+    python scripts/tta_cost.py [--device cpu] [--size 720x1280] [--steps 1]
 
 Prints one Markdown table row per configuration; docs/TTA.md records the results.
 """

@@ -63,9 +63,9 @@ def test_the_bundled_files_stay_small_and_each_device_has_a_default():
 
 
 def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
-    """bench/quality_bar.py on the full held-out frames (unet-lite, TTA 1 to keep it short)."""
+    """scripts/quality_bar.py on the full held-out frames (unet-lite, TTA 1 to keep it short)."""
     out = tmp_path / "bar.md"
-    cmd = [sys.executable, REPO / "bench" / "quality_bar.py", "--data", data_dir / "gopro",
+    cmd = [sys.executable, REPO / "scripts" / "quality_bar.py", "--data", data_dir / "gopro",
            "--data", data_dir / "gopro_more",
            "--tta", "1", "--out", out, "--figure", tmp_path / "crops.png",
            "--json", tmp_path / "bar.json"]  # fmt: skip
@@ -84,13 +84,23 @@ def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
     assert f"{100 * figures['mr']['mr_ranked']:.0f} %" in table and len(figures["bars"]) == 5
 
 
-def test_the_wheel_installs_train_and_export_inside_the_package(tmp_path):
-    """No top-level `train`/`export` packages that could collide; both run from the wheel."""
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """The wheel of this checkout, and a folder it is installed into (pip install --target)."""
+    root = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps",
-                    "--no-build-isolation", "-q", "-w", tmp_path / "dist"],
+                    "--no-build-isolation", "-q", "-w", root / "dist"],
                    check=True, capture_output=True)  # fmt: skip
-    (wheel,) = (tmp_path / "dist").glob("*.whl")
-    with zipfile.ZipFile(wheel) as archive:
+    (built,) = (root / "dist").glob("*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    root / "site", built], check=True, capture_output=True)  # fmt: skip
+    return built, root / "site"
+
+
+def test_the_wheel_installs_train_and_export_inside_the_package(wheel, tmp_path):
+    """No top-level `train`/`export` packages that could collide; both run from the wheel."""
+    built, site = wheel
+    with zipfile.ZipFile(built) as archive:
         tops = {name.split("/")[0] for name in archive.namelist()}
         points = archive.read(next(n for n in archive.namelist() if "entry_points" in n))
     assert {top for top in tops if not top.endswith(".dist-info")} == {"reblur_deploy"}
@@ -99,17 +109,42 @@ def test_the_wheel_installs_train_and_export_inside_the_package(tmp_path):
         assert init.relative_to(REPO).as_posix() in names, init
     assert "reblur_deploy/gst/plugin/python/reblurdeblur.py" in names  # the element's entry
     assert b"reblur_deploy.export.cli:main" in points
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                    tmp_path / "site", wheel], check=True, capture_output=True)  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env = {**os.environ, "PYTHONPATH": str(site)}
     code = (
         "import reblur_deploy.train.main, reblur_deploy.export.cli, importlib.util as u; "
         "print(reblur_deploy.train.main.__file__, u.find_spec('train'), u.find_spec('export'))"
     )
     shown = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    assert shown[0].startswith(str(tmp_path / "site")) and shown[1:] == ["None", "None"]
+    assert shown[0].startswith(str(site)) and shown[1:] == ["None", "None"]
     command = [sys.executable, "-m", "reblur_deploy.train.main", "--help"]
     usage = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
                            check=True).stdout  # fmt: skip
     assert usage.startswith("usage: python -m reblur_deploy.train.main")
+
+
+def test_the_installed_wheel_builds_the_cpu_kernel_from_its_own_sources(wheel, tmp_path):
+    """The C++ sources ship as package data (kernels/csrc/): an installed wheel, with no
+    checkout beside it, compiles the CPU kernel into an empty cache (about 15 s on 2 busy
+    cores) and histogram matching runs on it (REBLUR_KERNELS=ext fails rather than fall back)."""
+    _, site = wheel
+    env = {**os.environ, "PYTHONPATH": str(site), "REBLUR_KERNELS": "ext",
+           "REBLUR_EXT_CACHE": str(tmp_path / "ext"),
+           "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}  # fmt: skip
+    env.pop("REBLUR_CPP_EXT", None)
+    code = (
+        "import torch; from reblur_deploy.histmatch import match_histograms; "
+        "from reblur_deploy.kernels import histmatch_impl, source_dir; "
+        "g = torch.Generator().manual_seed(0); "
+        "a, b = (torch.randint(0, 256, (1, 3, 48, 64), dtype=torch.uint8, generator=g) "
+        "for _ in range(2)); "
+        "same = torch.equal(match_histograms(a, b), match_histograms(a, b, exact=True)); "
+        "print(source_dir(), histmatch_impl(torch.device('cpu')), same)"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    folder, impl, same = shown.stdout.split()
+    assert folder == str(site / "reblur_deploy" / "kernels" / "csrc")
+    assert impl == "ext" and same == "True"  # 8-bit data: the kernel equals the exact path
+    assert any((tmp_path / "ext").rglob("*.so"))  # built here, not found in a cache

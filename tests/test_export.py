@@ -22,11 +22,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.cli import main as export_cli
-from export.onnx import export_onnx
-from export.torchscript import EXTRA_FILE, export_exported_program, export_torchscript
-from export.verify import VerificationError
 from reblur_deploy import ConfigError, __version__, load_weights, save_weights
+from reblur_deploy.export.cli import main as export_cli
+from reblur_deploy.export.onnx import export_onnx
+from reblur_deploy.export.torchscript import EXTRA_FILE, export_exported_program, export_torchscript
+from reblur_deploy.export.verify import VerificationError
 from reblur_deploy.models import MODELS, build
 from reblur_deploy.weights import BUNDLED
 
@@ -291,8 +291,8 @@ PROFILE = ((1, 3, 32, 32), (2, 3, 64, 96), (4, 3, 128, 128))
 def test_tensorrt_engine_export(fp16, weight_files, tmp_path):
     if importlib.util.find_spec("tensorrt") is None or not HAVE_CUDA:
         pytest.skip("needs tensorrt and a CUDA GPU")
-    from export.tensorrt import export_tensorrt
     from reblur_deploy.backends import create_backend
+    from reblur_deploy.export.tensorrt import export_tensorrt
 
     out, cache = tmp_path / "unet.engine", tmp_path / "timing.cache"
     result = export_tensorrt(
@@ -323,7 +323,7 @@ def test_torch_tensorrt_export(weight_files, tmp_path):
         pytest.skip("needs torch-tensorrt and a CUDA GPU")
     import torch_tensorrt
 
-    from export.torch_trt import export_torch_trt
+    from reblur_deploy.export.torch_trt import export_torch_trt
 
     out = tmp_path / "unet.ep"
     result = export_torch_trt(

@@ -1,4 +1,4 @@
-"""bench/gpu_train.sh, the one-call GPU training script, run on the CPU with a tiny budget."""
+"""scripts/gpu_train.sh, the one-call GPU training script, run on the CPU with a tiny budget."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .test_train_data import write_gopro_crops
 
 @pytest.fixture(scope="module")
 def gpu_data(tmp_path_factory, data_dir) -> Path:
-    """bench/gpu_data.py's layout, from 128² crops of the shared pairs (quick to train on)."""
+    """scripts/gpu_data.py's layout, from 128² crops of the shared pairs (quick to train on)."""
     root = tmp_path_factory.mktemp("gpu_data")
     crops = write_gopro_crops(root / "crops", data_dir)
     for target, names in (("train/gopro", ["blur_00", "blur_01"]), ("train/reds", ["blur_02"]),
@@ -35,7 +35,7 @@ def gpu_data(tmp_path_factory, data_dir) -> Path:
 def test_gpu_train_runs_its_stages_and_packages_unet_reblur(tmp_path, gpu_data):
     small = {"DEVICE": "cpu", "COMPILE": "0", "CROP": "32", "BATCH": "2", "VAL_CROP": "64"}
     env = {**os.environ, **small, "QUALITY": "0", "GPU_DATA": str(gpu_data), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_train.sh"), str(tmp_path), "0.02"],
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_train.sh"), str(tmp_path), "0.02"],
                             capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("mr", "joint"):

@@ -12,7 +12,7 @@ import pytest
 
 from reblur_deploy import ConfigError, InputError
 from reblur_deploy.io import read_frames, read_image, write_image
-from train.data import (
+from reblur_deploy.train.data import (
     Augment,
     BatchStream,
     ImageStore,
@@ -25,8 +25,8 @@ from train.data import (
     load_source,
     plan_data,
 )
-from train.make_dataset import make_pairs
-from train.synthetic import (
+from reblur_deploy.train.make_dataset import make_pairs
+from reblur_deploy.train.synthetic import (
     BlurParams,
     average_linear,
     sample_trajectory,

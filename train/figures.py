@@ -1,5 +1,5 @@
 """MR's validation figures: does the reblurring module re-create blur, and does its blur score
-rank blurry > deblurred > sharp (docs/TRAINING.md)? ``bench/quality_bar.py`` reports the same."""
+rank blurry > deblurred > sharp (docs/TRAINING.md)? ``scripts/quality_bar.py`` reports the same."""
 
 from __future__ import annotations
 

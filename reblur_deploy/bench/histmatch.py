@@ -15,10 +15,10 @@ from .report import table
 from .timing import interleaved_ratio, timed
 
 
-def _sample_frames(size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sample_frames(size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """TTA's matching problem on the bundled GOPRO crop scaled to ``size``: a reference like a
     network's initial output L0 (the frame, slightly smoothed: float values) and a source like
-    the adapted output LN (L0 sharpened, plus faint noise)."""
+    the adapted output LN (L0 sharpened, plus faint noise). scripts/histmatch_ab.py uses it too."""
     import cv2
 
     from ..io import read_image
@@ -83,7 +83,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     from .. import kernels
     from ..histmatch import TOLERANCE, match_histograms
 
-    source, reference = _sample_frames(config.hist_size)
+    source, reference = sample_frames(config.hist_size)
     frames = {
         "float32": (source, reference),
         "uint8": tuple(np.rint(a * 255).astype(np.uint8) for a in (source, reference)),

@@ -1,7 +1,7 @@
 """Custom kernels and the rule that picks them: always optional, always with a torch fallback.
 
 * **Histogram matching** (binned, ``histmatch.match_histograms_fast``): ``ext`` = C++ (CPU)
-  and CUDA kernels from cpp_ext/, built on first use; ``torch`` = the same algorithm in torch
+  and CUDA kernels from kernels/csrc/, built on first use; ``torch`` = the same algorithm in torch
   operations. Automatic choice: ``ext`` whenever the extension builds for the tensor's device,
   else ``torch`` (``reblur-bench`` measures both, docs/BENCHMARKS.md).
 * **Fused 5×5 ResBlock of MR** (forward and input gradient, ``kernels.resblock``): ``triton`` =
@@ -25,7 +25,16 @@ import threading
 import torch
 
 from ..errors import ConfigError, NotAvailableError
-from ._ext import extension_error, extension_has_cuda, load_extension
+
+# CPP_FLAGS, OPENMP, source_dir: for building variants of the kernels (scripts/histmatch_ab.py)
+from ._ext import (
+    CPP_FLAGS,
+    OPENMP,
+    extension_error,
+    extension_has_cuda,
+    load_extension,
+    source_dir,
+)
 
 LOG = logging.getLogger("reblur_deploy.kernels")
 ENV = "REBLUR_KERNELS"
@@ -130,11 +139,15 @@ def resblock_impl(device: torch.device, dtype: torch.dtype, requested: bool = Fa
 
 
 __all__ = [
+    "CPP_FLAGS",
     "ENV",
     "IMPLEMENTATIONS",
+    "OPENMP",
     "ext_available",
     "forced",
     "histmatch_impl",
+    "load_extension",
     "resblock_impl",
+    "source_dir",
     "triton_available",
 ]

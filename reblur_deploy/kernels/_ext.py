@@ -1,4 +1,4 @@
-"""Build and load the C++/CUDA extension in cpp_ext/ on first use (never required).
+"""Build and load the C++/CUDA extension in csrc/ on first use (never required).
 
 ``torch.utils.cpp_extension.load`` compiles the sources with ninja into a build folder under
 the user cache, ``~/.cache/reblur-deploy/ext/<key>`` (``$REBLUR_EXT_CACHE`` or
@@ -46,9 +46,10 @@ _state: dict[str, object] = {}
 
 
 def source_dir() -> Path | None:
-    """cpp_ext/ of this checkout (``$REBLUR_CPP_EXT`` overrides it), or None when absent."""
+    """The kernels' sources, csrc/ beside this file (package data, so an installed wheel can
+    build them; ``$REBLUR_CPP_EXT`` overrides it), or None when absent."""
     env = os.environ.get("REBLUR_CPP_EXT")
-    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "cpp_ext"
+    folder = Path(env) if env else Path(__file__).resolve().parent / "csrc"
     return folder if (folder / "histmatch.cpp").is_file() else None
 
 
@@ -116,7 +117,9 @@ def _build() -> bool:
 
     folder = source_dir()
     if folder is None:
-        raise RuntimeError("the cpp_ext/ sources are not in this installation (set REBLUR_CPP_EXT)")
+        raise RuntimeError(
+            "the kernels/csrc/ sources are not in this installation (set REBLUR_CPP_EXT)"
+        )
     verify_ninja_availability()
     cuda, why = cuda_buildable()
     if not cuda:

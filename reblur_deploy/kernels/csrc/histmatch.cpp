@@ -16,7 +16,7 @@
 // chosen at load time (HM_X86_CLONES), and the lookup is written with AVX2 and AVX-512 gather
 // intrinsics, chosen at run time (GCC 12 emulates gathers with scalar loads).
 //
-// Measured choices (bench/histmatch_ab.py; docs/BENCHMARKS.md): counts only for the source's
+// Measured choices (scripts/histmatch_ab.py; docs/BENCHMARKS.md): counts only for the source's
 // histogram (the reference's min, max and cmin per bin cost 2-3x a count per pixel); threads
 // taking histogram tasks from a shared counter, dearer ones first; one histogram per chunk (two
 // interleaved ones for even and odd pixels, against store-to-load chains, were 10 % slower);
