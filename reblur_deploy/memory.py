@@ -1,4 +1,5 @@
-"""How much memory a frame needs, how much there is, and the tile size that makes it fit.
+"""How much memory a frame needs, how much there is, and the tile size that makes it fit
+(``TilePlanner``, which the Deblurrer asks before each pass).
 
 A network's activations grow with the pixels it sees, so a large frame (a 20000×20000 scan, a
 panorama) is run in tiles chosen here, on the CPU as on a GPU, before anything is allocated;
@@ -9,6 +10,7 @@ bound: every intermediate tensor of one forward pass counted as if all were aliv
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -118,3 +120,74 @@ def plan_tile(
             f"{gigabytes(budget)} are available; downscale or crop it, or raise --max-memory"
         )
     return min(side, max(h, w))
+
+
+class TilePlanner:
+    """The tile size of each pass over a batch, planned against a memory budget.
+
+    ``tile``: a fixed tile size (None: whole frames, tiled only when they would not fit);
+    ``overlap``: the pixels neighbouring tiles share (default 64, at most a quarter of a small
+    tile); ``max_memory``: the budget in bytes or as a size such as ``"2G"`` (default: what
+    ``device`` has free, less ``HEADROOM``). ``module``'s activation bytes per pixel are measured
+    on first need; ``batch_size`` tiles are run at once.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device,
+        divisor: int = 1,
+        tile: int | None = None,
+        overlap: int | None = None,
+        max_memory: int | str | None = None,
+        batch_size: int = 4,
+    ):
+        if tile is not None and tile < divisor:
+            raise ConfigError(f"tile must be at least {divisor}, got {tile}")
+        if overlap is None:  # 64 px, but at most a quarter of a small tile
+            overlap = 64 if tile is None else min(64, tile // 4)
+        if not 0 <= overlap < (tile or overlap + 1):
+            raise ConfigError(f"tile overlap must be in [0, tile), got {overlap}")
+        self.module, self.device = module, device
+        self.divisor, self.batch_size = divisor, batch_size
+        self.tile, self.overlap = tile, overlap
+        self.max_memory = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
+        self._per_pixel: float | None = None
+        self._last: int | None = None  # the tile size last chosen for lack of memory
+
+    def frame_tile(self, batch: torch.Tensor) -> int | None:
+        """The tile size of a gradient-free pass over ``batch``: ``tile`` when set, else one
+        that fits the budget (None: the batch fits whole)."""
+        return self.tile or self._fitting(batch, 1, self.batch_size, "deblurring it in")
+
+    def crop_size(self, batch: torch.Tensor, crops: int) -> int | None:
+        """The crop size of TTA steps on ``crops`` crops of ``batch`` at once when whole-frame
+        steps would not fit (None: they fit). A step's backward pass keeps about twice the
+        activations of a forward pass."""
+        return self._fitting(batch, 2, crops, "adapting on")
+
+    def budget(self) -> int | None:
+        """Bytes a pass may use: ``max_memory``, else what the device has free less headroom."""
+        if self.max_memory is not None:
+            return self.max_memory
+        free = available_bytes(self.device)
+        return None if free is None else int(free * HEADROOM)
+
+    def _fitting(self, batch: torch.Tensor, factor: int, calls: int, what: str) -> int | None:
+        """``plan_tile`` for ``calls`` tiles at once of ``factor`` times the module's
+        activations; warns, once per change, when the batch has to be cut."""
+        budget = self.budget()
+        if self._per_pixel is None:
+            self._per_pixel = activation_bytes_per_pixel(self.module, self.divisor)
+        tile = plan_tile(tuple(batch.shape), factor * self._per_pixel, budget, calls,
+                         self.divisor, self.overlap)  # fmt: skip
+        if tile is not None and tile != self._last:
+            h, w = batch.shape[-2:]
+            warnings.warn(
+                f"a {w}×{h} frame does not fit in {gigabytes(budget)} of memory in one piece: "
+                f"{what} {tile} px tiles (set --tile to choose)",
+                RuntimeWarning,
+                stacklevel=3,  # the Deblurrer's pass that asked
+            )
+        self._last = tile
+        return tile

@@ -21,7 +21,6 @@ import dataclasses
 import os
 import threading
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -33,17 +32,10 @@ from .backends.exported import check_exported
 from .device import native_bf16, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError, WeightsError
 from .io.arrays import array_to_tensor, swap_red_blue, tensor_to_array
-from .memory import (
-    HEADROOM,
-    activation_bytes_per_pixel,
-    available_bytes,
-    gigabytes,
-    parse_size,
-    plan_tile,
-)
+from .memory import TilePlanner
 from .padding import pad_to_multiple
 from .tiling import run_tiled
-from .tta import TestTimeAdapter, TTAConfig
+from .tta import TestTimeAdapter, TTAConfig, TTAStats
 from .weights import ASSETS, LoadedWeights, load_weights
 
 RANGE_TOLERANCE = 1e-3  # tensors this far outside [0, 1] are clamped; further out is an error
@@ -95,7 +87,8 @@ class Deblurrer:
     tiling implies crop TTA on tiles of the same size unless the config gives ``crop``.
     ``max_memory`` (bytes, or a size such as ``"2G"``; default: what the device has free): a
     frame whose estimated need exceeds it is tiled automatically (and TTA then adapts on crops),
-    with a warning; one that fits in no tiles is refused with an ``InputError``.
+    with a warning; one that fits in no tiles is refused with an ``InputError``. A
+    ``memory.TilePlanner`` makes these choices.
 
     ``color``: channel order of array inputs and outputs, ``"rgb"`` or ``"bgr"`` (OpenCV).
 
@@ -133,7 +126,8 @@ class Deblurrer:
             raise ConfigError(f"color must be 'rgb' or 'bgr', got {color!r}")
         self.color = color
         loaded = self._load(weights)
-        self._set_tiling(tile, tile_overlap, max_memory)
+        self._planner = TilePlanner(self.deblur, self.device, self.size_divisor, tile,
+                                    tile_overlap, max_memory, batch_size)  # fmt: skip
         self._lock = threading.Lock()
         if tta_steps < 0:
             raise ConfigError(f"tta_steps must be ≥ 0, got {tta_steps}")
@@ -150,7 +144,8 @@ class Deblurrer:
             check_exported(self.backend.metadata, self.backend.source, loaded.sha256, name)
         self.tta = tta  # as configured; ``video_mode`` switches the adapter to its video mode
         self._video = False
-        self.adapter = None if tta is None else self._adapter(tta)
+        self._adapter = None if tta is None else self._make_adapter(tta)
+        self._tta_stats = None if tta is None else TTAStats()
 
     def _load(self, weights) -> LoadedWeights | None:
         """Sets ``deblur``, ``reblur`` (on the device, float32, eval mode) and ``metadata``."""
@@ -178,19 +173,32 @@ class Deblurrer:
         self.size_divisor = int(getattr(self.deblur, "size_divisor", 1))
         return loaded
 
-    def _set_tiling(self, tile: int | None, overlap: int | None, max_memory) -> None:
-        if tile is not None and tile < self.size_divisor:
-            raise ConfigError(f"tile must be at least {self.size_divisor}, got {tile}")
-        if overlap is None:  # 64 px, but at most a quarter of a small tile
-            overlap = 64 if tile is None else min(64, tile // 4)
-        if not 0 <= overlap < (tile or overlap + 1):
-            raise ConfigError(f"tile overlap must be in [0, tile), got {overlap}")
-        self.tile, self.tile_overlap = tile, overlap
-        self.max_memory = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
-        self._activation_bytes: float | None = None  # per pixel, measured on first need
-        self._auto_tile: int | None = None  # the tile size last chosen for lack of memory
+    @property
+    def tile(self) -> int | None:
+        """The fixed tile size (None: whole frames, tiled only when they would not fit); the
+        runner's out-of-memory retry lowers it."""
+        return self._planner.tile
 
-    def _adapter(self, tta: TTAConfig) -> TestTimeAdapter:
+    @tile.setter
+    def tile(self, size: int | None) -> None:
+        self._planner.tile = size
+
+    @property
+    def tile_overlap(self) -> int:
+        return self._planner.overlap
+
+    @property
+    def tta_config(self) -> TTAConfig | None:
+        """The TTA settings in effect (``tta`` completed: the crop that tiling implies, the
+        steps' autocast, the video mode when on); None without TTA."""
+        return None if self._adapter is None else self._adapter.config
+
+    @property
+    def tta_stats(self) -> TTAStats | None:
+        """What TTA did in the last batch of the last call (None without TTA)."""
+        return self._tta_stats
+
+    def _make_adapter(self, tta: TTAConfig) -> TestTimeAdapter:
         if self.backend.frozen:
             raise ConfigError(
                 f"test-time adaptation needs gradients, and the {self.backend.name} backend runs "
@@ -224,14 +232,14 @@ class Deblurrer:
         TTA a no-op. A switch starts from the original weights."""
         if self.tta is None or on == self._video:
             return
-        self.adapter.reset()
-        self.adapter = self._adapter(self.tta.for_video() if on else self.tta)
+        self._adapter.reset()
+        self._adapter = self._make_adapter(self.tta.for_video() if on else self.tta)
         self._video = on
 
     def reset(self) -> None:
         """Forget what TTA carried over from earlier frames (start of a new video)."""
-        if self.adapter is not None:
-            self.adapter.reset()
+        if self._adapter is not None:
+            self._adapter.reset()
 
     def __call__(self, images):
         """Deblur an array, a list of arrays or an N×3×H×W tensor; returns the same kind."""
@@ -302,54 +310,23 @@ class Deblurrer:
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """One gradient-free pass of MD over whole frames (tiled when asked or when the frame
         would not fit in memory), any H×W."""
-        tile = self.tile or self._fitting_tile(batch)
+        tile = self._planner.frame_tile(batch)
         if tile is not None:
-            return run_tiled(self.backend.infer, batch, tile, self.tile_overlap,
+            return run_tiled(self.backend.infer, batch, tile, self._planner.overlap,
                              self.size_divisor, self.batch_size)  # fmt: skip
         padded, h, w = pad_to_multiple(batch, self.size_divisor)
         return self.backend.infer(padded)[..., :h, :w]
-
-    def _fitting_tile(self, batch: torch.Tensor, tta: bool = False) -> int | None:
-        """A tile size when ``batch`` would not fit in ``max_memory`` (default: what the device
-        has free) untiled; refuses, with one line, a frame that fits in no tiles. ``tta``: the
-        crop size for TTA's steps instead (their backward pass keeps about twice the
-        activations, for ``crops`` crops at once)."""
-        budget = self.max_memory
-        if budget is None:
-            free = available_bytes(self.device)
-            budget = None if free is None else int(free * HEADROOM)
-        if self._activation_bytes is None:
-            self._activation_bytes = activation_bytes_per_pixel(self.deblur, self.size_divisor)
-        per_pixel, calls = self._activation_bytes, self.batch_size
-        if tta:
-            per_pixel, calls = 2 * per_pixel, self.adapter.config.crops
-        tile = plan_tile(tuple(batch.shape), per_pixel, budget, calls, self.size_divisor,
-                         self.tile_overlap)  # fmt: skip
-        if tile is not None and tile != self._auto_tile:
-            h, w = batch.shape[-2:]
-            what = "adapting on" if tta else "deblurring it in"
-            warnings.warn(
-                f"a {w}×{h} frame does not fit in {gigabytes(budget)} of memory in one piece: "
-                f"{what} {tile} px tiles (set --tile to choose)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self._auto_tile = tile
-        return tile
 
     def _infer(self, batch: torch.Tensor) -> torch.Tensor:
         """The model boundary: float32 NCHW in [0, 1] → float32 NCHW in [0, 1] on the device."""
         batch = batch.to(self.device, torch.float32)
         with self._lock:
-            if self.adapter is not None and self.adapter.config.crop is None:
-                config = self.adapter.config  # whole-frame steps, unless the frame is too big
-                config.crop = self._fitting_tile(batch, tta=True)
-                try:
-                    out = self.adapter(batch)
-                finally:
-                    config.crop = None
-            elif self.adapter is not None:
-                out = self.adapter(batch)
+            if self._adapter is not None:
+                config = self._adapter.config
+                # Whole-frame steps, unless the frame is too big for them: then fitting crops.
+                crop = self._planner.crop_size(batch, config.crops) if config.crop is None else None
+                result = self._adapter(batch, crop=crop)
+                out, self._tta_stats = result.image, result.stats
             else:
                 with torch.inference_mode():
                     out = self._forward(batch).clamp_(0.0, 1.0)  # in place; NaN stays NaN

@@ -331,8 +331,8 @@ class _Runner:
         renames its file only when everything succeeded."""
         done, batch = 0, []
         # TTA adapts frame by frame anyway: batches would only delay the progress updates.
-        adapter = self.deblurrer.adapter
-        size = 1 if adapter is not None and not adapter.config.joint else self.deblurrer.batch_size
+        tta = self.deblurrer.tta_config
+        size = 1 if tta is not None and not tta.joint else self.deblurrer.batch_size
         try:
             with writer:
                 for item in frames:
@@ -396,9 +396,9 @@ class _Runner:
         mr = self.deblurrer.reblur
         for key, array in (("blur_before", image), ("blur_after", out)):  # full precision
             entry[key] = None if mr is None else blur_score(array, mr)
-        adapter = self.deblurrer.adapter
-        if adapter is not None and len(adapter.stats.losses) == 1:  # this frame's adaptation
-            losses = adapter.stats.losses[0]
+        stats = self.deblurrer.tta_stats
+        if stats is not None and len(stats.losses) == 1:  # this frame's adaptation
+            losses = stats.losses[0]
             entry["tta_steps"] = len(losses)
             entry["tta_loss_first"], entry["tta_loss_last"] = (
                 (losses[0], losses[-1]) if losses else (None, None)

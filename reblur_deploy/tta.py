@@ -81,11 +81,13 @@ VIDEO_CROP = 256
 VIDEO_CROPS = 3
 
 
-@dataclass
+@dataclass(frozen=True)
 class TTAConfig:
     """Every TTA option, by the name it has everywhere: ``reblur-run --tta-NAME`` (``--tta``
     for ``steps``), ``TTAConfig(NAME=...)``, ``Deblurrer(tta=TTAConfig(...))``. The defaults are
-    the paper's Algorithm A; see the module docstring for each variant."""
+    the paper's Algorithm A; see the module docstring for each variant. Frozen: a changed
+    setting is a new config (``dataclasses.replace``), and a per-call value (the crop of a frame
+    too large to adapt whole) an argument of ``TestTimeAdapter.__call__``."""
 
     steps: int = 5
     lr: float = 3e-6
@@ -132,14 +134,44 @@ class TTAConfig:
         return dataclasses.replace(self, carry=carry, crop=crop, crops=crops, match_carried=match)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TTAStats:
-    """What the last adaptation did (one entry per adapted image, or one for a joint batch)."""
+    """What one call's adaptation did (one entry per adapted image, or one for a joint batch)."""
 
     steps: list[int] = field(default_factory=list)
     losses: list[list[float]] = field(default_factory=list)
     scene_cuts: int = 0
     fell_back: bool = False
+
+
+@dataclass(frozen=True)
+class TTAResult:
+    """What ``TestTimeAdapter`` returns: the adapted images and what it took to make them."""
+
+    image: torch.Tensor
+    stats: TTAStats
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """What the step loop of one adaptation leaves: L0 (None when not made), the newest
+    whole-frame output LN (None when the weights changed after it), the step losses, and why
+    the loop stopped early (None: it did not fail)."""
+
+    initial: torch.Tensor | None
+    latest: torch.Tensor | None
+    losses: list[float]
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class _Adapted:
+    """One adaptation (an image, or a joint batch): its output and how it went."""
+
+    image: torch.Tensor
+    losses: list[float]
+    fell_back: bool = False
+    scene_cut: bool = False
 
 
 def histogram_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -157,9 +189,9 @@ def histogram_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 class TestTimeAdapter:
     """Adapts MD to images with a frozen MR; keeps the original weights to restore them.
 
-    Call it on N×3×H×W float tensors in [0, 1] (any H×W: padded to MD's size_divisor here).
-    Without ``carry`` every call starts from the original weights; with it, calls are
-    consecutive video frames and ``reset()`` starts a new video.
+    Call it on N×3×H×W float tensors in [0, 1] (any H×W: padded to MD's size_divisor here); it
+    returns a ``TTAResult``. Without ``carry`` every call starts from the original weights;
+    with it, calls are consecutive video frames and ``reset()`` starts a new video.
     """
 
     __test__ = False  # not a pytest class, whatever its name
@@ -175,7 +207,6 @@ class TestTimeAdapter:
         # The gradient-free whole-frame passes (L0 in crop mode, LN); the pipeline tiles them.
         self._full_forward = full_forward or self._forward
         self.config = config or TTAConfig()
-        self.stats = TTAStats()
         self._original = {k: v.detach().clone() for k, v in md.state_dict().items()}
         self._optimizer: torch.optim.Optimizer | None = None
         self._compiled: _CompiledStep | None = None
@@ -190,42 +221,53 @@ class TestTimeAdapter:
         self._optimizer = None
         self._previous_frame = None
 
-    def __call__(self, blurry: torch.Tensor) -> torch.Tensor:
-        self.stats = TTAStats()
+    def __call__(
+        self, blurry: torch.Tensor, *, steps: int | None = None, crop: int | None = None
+    ) -> TTAResult:
+        """Adapt to ``blurry``. ``steps`` and ``crop`` replace the config's for this call only
+        (a benchmark's step counts on one compiled adapter; the crop size the pipeline plans
+        for a frame too large to adapt whole)."""
+        steps = self.config.steps if steps is None else steps
+        crop = self.config.crop if crop is None else crop
         padded, h, w = pad_to_multiple(blurry, getattr(self.md, "size_divisor", 1))
         if self.config.carry is not None:
-            out = torch.cat([self._adapt_frame(frame[None]) for frame in padded])
+            runs = [self._adapt_frame(frame[None], steps, crop) for frame in padded]
         elif self.config.joint:
-            out = self._adapt(padded, self.config.steps, restore=True)
+            runs = [self._adapt(padded, steps, crop, restore=True)]
         else:
-            out = torch.cat([self._adapt(x[None], self.config.steps, True) for x in padded])
-        return out[..., :h, :w]
+            runs = [self._adapt(x[None], steps, crop, restore=True) for x in padded]
+        stats = TTAStats(
+            steps=[len(run.losses) for run in runs],
+            losses=[run.losses for run in runs],
+            scene_cuts=sum(run.scene_cut for run in runs),
+            fell_back=any(run.fell_back for run in runs),
+        )
+        return TTAResult(torch.cat([run.image for run in runs])[..., :h, :w], stats)
 
-    def _adapt_frame(self, frame: torch.Tensor) -> torch.Tensor:
+    def _adapt_frame(self, frame: torch.Tensor, steps: int, crop: int | None) -> _Adapted:
         """Carry-over: continue from the previous frame's weights unless the scene changed."""
         previous, self._previous_frame = self._previous_frame, frame
-        if (
+        cut = (
             previous is not None
             and histogram_distance(previous[0], frame[0]) > self.config.scene_cut
-        ):
-            self.stats.scene_cuts += 1
-            previous = None
-        if previous is None:
+        )
+        if previous is None or cut:
             self.reset()
             self._previous_frame = frame
-            out = self._adapt(frame, self.config.steps, restore=False)
+            adapted = self._adapt(frame, steps, crop, restore=False)
         else:
             match = self.config.match_carried is not False
-            out = self._adapt(frame, self.config.carry or 0, restore=False, match=match)
-        self._decay()
-        return out
+            carry = self.config.carry or 0
+            adapted = self._adapt(frame, carry, crop, restore=False, match=match)
+        self._decay(steps)
+        return dataclasses.replace(adapted, scene_cut=cut)
 
-    def _decay(self) -> None:
+    def _decay(self, steps: int) -> None:
         """Pull the carried weights back towards the original ones, keeping 1 − carry/steps of
         their change. Each frame's ``carry`` steps move a weight by about ``lr`` each (Adam), so
         the change a frame sees settles at ``steps`` steps' worth (d = keep·d + carry·lr gives
         d = steps·lr): never more than per-frame Algorithm A, however long the shot."""
-        steps, carry = self.config.steps, self.config.carry or 0
+        carry = self.config.carry or 0
         keep = max(0.0, 1.0 - carry / steps) if steps else 0.0
         with torch.no_grad():
             for key, value in self.md.state_dict().items():
@@ -233,19 +275,16 @@ class TestTimeAdapter:
                     original = self._original[key]
                     value.sub_(original).mul_(keep).add_(original)
 
-    def _autocast(self, device: torch.device):
-        return autocast(device, self.config.amp_dtype)
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._autocast(x.device):
+        with autocast(x.device, self.config.amp_dtype):
             return self.md(x).float()
 
-    def _random_crops(self, x: torch.Tensor) -> torch.Tensor:
-        """``crops`` random crops per image, at multiples of MD's size_divisor."""
+    def _random_crops(self, x: torch.Tensor, crop: int) -> torch.Tensor:
+        """``crops`` random ``crop``² crops per image, at multiples of MD's size_divisor."""
         divisor = getattr(self.md, "size_divisor", 1)
         h, w = x.shape[-2:]
-        ch = max(divisor, min(h, self.config.crop) // divisor * divisor)
-        cw = max(divisor, min(w, self.config.crop) // divisor * divisor)
+        ch = max(divisor, min(h, crop) // divisor * divisor)
+        cw = max(divisor, min(w, crop) // divisor * divisor)
         crops = []
         for _ in range(self.config.crops):
             top = int(torch.randint(0, h - ch + 1, (1,), generator=self._generator))
@@ -254,10 +293,15 @@ class TestTimeAdapter:
         return torch.cat(crops)
 
     def _adapt(
-        self, blurry: torch.Tensor, steps: int, restore: bool, match: bool = True
-    ) -> torch.Tensor:
-        """Algorithm A (with the configured variants) on one image or a joint batch;
-        ``match=False``: LN as it is, without L0 or the matching."""
+        self,
+        blurry: torch.Tensor,
+        steps: int,
+        crop: int | None,
+        restore: bool,
+        match: bool = True,
+    ) -> _Adapted:
+        """Algorithm A (with the configured variants) on one image or a joint batch, on
+        ``crop``² crops unless None; ``match=False``: LN as it is, without L0 or the matching."""
         step = self._choose_optimizer(blurry, steps, restore)
         with (
             frozen(self.mr),
@@ -265,15 +309,15 @@ class TestTimeAdapter:
             torch.enable_grad(),
             self._mr_kernels(blurry),
         ):
-            initial, latest, losses, failure = self._run_steps(blurry, steps, step, match)
-        return self._result(blurry, initial, latest, losses, failure, restore, match)
+            run = self._run_steps(blurry, steps, crop, step, match)
+        return self._result(blurry, run, restore, match)
 
     def _choose_optimizer(
         self, blurry: torch.Tensor, steps: int, restore: bool
     ) -> _CompiledStep | None:
         """Adam for this adaptation: fresh unless carried over; the compiled step's own Adam
         (zeroed, never recreated, which would recompile) with ``compile``."""
-        step = self._compiled_step(blurry) if self.config.compile and steps else None
+        step = self._compiled_step() if self.config.compile and steps else None
         if step is not None:
             if restore or self._optimizer is None:
                 step.reset_optimizer()
@@ -286,30 +330,36 @@ class TestTimeAdapter:
             self._optimizer = torch.optim.Adam(self.md.parameters(), lr=self.config.lr)
         return step
 
-    def _run_steps(self, blurry: torch.Tensor, steps: int, step: _CompiledStep | None, match: bool):
-        """The step loop: (L0, the newest whole-frame output LN, the losses, a failure or
-        None). Stops early at a non-finite loss or output, or when ``tol`` is reached. In crop
-        mode L0 is a pass of its own, made only for ``match`` (or without steps)."""
-        crop = self.config.crop is not None
+    def _run_steps(
+        self,
+        blurry: torch.Tensor,
+        steps: int,
+        crop: int | None,
+        step: _CompiledStep | None,
+        match: bool,
+    ) -> _Steps:
+        """The step loop. Stops early at a non-finite loss or output, or when ``tol`` is
+        reached. In crop mode L0 is a pass of its own, made only for ``match`` (or without
+        steps)."""
         losses: list[float] = []
         initial = None  # L0
-        if (crop and match) or steps == 0:
+        if (crop is not None and match) or steps == 0:
             with torch.no_grad():
                 initial = self._full_forward(blurry)
         latest = initial  # the newest full-frame output of the current weights
         for _ in range(steps):
-            x = self._random_crops(blurry) if crop else blurry
+            x = blurry if crop is None else self._random_crops(blurry, crop)
             if step is not None:
                 output, loss = step.forward_loss(x)
             else:
                 output = self._forward(x)
                 loss = self_supervised_loss(self.mr, output)
-            if not crop:
+            if crop is None:
                 latest = output.detach()
                 initial = latest if initial is None else initial  # one tensor: not matched
             if not (torch.isfinite(loss) and torch.isfinite(output).all()):
                 what = "loss" if torch.isfinite(output).all() else "output"
-                return initial, latest, losses, f"a non-finite {what}"
+                return _Steps(initial, latest, losses, f"a non-finite {what}")
             losses.append(loss.item())
             if self.config.tol is not None and _converged(losses, self.config.tol):
                 break  # in full-frame mode ``latest`` is already this step's output
@@ -324,14 +374,15 @@ class TestTimeAdapter:
             with torch.no_grad():
                 latest = self._full_forward(blurry)  # LN
             if not torch.isfinite(latest).all():
-                return initial, latest, losses, "a non-finite output after the last step"
-        return initial, latest, losses, None
+                return _Steps(initial, latest, losses, "a non-finite output after the last step")
+        return _Steps(initial, latest, losses)
 
-    def _result(self, blurry, initial, latest, losses, failure, restore: bool, match: bool):
+    def _result(self, blurry: torch.Tensor, run: _Steps, restore: bool, match: bool) -> _Adapted:
         """LN matched to L0's histograms (LN as it is without ``match``); after a failure,
         the last finite output (L0 at worst; the original weights' output when no L0 was
         made) with a warning and the weights reset."""
-        if failure is not None:
+        initial, latest = run.initial, run.latest
+        if run.failure is not None:
             latest = latest if latest is not None and torch.isfinite(latest).all() else initial
             if latest is None:
                 self.reset()
@@ -339,27 +390,25 @@ class TestTimeAdapter:
                     latest = initial = self._full_forward(blurry)
         if initial is not None and not torch.isfinite(initial).all():
             raise InputError("the network produced NaN or infinite values (diverged weights?)")
-        if failure is not None:
+        if run.failure is not None:
             warnings.warn(
-                f"TTA stopped after {len(losses)} step(s): {failure}; "
+                f"TTA stopped after {len(run.losses)} step(s): {run.failure}; "
                 "returning the last finite result and resetting the weights",
                 RuntimeWarning,
                 stacklevel=4,
             )
-            self.stats.fell_back = True
-            restore = True
-        self.stats.steps.append(len(losses))
-        self.stats.losses.append(losses)
-        if restore:
+        if restore or run.failure is not None:
             self.reset()
         if not match or latest is initial:
-            return latest.clamp(0, 1)
-        exact = self.config.histmatch == "exact"
-        return match_histograms(latest, initial, exact=exact).clamp_(0, 1)
+            image = latest.clamp(0, 1)
+        else:
+            exact = self.config.histmatch == "exact"
+            image = match_histograms(latest, initial, exact=exact).clamp_(0, 1)
+        return _Adapted(image, run.losses, fell_back=run.failure is not None)
 
-    def _compiled_step(self, blurry: torch.Tensor) -> _CompiledStep | None:
+    def _compiled_step(self) -> _CompiledStep:
         if self._compiled is None:
-            self._compiled = _CompiledStep(self)
+            self._compiled = _CompiledStep(self.md, self.mr, self.config.lr, self.config.amp_dtype)
         return self._compiled
 
     def _mr_kernels(self, blurry: torch.Tensor):
@@ -377,24 +426,24 @@ class TestTimeAdapter:
 class _CompiledStep:
     """One TTA step under ``torch.compile``, compiled once per input shape and reused.
 
-    ``forward_loss`` (MD forward, MR forward, the self-supervised loss; its backward pass comes
-    from the same AOTAutograd graph pair) and ``update`` (Adam) are two compiled functions. On
-    CUDA they run as CUDA graphs (``mode="reduce-overhead"``), with MD, MR and the inputs in
-    channels-last memory format; outputs are cloned out of the graphs' memory pool before the
-    next replay. Adam's state is created here, once, and zeroed in place for each new image, so
-    the compiled update never sees a new optimizer (which would recompile).
+    ``forward_loss`` (MD forward under ``amp_dtype`` autocast, MR forward, the self-supervised
+    loss; its backward pass comes from the same AOTAutograd graph pair) and ``update`` (Adam at
+    ``lr``) are two compiled functions. On CUDA they run as CUDA graphs
+    (``mode="reduce-overhead"``), with MD, MR and the inputs in channels-last memory format;
+    outputs are cloned out of the graphs' memory pool before the next replay. Adam's state is
+    created here, once, and zeroed in place for each new image, so the compiled update never
+    sees a new optimizer (which would recompile).
     """
 
-    def __init__(self, adapter: TestTimeAdapter):
-        self.adapter = adapter
-        self.md, self.mr = adapter.md, adapter.mr
+    def __init__(self, md: nn.Module, mr: nn.Module, lr: float, amp_dtype: torch.dtype | None):
+        self.md, self.mr, self.amp_dtype = md, mr, amp_dtype
         self.device = next(self.md.parameters()).device
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             self.md.to(memory_format=torch.channels_last)
             self.mr.to(memory_format=torch.channels_last)
         params = [p for p in self.md.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=adapter.config.lr, capturable=self.cuda)
+        self.optimizer = torch.optim.Adam(params, lr=lr, capturable=self.cuda)
         for p in params:  # the state Adam would create at its first step, created now
             self.optimizer.state[p] = {
                 "step": torch.zeros((), device=p.device if self.cuda else "cpu"),
@@ -412,7 +461,7 @@ class _CompiledStep:
                     value.zero_()
 
     def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.adapter._autocast(x.device):
+        with autocast(x.device, self.amp_dtype):
             output = self.md(x).float()
         return output, self_supervised_loss(self.mr, output)
 
@@ -450,4 +499,4 @@ def adapt(
     MD's weights are restored afterwards. ``options`` are the other fields of ``TTAConfig``
     (``crop``, ``crops``, ``tol``, ``joint``, ``amp_dtype``, ``seed``, ...).
     """
-    return TestTimeAdapter(md, mr, TTAConfig(steps=steps, lr=lr, **options))(blurry)
+    return TestTimeAdapter(md, mr, TTAConfig(steps=steps, lr=lr, **options))(blurry).image

@@ -461,8 +461,8 @@ def test_compiled_tta_step_equals_the_eager_step_and_compiles_once_per_shape(mod
             assert counters["stats"]["unique_graphs"] == graphs
         with torch.no_grad():  # the adapted networks agree to float32 noise
             torch.testing.assert_close(md_compiled(frames), md_eager(frames), atol=1e-5, rtol=1e-5)
-        assert close_after_matching(out, expected)
-        for a, b in zip(compiled.stats.losses, eager.stats.losses, strict=True):
+        assert close_after_matching(out.image, expected.image)
+        for a, b in zip(out.stats.losses, expected.stats.losses, strict=True):
             assert a == pytest.approx(b, rel=1e-4)
     compiled.reset()
     assert all(torch.equal(v, md.state_dict()[k]) for k, v in md_compiled.state_dict().items())
@@ -471,8 +471,8 @@ def test_compiled_tta_step_equals_the_eager_step_and_compiles_once_per_shape(mod
 def test_fast_histogram_matching_option_in_tta(models):
     md, mr = models
     frame = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(1))
-    exact = TestTimeAdapter(md, mr, TTAConfig(steps=2, lr=1e-3))(frame)
-    fast = TestTimeAdapter(md, mr, TTAConfig(steps=2, lr=1e-3, histmatch="fast"))(frame)
+    exact = TestTimeAdapter(md, mr, TTAConfig(steps=2, lr=1e-3))(frame).image
+    fast = TestTimeAdapter(md, mr, TTAConfig(steps=2, lr=1e-3, histmatch="fast"))(frame).image
     assert (fast - exact).abs().max() <= TOLERANCE
     with pytest.raises(ConfigError, match="histmatch"):
         TTAConfig(histmatch="approximate")
@@ -484,8 +484,8 @@ def test_fused_option_without_a_gpu_keeps_the_torch_path(models, monkeypatch):
     monkeypatch.delenv(kernels.ENV, raising=False)
     md, mr = models
     frame = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
-    plain = TestTimeAdapter(md, mr, TTAConfig(steps=1, lr=1e-3))(frame)
-    fused = TestTimeAdapter(md, mr, TTAConfig(steps=1, lr=1e-3, fused=True))(frame)
+    plain = TestTimeAdapter(md, mr, TTAConfig(steps=1, lr=1e-3))(frame).image
+    fused = TestTimeAdapter(md, mr, TTAConfig(steps=1, lr=1e-3, fused=True))(frame).image
     assert torch.equal(plain, fused)
 
 

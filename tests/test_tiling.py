@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from reblur_deploy import ConfigError, Deblurrer
+from reblur_deploy import ConfigError, Deblurrer, TTAConfig
 from reblur_deploy.io import read_image
+from reblur_deploy.memory import FRAME_BYTES_PER_PIXEL, activation_bytes_per_pixel
 from reblur_deploy.tiling import _ramp, run_tiled
 
 
@@ -50,9 +51,32 @@ def test_tiling_options_are_checked(small_unet):
 def test_tiled_tta_adapts_on_tiles(image, small_unet, small_reblur):
     deblurrer = Deblurrer({"deblur": small_unet, "reblur": small_reblur}, device="cpu",
                           tta_steps=2, tile=128, tile_overlap=32)  # fmt: skip
-    assert deblurrer.adapter.config.crop == 128
+    assert deblurrer.tta_config.crop == 128
     out = deblurrer(image)
     assert out.shape == image.shape and out.dtype == np.uint8
+
+
+def test_a_frame_too_big_for_whole_frame_steps_adapts_on_crops_and_keeps_the_config(
+    image, small_unet, small_reblur
+):
+    """Whole-frame passes fit the budget, whole-frame steps (twice the activations) do not:
+    this call's steps run on crops planned for it, and the effective settings stay as they
+    were."""
+    image = np.tile(image, (2, 2, 1))  # large enough for crops smaller than the frame to help
+    h, w = image.shape[:2]
+    per_pixel = activation_bytes_per_pixel(small_unet, small_unet.size_divisor)
+    budget = int((FRAME_BYTES_PER_PIXEL + 1.5 * per_pixel) * h * w)
+    deblurrer = Deblurrer({"deblur": small_unet, "reblur": small_reblur}, device="cpu",
+                          tta_steps=1, max_memory=budget)  # fmt: skip
+    seen = []
+    hook = small_unet.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    with pytest.warns(RuntimeWarning, match="adapting on"):
+        out = deblurrer(image)
+    hook.remove()
+    assert out.shape == image.shape
+    (step,) = [shape for shape in seen if shape[0] == 4]  # one step on 4 crops
+    assert step[-1] < w and deblurrer.tta_stats.steps == [1]
+    assert deblurrer.tta_config == TTAConfig(steps=1)  # crop None: nothing was changed in place
 
 
 def test_bgr_frames_and_streaming(image, small_unet):

@@ -11,7 +11,14 @@ from reblur_deploy.histmatch import TOLERANCE, match_histograms
 from reblur_deploy.io import read_image
 from reblur_deploy.metrics import psnr
 from reblur_deploy.models import build
-from reblur_deploy.tta import TestTimeAdapter, TTAConfig, adapt, histogram_distance
+from reblur_deploy.tta import (
+    TestTimeAdapter,
+    TTAConfig,
+    TTAResult,
+    TTAStats,
+    adapt,
+    histogram_distance,
+)
 
 from .conftest import randomized
 
@@ -51,11 +58,11 @@ def test_algorithm_a_lowers_the_self_supervised_loss(frame, md, mr):
         initial = md(frame)
         before = losses.l1(mr(initial), initial).item()
     adapter = TestTimeAdapter(md, mr, TTAConfig(steps=5, carry=0))  # keeps the weights
-    adapter(frame)
+    stats = adapter(frame).stats
     with torch.no_grad():
         after = losses.l1(mr(md(frame)), initial).item()
-    assert adapter.stats.steps == [5]
-    assert adapter.stats.losses[0][0] == pytest.approx(before, rel=1e-5)
+    assert stats.steps == [5]
+    assert stats.losses[0][0] == pytest.approx(before, rel=1e-5)
     assert after < (1 - 1e-3) * before  # far beyond float32 noise
 
 
@@ -88,8 +95,23 @@ def test_batch_images_are_adapted_independently(frame, md, mr):
     torch.testing.assert_close(batch[:1], adapt(frame, md, mr, steps=2, lr=1e-4))
     torch.testing.assert_close(batch[1:], adapt(other, md, mr, steps=2, lr=1e-4))
     joint = TestTimeAdapter(md, mr, TTAConfig(steps=2, lr=1e-4, joint=True))
-    assert joint(torch.cat([frame, other])).shape == (2, 3, 64, 80)
-    assert joint.stats.steps == [2]
+    result = joint(torch.cat([frame, other]))
+    assert result.image.shape == (2, 3, 64, 80) and result.stats.steps == [2]
+
+
+def test_the_config_is_frozen_and_per_call_values_are_arguments(frame, md, mr):
+    config = TTAConfig(steps=3, lr=1e-3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.crop = 32  # type: ignore[misc]
+    adapter = TestTimeAdapter(md, mr, config)
+    seen = []
+    hook = md.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    result = adapter(frame, steps=1, crop=32)
+    hook.remove()
+    assert isinstance(result, TTAResult) and result.image.shape == frame.shape
+    assert result.stats == TTAStats(steps=[1], losses=result.stats.losses)
+    assert (4, 3, 32, 32) in seen  # this call's crop
+    assert adapter.config is config and adapter(frame).stats.steps == [3]  # then the config's
 
 
 def test_crop_tta_adapts_on_crops_and_infers_the_whole_frame(frame, md, mr):
@@ -97,7 +119,7 @@ def test_crop_tta_adapts_on_crops_and_infers_the_whole_frame(frame, md, mr):
     adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, crop=32, crops=2, lr=1e-3))
     seen = []
     hook = md.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
-    out = adapter(frame[..., :63, :77])  # odd sizes are padded to the divisor
+    out = adapter(frame[..., :63, :77]).image  # odd sizes are padded to the divisor
     hook.remove()
     assert out.shape == (1, 3, 63, 77)
     assert seen == [(1, 3, 64, 80)] + [(2, 3, 32, 32)] * 3 + [(1, 3, 64, 80)]
@@ -106,11 +128,9 @@ def test_crop_tta_adapts_on_crops_and_infers_the_whole_frame(frame, md, mr):
 
 def test_early_stop(frame, md, mr):
     adapter = TestTimeAdapter(md, mr, TTAConfig(steps=10, tol=1.0))  # any gain is "too small"
-    adapter(frame)
-    assert adapter.stats.steps == [2]
+    assert adapter(frame).stats.steps == [2]
     adapter = TestTimeAdapter(md, mr, TTAConfig(steps=4, tol=0.0))
-    adapter(frame)
-    assert len(adapter.stats.losses[0]) in range(2, 5)
+    assert len(adapter(frame).stats.losses[0]) in range(2, 5)
 
 
 def test_scene_cut_threshold_on_real_frames(data_dir):
@@ -129,22 +149,20 @@ def test_carry_over_keeps_weights_within_a_shot_and_resets_at_a_cut(frame, md, m
         adapter(x)
     assert not same_weights(md, saved)  # carried, not restored
     cut = 1 - frame  # a synthetic cut: the negative of the frame
-    outs = []
-    for x in [*shot[:1], cut]:
-        outs.append(adapter(x))
-    assert adapter.stats.scene_cuts == 1 and adapter.stats.steps == [3]
+    results = [adapter(x) for x in [*shot[:1], cut]]
+    assert results[-1].stats.scene_cuts == 1 and results[-1].stats.steps == [3]
     adapter.reset()
     assert same_weights(md, saved)
     fresh = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry=1, lr=1e-4))
-    torch.testing.assert_close(outs[-1], fresh(cut))  # after a cut: as if the video started there
+    # After a cut: as if the video started there.
+    torch.testing.assert_close(results[-1].image, fresh(cut).image)
 
 
 def test_carry_over_costs_carry_steps_per_frame(frame, md, mr):
     adapter = TestTimeAdapter(md, mr, TTAConfig(steps=3, carry=1))
     history = []
     for shift in range(3):
-        adapter(frame.roll(shift, -1))
-        history += adapter.stats.steps
+        history += adapter(frame.roll(shift, -1)).stats.steps
     assert history == [3, 1, 1]
 
 
@@ -169,7 +187,8 @@ def test_carried_frames_match_to_their_own_l0_only_when_asked(frame, md, mr, mat
     adapter = TestTimeAdapter(md, mr, config, full_forward=passes)
     for shift in range(3):
         before = len(passes.outputs)
-        out = adapter(frame.roll(shift, -1))
+        result = adapter(frame.roll(shift, -1))
+        out = result.image
         made = passes.outputs[before:]
         assert len(made) == (2 if shift == 0 or match_carried else 1)
         if len(made) == 2:
@@ -178,7 +197,7 @@ def test_carried_frames_match_to_their_own_l0_only_when_asked(frame, md, mr, mat
             torch.testing.assert_close(out, match_histograms(ln, l0).clamp(0, 1))
         else:
             assert torch.equal(out, made[0].clamp(0, 1))
-    assert adapter.stats.steps == [1]
+    assert result.stats.steps == [1]
 
 
 def test_a_failed_carried_frame_without_l0_returns_the_original_output(frame, md, mr):
@@ -194,9 +213,9 @@ def test_a_failed_carried_frame_without_l0_returns_the_original_output(frame, md
     with torch.no_grad():
         mr.tail.bias[0] = float("nan")
     with pytest.warns(RuntimeWarning, match="non-finite loss"):
-        out = adapter(frame)
-    assert adapter.stats.fell_back
-    assert torch.equal(out, original) and same_weights(md, saved)
+        result = adapter(frame)
+    assert result.stats.fell_back
+    assert torch.equal(result.image, original) and same_weights(md, saved)
 
 
 def test_nan_guard_returns_the_initial_output(frame, md, mr):
@@ -247,8 +266,9 @@ def test_every_tta_field_is_one_option_with_its_name_in_both_commands():
     fields = {f.name for f in dataclasses.fields(TTAConfig)} - {"steps", "amp_dtype"}
     for command in (run_cli.main, eval_cli.main):
         params = {p.name: p for p in command.params if p.name.startswith("tta_")}
-        # --tta-video/--tta-per-frame (reblur-run): which configuration videos get
-        extra = {"tta_steps", "tta", "tta_video"}
+        # --tta-video/--tta-per-frame (reblur-run): which configuration videos get;
+        # --tta-sweep (reblur-eval): a row per number of steps
+        extra = {"tta_steps", "tta_sweep", "tta_video"}
         assert set(params) - extra == {f"tta_{name}" for name in fields}
         for name in fields:
             assert params[f"tta_{name}"].opts == ["--tta-" + name.replace("_", "-")]
@@ -267,10 +287,11 @@ def test_every_tta_field_is_one_option_with_its_name_in_both_commands():
 def test_deblurrer_takes_one_config_and_the_steps_shorthand(md, mr):
     modules = {"deblur": md, "reblur": mr}
     config = TTAConfig(steps=2, crop=32, histmatch="fast")
-    adapter = Deblurrer(modules, device="cpu", tta=config).adapter
-    assert (adapter.config.steps, adapter.config.crop, adapter.config.histmatch) == (2, 32, "fast")
-    assert Deblurrer(modules, device="cpu", tta_steps=4).adapter.config == TTAConfig(steps=4)
-    assert Deblurrer(modules, device="cpu").adapter is None
+    effective = Deblurrer(modules, device="cpu", tta=config).tta_config
+    assert (effective.steps, effective.crop, effective.histmatch) == (2, 32, "fast")
+    assert Deblurrer(modules, device="cpu", tta_steps=4).tta_config == TTAConfig(steps=4)
+    plain = Deblurrer(modules, device="cpu")
+    assert plain.tta_config is None and plain.tta_stats is None
     with pytest.raises(ConfigError, match="not both"):
         Deblurrer(modules, device="cpu", tta_steps=4, tta=config)
 
@@ -316,8 +337,8 @@ def test_video_mode_crop_steps_take_bf16_where_the_cpu_has_it_within_one_level(d
     assert TTAConfig(steps=3, match_carried=True).for_video().match_carried is True
     auto = Deblurrer("unet-lite", device="cpu", tta=video)
     expected = torch.bfloat16 if native_bf16("cpu") else None
-    assert auto.adapter.config.amp_dtype == expected
-    assert Deblurrer("unet-lite", device="cpu", tta_steps=3).adapter.config.amp_dtype is None
+    assert auto.tta_config.amp_dtype == expected
+    assert Deblurrer("unet-lite", device="cpu", tta_steps=3).tta_config.amp_dtype is None
     fp32 = dataclasses.replace(video, amp_dtype=torch.float32)
     reference = Deblurrer("unet-lite", device="cpu", tta=fp32)
     root = data_dir / "train" / "reds027_x4" / "blur"
@@ -325,4 +346,4 @@ def test_video_mode_crop_steps_take_bf16_where_the_cpu_has_it_within_one_level(d
         frame = read_image(path)
         a, b = auto(frame).astype(np.int16), reference(frame).astype(np.int16)
         assert np.abs(a - b).max() <= 1
-    assert auto.adapter.stats.steps == reference.adapter.stats.steps == [1]
+    assert auto.tta_stats.steps == reference.tta_stats.steps == [1]

@@ -58,7 +58,7 @@ def _run(deblurrer, frames: list[np.ndarray], device: torch.device, plain=None) 
         outputs.append(out)
         seconds.append(took)
         ratios.append(took / base if plain is not None else 1.0)
-        steps.append(sum(deblurrer.adapter.stats.steps) if deblurrer.adapter else 0)
+        steps.append(sum(deblurrer.tta_stats.steps) if deblurrer.tta_stats else 0)
     changes = [
         flicker(outputs[i], outputs[i - 1], frames[i], frames[i - 1]) for i in range(1, len(frames))
     ]
