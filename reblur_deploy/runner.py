@@ -29,6 +29,7 @@ from .errors import ConfigError, InputError, ReblurError
 from .io import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
+    VideoSettings,
     VideoWriter,
     is_video,
     probe_video,
@@ -61,10 +62,7 @@ class RunOptions:
     start: int = 0
     end: int | None = None
     fps: float = 30.0
-    codec: str | None = None
-    crf: int = 18
-    preset: str = "medium"
-    pix_fmt: str | None = None
+    video: VideoSettings = field(default_factory=VideoSettings)  # how videos are encoded
     quality: int = 95
     skip_existing: bool = False
     shard: tuple[int, int] = (0, 1)
@@ -323,8 +321,8 @@ class _Runner:
     def writer(self, target: Path, fps: Fraction, width: int, height: int, **kwargs) -> VideoWriter:
         o = self.options
         width *= 2 if o.side_by_side else 1
-        return VideoWriter(target, fps, width, height, codec=o.codec, crf=o.crf, preset=o.preset,
-                           pix_fmt=o.pix_fmt, overwrite=o.overwrite, **kwargs)  # fmt: skip
+        return VideoWriter(target, fps, width, height, settings=o.video, overwrite=o.overwrite,
+                           **kwargs)  # fmt: skip
 
     def encode_all(self, job: Job, frames, writer: VideoWriter) -> int:
         """Deblur (index, rgb, pts) frames in batches and encode them in order; the writer

@@ -15,6 +15,7 @@ import pytest
 from reblur_deploy import ConfigError, InputError, ReblurError
 from reblur_deploy.io import (
     VIDEO_SUFFIXES,
+    VideoSettings,
     VideoWriter,
     is_video,
     probe_video,
@@ -330,13 +331,31 @@ def test_frame_range_errors(source):
 
 def test_codec_not_available(tmp_path):
     with pytest.raises(InputError, match="not available in this FFmpeg build") as error:
-        VideoWriter(tmp_path / "x.mp4", 30, W, H, codec="no_such_encoder")
+        VideoWriter(tmp_path / "x.mp4", 30, W, H, settings=VideoSettings("no_such_encoder"))
     one_line(error)
     with pytest.raises(ConfigError, match="audio encoder"):
-        VideoWriter(tmp_path / "x.mp4", 30, W, H, codec="aac")
+        VideoWriter(tmp_path / "x.mp4", 30, W, H, settings=VideoSettings("aac"))
     with pytest.raises(ConfigError, match="cannot hold the aac audio"):
         VideoWriter(tmp_path / "x.webm", 30, W, H, audio_from=make_video(tmp_path / "a.mp4"))
     assert [p.name for p in tmp_path.iterdir()] == ["a.mp4"]
+
+
+def test_video_settings_are_one_checked_frozen_value(tmp_path):
+    settings = VideoSettings(crf=20)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.crf = 0  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="crf must be"):
+        VideoSettings(crf=-1)
+    with pytest.raises(ConfigError, match="unknown pixel format 'rgb99'"):
+        VideoSettings(pix_fmt="rgb99")
+    with pytest.raises(ConfigError, match="unknown preset 'warp'"):
+        VideoSettings("libx264", preset="warp")
+    with pytest.raises(ConfigError, match="unknown preset 'warp'"):  # .mp4's default codec: x264
+        VideoWriter(tmp_path / "x.mp4", 30, W, H, settings=VideoSettings(preset="warp"))
+    assert not list(tmp_path.iterdir())
+    assert VideoSettings(preset="warp").for_container(".webm").codec == "libvpx-vp9"
+    x264 = settings.for_container(".mkv")
+    assert x264.codec == "libx264" and x264.encoder_options() == {"crf": "20", "preset": "medium"}
 
 
 def test_bad_frames_and_time_stamps_are_refused(tmp_path):
@@ -360,7 +379,7 @@ def test_disk_full_gives_a_write_error_and_leaves_nothing(tmp_path):
     try:
         with (
             pytest.raises(ReblurError, match="cannot write") as error,
-            VideoWriter(folder / "x.mp4", 30, W, H, crf=0) as out,
+            VideoWriter(folder / "x.mp4", 30, W, H, settings=VideoSettings(crf=0)) as out,
         ):
             for image in noise:
                 out.write(image)

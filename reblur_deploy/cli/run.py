@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..backends.exported import bundled_source, exported_metadata, origin
 from ..device import resolve_device
 from ..errors import ConfigError
+from ..io import VideoSettings
 from ..pipeline import Deblurrer, default_weights
 from ..runner import (
     RunOptions,
@@ -220,7 +221,7 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         raise ConfigError(f"--end {end} must be after --start {start}")
     options = RunOptions(
         output=output, overwrite=overwrite, side_by_side=side_by_side, start=start, end=end,
-        fps=fps, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, quality=quality,
+        fps=fps, video=VideoSettings(codec, crf, preset, pix_fmt), quality=quality,
         skip_existing=skip_existing, shard=_shard(shard), report=report, tta_video=tta_video,
     )  # fmt: skip
     jobs = plan_jobs(inputs, options)

@@ -8,7 +8,8 @@ Defaults and what they mean:
 
 * Codec per container: ``.mp4`` / ``.mov`` / ``.mkv`` → H.264 (libx264), ``.webm`` → VP9
   (libvpx-vp9), ``.avi`` → MPEG-4 part 2 (``mpeg4``, the AVI muxer's own default and what AVI
-  players expect). ``codec=`` picks any other encoder of the FFmpeg build.
+  players expect). ``VideoSettings(codec=...)``, the writer's ``settings``, picks any other
+  encoder of the FFmpeg build.
 * Quality: ``crf=18`` (constant quality, 0 = lossless, 51 = worst). For x264 18 is the usual
   "visually near-lossless" setting: compression artefacts are hard to see at normal viewing, so
   the deblurred detail survives. The same number goes to the other constant-quality encoders
@@ -48,6 +49,7 @@ Defaults and what they mean:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterator
@@ -487,6 +489,82 @@ class _AudioCopier:
             self._in.close()
 
 
+@dataclass(frozen=True)
+class VideoSettings:
+    """How a ``VideoWriter`` encodes (see the module docstring): the encoder (None: the
+    container's default, ``DEFAULT_CODECS``), its constant quality ``crf``, x264/x265's speed
+    ``preset`` and the pixel format (None: 4:2:0 of the input's depth where the encoder has it).
+    """
+
+    codec: str | None = None
+    crf: int = 18
+    preset: str = "medium"
+    pix_fmt: str | None = None
+
+    def __post_init__(self):
+        if self.crf < 0:
+            raise ConfigError(f"crf must be ≥ 0, got {self.crf}")
+        if self.codec in _PRESET_CODECS and self.preset not in _X264_PRESETS:
+            raise ConfigError(
+                f"unknown preset {self.preset!r} (use one of {', '.join(_X264_PRESETS)})"
+            )
+        if self.pix_fmt is not None:
+            try:
+                av.VideoFormat(self.pix_fmt)
+            except ValueError:
+                raise ConfigError(
+                    f"unknown pixel format {self.pix_fmt!r} (e.g. yuv420p, yuv420p10le)"
+                ) from None
+
+    def for_container(self, suffix: str) -> VideoSettings:
+        """These settings with the codec resolved for a file of ``suffix`` (``.mp4``, ...)."""
+        return self if self.codec else dataclasses.replace(self, codec=DEFAULT_CODECS[suffix])
+
+    def encoder_options(self) -> dict[str, str]:
+        """The FFmpeg options of the (resolved) codec that carry these settings."""
+        options: dict[str, str] = {}
+        if self.codec in _CRF_CODECS:
+            options["crf"] = str(self.crf)
+        if self.codec in _PRESET_CODECS:
+            options["preset"] = self.preset
+        if self.codec == "libx265":
+            options["x265-params"] = "log-level=error"
+        if self.codec == "libvpx-vp9":
+            options["row-mt"] = "1"
+            options["cpu-used"] = str(_VPX_SPEED.get(self.preset, 3))
+        if self.codec == "mpeg4":
+            options["flags"] = "+qscale"
+            options["global_quality"] = str(max(2, round(self.crf / 9)) * 118)  # × FF_QP2LAMBDA
+        return options
+
+
+@dataclass(frozen=True)
+class _Colours:
+    """The colour tags a writer stores and the RGB → YUV conversion that matches them."""
+
+    colorspace: int
+    primaries: int
+    trc: int
+    range: int
+    sws_matrix: int | None  # None: swscale's default (601)
+    sws_range: int
+
+
+def _colours(color_from: VideoInfo | None, suffix: str, codec: str) -> _Colours:
+    if color_from is None:
+        tags = (1, 1, 1, _RANGE_LIMITED)  # BT.709 matrix, primaries, transfer; TV range
+    else:
+        c = color_from
+        tags = (c.colorspace, c.color_primaries, c.color_trc, c.color_range)
+    if suffix == ".avi" and codec not in _TAGGED_CODECS:
+        # Neither AVI nor e.g. MPEG-4 part 2 can carry colour tags; decoders then assume
+        # BT.601 limited range, so convert with that (tags only describe what is stored).
+        tags = (_UNSPECIFIED, _UNSPECIFIED, _UNSPECIFIED, 0)
+    colorspace, primaries, trc, range_ = (int(t) for t in tags)
+    sws_range = _RANGE_FULL if range_ == _RANGE_FULL else _RANGE_LIMITED
+    return _Colours(colorspace, primaries, trc, range_, _SWS_MATRIX.get(colorspace), sws_range)
+
+
 class VideoWriter:
     """Encode RGB frames into a video file, optionally with the audio of another file.
 
@@ -494,7 +572,8 @@ class VideoWriter:
 
         info = probe_video(src)
         with VideoWriter(dst, info.fps, info.width, info.height, time_base=info.time_base,
-                         rotation=info.rotation, audio_from=src, color_from=info) as out:
+                         rotation=info.rotation, audio_from=src, color_from=info,
+                         settings=VideoSettings(crf=20)) as out:
             for frame in read_frames(src, start, end):
                 out.write(process(frame.rgb), frame.pts)
 
@@ -508,120 +587,94 @@ class VideoWriter:
         width: int,
         height: int,
         *,
+        settings: VideoSettings = VideoSettings(),
         time_base=None,
         rotation: int = 0,
-        codec: str | None = None,
-        crf: int = 18,
-        preset: str = "medium",
         audio_from: str | os.PathLike | None = None,
         audio_start: float | None = None,
         audio_end: float | None = None,
         color_from: VideoInfo | None = None,
         overwrite: bool = False,
-        pix_fmt: str | None = None,
         bit_depth: int = 8,
     ) -> None:
-        self.path = Path(path)
+        self.path, self.overwrite = Path(path), overwrite
         self.frames_written = 0
-        self._out = None
-        self._audio: _AudioCopier | None = None
-        self._tmp: Path | None = None
-        self._done = False
-        suffix = self.path.suffix.lower()
-        if suffix not in VIDEO_SUFFIXES:
-            raise InputError(
-                f"{self.path}: unsupported video suffix (use one of {', '.join(VIDEO_SUFFIXES)})"
-            )
-        if self.path.exists() and not overwrite:
-            raise InputError(f"{self.path} exists; refusing to overwrite it (use --overwrite)")
-        if not (isinstance(width, int | np.integer) and isinstance(height, int | np.integer)):
-            raise ConfigError(f"width and height must be integers, got {width!r}, {height!r}")
-        if width <= 0 or height <= 0:
-            raise ConfigError(f"invalid video size {width}×{height}")
-        self.width, self.height = int(width), int(height)
+        self._out, self._audio, self._tmp, self._done = None, None, None, False
+        suffix = self._check_target(width, height)
         self.fps = _as_fraction(fps, "fps")
         self.time_base = _as_fraction(time_base, "time_base") if time_base else 1 / self.fps
-        self.overwrite = overwrite
         if audio_start is not None and audio_end is not None and audio_end <= audio_start:
             raise ConfigError(f"empty audio span [{audio_start}, {audio_end}) seconds")
-
-        self.codec = codec or DEFAULT_CODECS[suffix]
-        if self.codec in _PRESET_CODECS and preset not in _X264_PRESETS:
-            raise ConfigError(f"unknown preset {preset!r} (use one of {', '.join(_X264_PRESETS)})")
-        encoder = _encoder(self.codec)
-        self.pix_fmt = self._pixel_format(pix_fmt, encoder, bit_depth)
-        # The encoder's time base: the caller's, except where the format cannot hold it.
-        self._enc_tb = self.time_base
-        if suffix == ".avi" or (self.codec == "mpeg4" and self.time_base.denominator > 65535):
-            self._enc_tb = 1 / self.fps  # AVI is constant-rate; MPEG-4 caps the denominator
-
-        self._set_colours(color_from, suffix)
+        self.settings = settings.for_container(suffix)
+        self.pix_fmt = self._pixel_format(_encoder(self.settings.codec), bit_depth)
+        self._enc_tb = self._encoder_time_base(suffix)
+        self._colours = _colours(color_from, suffix, self.settings.codec)
         self._audio = _AudioCopier.open(audio_from, audio_start, audio_end)
-
-        try:  # created now: a permission problem shows before any decoding
-            self._tmp = temporary_path(self.path)
-        except ReblurError:
-            self._close_audio()
-            raise
-
         try:
-            self._open_output(suffix, crf, preset, rotation)
+            self._tmp = temporary_path(self.path)  # now: a permission problem shows at once
+            self._open_output(suffix, rotation)
         except BaseException:
             self.abort()
             raise
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def _set_colours(self, color_from: VideoInfo | None, suffix: str) -> None:
-        """The colour tags to write and the RGB → YUV conversion that matches them."""
-        if color_from is None:
-            tags = (1, 1, 1, _RANGE_LIMITED)  # BT.709 matrix, primaries, transfer; TV range
-        else:
-            c = color_from
-            tags = (c.colorspace, c.color_primaries, c.color_trc, c.color_range)
-        if suffix == ".avi" and self.codec not in _TAGGED_CODECS:
-            # Neither AVI nor e.g. MPEG-4 part 2 can carry colour tags; decoders then assume
-            # BT.601 limited range, so convert with that (tags only describe what is stored).
-            tags = (_UNSPECIFIED, _UNSPECIFIED, _UNSPECIFIED, 0)
-        self._colorspace, self._primaries, self._trc, self._range = (int(t) for t in tags)
-        self._sws_matrix = _SWS_MATRIX.get(self._colorspace)  # None: swscale's default (601)
-        self._sws_range = _RANGE_FULL if self._range == _RANGE_FULL else _RANGE_LIMITED
+    def _check_target(self, width: int, height: int) -> str:
+        """Check the path and the frame size (sets ``width``, ``height``); the suffix."""
+        suffix = self.path.suffix.lower()
+        if suffix not in VIDEO_SUFFIXES:
+            raise InputError(
+                f"{self.path}: unsupported video suffix (use one of {', '.join(VIDEO_SUFFIXES)})"
+            )
+        if self.path.exists() and not self.overwrite:
+            raise InputError(f"{self.path} exists; refusing to overwrite it (use --overwrite)")
+        if not (isinstance(width, int | np.integer) and isinstance(height, int | np.integer)):
+            raise ConfigError(f"width and height must be integers, got {width!r}, {height!r}")
+        if width <= 0 or height <= 0:
+            raise ConfigError(f"invalid video size {width}×{height}")
+        self.width, self.height = int(width), int(height)
+        return suffix
 
-    def _pixel_format(self, pix_fmt: str | None, encoder: av.Codec, bit_depth: int) -> str:
-        """``pix_fmt`` checked against the encoder; by default yuv420p, or yuv420p10le for
-        ``bit_depth`` > 8 where the encoder has it (else a warning). At an odd width or height,
-        where 4:2:0 and 4:2:2 cannot halve the chroma, the 4:4:4 format of the same depth."""
+    def _encoder_time_base(self, suffix: str) -> Fraction:
+        """The caller's time base, except where the format cannot hold it."""
+        if suffix == ".avi" or (
+            self.settings.codec == "mpeg4" and self.time_base.denominator > 65535
+        ):
+            return 1 / self.fps  # AVI is constant-rate; MPEG-4 caps the denominator
+        return self.time_base
+
+    def _pixel_format(self, encoder: av.Codec, bit_depth: int) -> str:
+        """The settings' ``pix_fmt`` checked against the encoder; by default yuv420p, or
+        yuv420p10le for ``bit_depth`` > 8 where the encoder has it (else a warning). At an odd
+        width or height, where 4:2:0 and 4:2:2 cannot halve the chroma, the 4:4:4 format of the
+        same depth."""
         formats = {f.name for f in encoder.video_formats or ()}
+        pix_fmt, codec = self.settings.pix_fmt, self.settings.codec
         chosen = pix_fmt or "yuv420p"
         if pix_fmt is None and bit_depth > 8:
             if "yuv420p10le" in formats:
                 chosen = "yuv420p10le"
             else:
                 warnings.warn(
-                    f"{self.path}: the input has {bit_depth} bits per sample and {self.codec!r} "
+                    f"{self.path}: the input has {bit_depth} bits per sample and {codec!r} "
                     "writes 8; use --codec libx264 (or libx265) to keep 10 bits",
                     stacklevel=3,
                 )
-        try:
-            av.VideoFormat(chosen)
-        except ValueError:
-            raise ConfigError(
-                f"unknown pixel format {chosen!r} (e.g. yuv420p, yuv420p10le)"
-            ) from None
         if self.width % 2 or self.height % 2:
             chosen = chosen.replace("420", "444").replace("422", "444")
         if formats and chosen not in formats:
             raise ConfigError(
-                f"encoder {self.codec!r} cannot write {chosen} ({self.width}×{self.height}); "
+                f"encoder {codec!r} cannot write {chosen} ({self.width}×{self.height}); "
                 f"it writes {', '.join(sorted(formats))}"
             )
         return chosen
 
-    def _open_output(self, suffix, crf, preset, rotation) -> None:
+    def _open_output(self, suffix: str, rotation: int) -> None:
+        codec = self.settings.codec
         options = {"movflags": "+faststart"} if suffix in (".mp4", ".mov") else {}
         try:
             self._out = av.open(str(self._tmp), "w", format=_MUXERS[suffix], options=options)
-            stream = self._out.add_stream(self.codec, rate=self.fps)
+            stream = self._out.add_stream(codec, rate=self.fps)
         except ValueError as e:  # the muxer refuses the codec
             raise ConfigError(f"{self.path}: {_reason(e)}") from None
         except (av.FFmpegError, OSError) as e:
@@ -630,9 +683,9 @@ class VideoWriter:
         ctx.width, ctx.height, ctx.pix_fmt = self.width, self.height, self.pix_fmt
         ctx.time_base = self._enc_tb
         stream.time_base = self._enc_tb
-        ctx.colorspace, ctx.color_primaries = self._colorspace, self._primaries
-        ctx.color_trc, ctx.color_range = self._trc, self._range
-        ctx.options = self._encoder_options(crf, preset)
+        ctx.colorspace, ctx.color_primaries = self._colours.colorspace, self._colours.primaries
+        ctx.color_trc, ctx.color_range = self._colours.trc, self._colours.range
+        ctx.options = self.settings.encoder_options()
         if suffix == ".avi":
             ctx.max_b_frames = 0  # AVI stores no presentation time stamps
         if rotation % 360:
@@ -648,31 +701,13 @@ class VideoWriter:
             ctx.open()
         except (av.FFmpegError, OSError, ValueError) as e:
             hint = ""
-            if any(f"_{hw}" in self.codec for hw in _HARDWARE):
+            if any(f"_{hw}" in codec for hw in _HARDWARE):
                 hint = " (a hardware encoder: it needs its device and driver on this machine)"
-            raise InputError(
-                f"cannot open video encoder {self.codec!r}: {_reason(e)}{hint}"
-            ) from None
+            raise InputError(f"cannot open video encoder {codec!r}: {_reason(e)}{hint}") from None
         self._video = stream
 
         if self._audio is not None:
             self._audio.add_streams(self._out, self.path)
-
-    def _encoder_options(self, crf: int, preset: str) -> dict[str, str]:
-        options: dict[str, str] = {}
-        if self.codec in _CRF_CODECS:
-            options["crf"] = str(crf)
-        if self.codec in _PRESET_CODECS:
-            options["preset"] = preset
-        if self.codec == "libx265":
-            options["x265-params"] = "log-level=error"
-        if self.codec == "libvpx-vp9":
-            options["row-mt"] = "1"
-            options["cpu-used"] = str(_VPX_SPEED.get(preset, 3))
-        if self.codec == "mpeg4":
-            options["flags"] = "+qscale"
-            options["global_quality"] = str(max(2, round(crf / 9)) * 118)  # × FF_QP2LAMBDA
-        return options
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -716,8 +751,8 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=layout)
         frame = frame.reformat(
             format=self.pix_fmt,
-            dst_colorspace=self._sws_matrix,
-            dst_color_range=self._sws_range,
+            dst_colorspace=self._colours.sws_matrix,
+            dst_color_range=self._colours.sws_range,
         )
         frame.pts = enc_pts
         frame.time_base = self._enc_tb
