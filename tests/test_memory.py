@@ -6,11 +6,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from reblur_deploy import save_weights
 from reblur_deploy.errors import ConfigError, InputError
 from reblur_deploy.io import read_image, write_image
-from reblur_deploy.memory import activation_bytes_per_pixel, parse_size, plan_tile
+from reblur_deploy.memory import TilePlanner, activation_bytes_per_pixel, parse_size, plan_tile
 from reblur_deploy.models import build
 
 from .conftest import randomized
@@ -65,6 +66,20 @@ def test_sizes_and_plans():
     assert 34 * 720 * 1280 + per_pixel * 4 * tile**2 <= 600 * 2**20
     with pytest.raises(InputError, match="even in tiles"):
         plan_tile((1, 3, 20000, 20000), per_pixel, 4 * 2**30, 4, 4, 64)
+
+
+def test_the_planner_keeps_a_fixed_tile_and_plans_one_for_the_budget():
+    md, cpu = build("unet", widths=(8, 12, 16), n_blocks=1), torch.device("cpu")
+    frame = torch.zeros(1, 3, 720, 1280)
+    fixed = TilePlanner(md, cpu, 4, tile=256)
+    assert (fixed.frame_tile(frame), fixed.overlap) == (256, 64)
+    planner = TilePlanner(md, cpu, 4, max_memory="96M")
+    assert planner.budget() == 96 * 2**20
+    with pytest.warns(RuntimeWarning, match="deblurring it in"):
+        tile = planner.frame_tile(frame)
+    with pytest.warns(RuntimeWarning, match="adapting on"):
+        crop = planner.crop_size(frame, 4)
+    assert tile % 4 == 0 and crop < tile < 720  # a step keeps twice a pass's activations
 
 
 def test_a_frame_too_large_for_the_budget_is_tiled_and_stays_within_it(tmp_path, weights, large):
