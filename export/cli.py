@@ -9,12 +9,20 @@ from pathlib import Path
 import click
 
 from reblur_deploy.backends import graphs
-from reblur_deploy.cli.common import console_script, one_line_errors
+from reblur_deploy.cli.common import (
+    console_script,
+    deprecated_alias,
+    dtype_option,
+    one_line_errors,
+    weights_option,
+)
 from reblur_deploy.errors import ConfigError
 
-TARGETS = ("onnx", "trt", "torch-trt", "torchscript", "exported-program")
-FP16_DEFAULT = {"trt": True, "torch-trt": True}  # the others default to fp32
-SHAPE_TARGETS = ("trt", "torch-trt")
+from .formats import TARGETS
+
+TARGET_HELP = "Format to write: " + ", ".join(
+    f"{t.name} ({t.suffix}{f'; extra {t.extra}' if t.extra else ''})" for t in TARGETS.values()
+)
 
 
 def parse_shape(ctx, param, value: str | None):
@@ -28,8 +36,8 @@ def parse_shape(ctx, param, value: str | None):
 
 
 @console_script("reblur-export")
-@click.option("--to", "target", type=click.Choice(TARGETS), required=True, help="Format to write.")
-@click.option("--weights", required=True, help="Weight file (.safetensors) or bundled model name.")
+@click.option("--to", "target", type=click.Choice(tuple(TARGETS)), required=True, help=TARGET_HELP)
+@weights_option(required=True)
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
 @click.option(
     "--module",
@@ -39,13 +47,9 @@ def parse_shape(ctx, param, value: str | None):
     show_default=True,
     help="Which network of the weight file to export (reblur: the reblurring module MR).",
 )
-@click.option(
-    "--fp16/--fp32",
-    default=None,
-    help="Precision inside the model; inputs and outputs stay float32 either way. "
-    "Default: fp16 for trt and torch-trt, fp32 for the others (which offer fp32 only, "
-    "except onnx).",
-)
+@dtype_option(("fp32", "fp16"), default="fp16 for trt and torch-trt, else fp32")
+@deprecated_alias("--fp16", "--dtype fp16", "dtype", value="fp16")
+@deprecated_alias("--fp32", "--dtype fp32", "dtype", value="fp32")
 @click.option(
     "--opset", type=int, default=None, help=f"ONNX opset (≥ 17; default {graphs.DEFAULT_OPSET})."
 )
@@ -68,7 +72,7 @@ def main(
     weights: str,
     out: str,
     role: str,
-    fp16: bool | None,
+    dtype: str | None,
     opset: int | None,
     simplify: bool | None,
     min_shape,
@@ -83,39 +87,19 @@ def main(
     The file gets its final name only when the check passes (max |Δ| ≤ 1e-4 for fp32, ≤ 2e-2
     for fp16); otherwise the command exits non-zero and writes nothing.
     """
-    fp16 = FP16_DEFAULT.get(target, False) if fp16 is None else fp16
+    form = TARGETS[target]
+    fp16 = form.fp16_default if dtype is None else dtype == "fp16"
     shapes = (min_shape, opt_shape, max_shape)
-    _check_options(target, fp16, opset, simplify, shapes, timing_cache)
+    options = {
+        "opset": opset,
+        "simplify": simplify,
+        "profile": shapes if any(shapes) else None,
+        "timing_cache": timing_cache,
+    }
+    form.check(fp16, options)
     if Path(out).exists() and not overwrite:  # before minutes of export and verification
         raise ConfigError(f"{out} exists; refusing to overwrite it (use --overwrite)")
-    profile = shapes if any(shapes) else None
-
-    if target == "onnx":
-        from .onnx import export_onnx
-
-        kwargs = {"fp16": fp16, "simplify": simplify}
-        opset = opset or graphs.DEFAULT_OPSET
-        result = export_onnx(weights, out, role=role, opset=opset, log=_log, **kwargs)
-    elif target == "trt":
-        from .tensorrt import export_tensorrt
-
-        result = export_tensorrt(
-            weights, out, role=role, fp16=fp16, profile=profile, timing_cache=timing_cache, log=_log
-        )
-    elif target == "torch-trt":
-        from .torch_trt import export_torch_trt
-
-        result = export_torch_trt(
-            weights, out, role=role, fp16=fp16, profile=profile, timing_cache=timing_cache, log=_log
-        )
-    elif target == "torchscript":
-        from .torchscript import export_torchscript
-
-        result = export_torchscript(weights, out, role=role)
-    else:
-        from .torchscript import export_exported_program
-
-        result = export_exported_program(weights, out, role=role)
+    result = form.write(weights, out, role, fp16=fp16, log=_log, **options)
 
     click.echo(f"parity with PyTorch (tolerance {result.tolerance:.0e}):")
     for check in result.checks:
@@ -125,13 +109,3 @@ def main(
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
-
-
-def _check_options(target, fp16, opset, simplify, shapes, timing_cache) -> None:
-    """Refuse options that do not apply to the target (rather than ignoring them)."""
-    if fp16 and target in ("torchscript", "exported-program"):
-        raise ConfigError(f"--fp16 applies to onnx, trt and torch-trt, not {target}")
-    if target != "onnx" and (opset is not None or simplify is not None):
-        raise ConfigError("--opset and --simplify apply to --to onnx only")
-    if target not in SHAPE_TARGETS and (any(shapes) or timing_cache):
-        raise ConfigError("--min/opt/max-shape and --timing-cache apply to trt and torch-trt only")

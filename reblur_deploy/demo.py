@@ -3,8 +3,9 @@
 Writes, into ``--out``: ``<image>_deblurred.png`` and ``<image>_side_by_side.png`` (input |
 output, or input | output without TTA | with TTA) for the sample image, and, with ``--clip``,
 ``<clip>_side_by_side.mp4``. Uses the bundled model for the device with ``--tta`` steps of
-test-time adaptation; when this release ships no model, it runs the paper's U-Net with
-untrained weights (an untrained network returns its input) and says so loudly.
+test-time adaptation (5 by default: the demo shows what TTA does); when this release ships no
+model, it runs the paper's U-Net with untrained weights (an untrained network returns its
+input) and says so loudly.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from .cli.common import one_line_errors
+from .cli.common import (
+    console_script,
+    device_option,
+    one_line_errors,
+    tta_steps_option,
+    weights_option,
+)
 from .device import resolve_device
 from .errors import ReblurError, WeightsError
 from .io import read_image, write_image
@@ -36,9 +43,9 @@ BANNER = """
 """
 
 
-def _deblurrer(weights: str | None, device, tta: int) -> Deblurrer:
+def _deblurrer(weights: str | None, device, tta_steps: int) -> Deblurrer:
     try:
-        return Deblurrer(weights or default_weights(device), device=device, tta_steps=tta)
+        return Deblurrer(weights or default_weights(device), device=device, tta_steps=tta_steps)
     except WeightsError:
         if weights:  # the user named weights: their error is the answer
             raise
@@ -46,10 +53,10 @@ def _deblurrer(weights: str | None, device, tta: int) -> Deblurrer:
             BANNER.format(device=device.type, name=default_weights(device)), fg="red", err=True
         )
         modules = {"deblur": build("unet"), "reblur": build("reblur")}
-        return Deblurrer(modules, device=device, tta_steps=tta)
+        return Deblurrer(modules, device=device, tta_steps=tta_steps)
 
 
-@click.command()
+@console_script("python -m reblur_deploy.demo")
 @click.option(
     "--image",
     type=click.Path(exists=True, dir_okay=False),
@@ -63,14 +70,8 @@ def _deblurrer(weights: str | None, device, tta: int) -> Deblurrer:
     default=None,
     help="A short video to deblur too (written input | output).",
 )
-@click.option("--weights", default=None, help="Weight file or bundled model name.")
-@click.option(
-    "--tta",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Test-time adaptation steps per frame.",
-)
+@weights_option()
+@tta_steps_option(default=5)  # 5, not 0 as elsewhere: the demo is there to show TTA
 @click.option(
     "--out",
     "out_dir",
@@ -79,21 +80,21 @@ def _deblurrer(weights: str | None, device, tta: int) -> Deblurrer:
     show_default=True,
     help="Folder for the results (files in it are replaced).",
 )
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @one_line_errors
-def main(image, clip, weights, tta, out_dir, device, verbose) -> None:  # fmt: skip
+def main(image, clip, weights, tta_steps, out_dir, device, verbose) -> None:  # fmt: skip
     """Deblur the sample image (and clip) and write the results and input | output views."""
     dev = resolve_device(device)
-    deblurrer = _deblurrer(weights, dev, tta)
+    deblurrer = _deblurrer(weights, dev, tta_steps)
     name = weights or default_weights(dev)
-    click.echo(f"model: {name} on {dev}, TTA {tta} step(s)")
+    click.echo(f"model: {name} on {dev}, TTA {tta_steps} step(s)")
     blurry = read_image(image)
     start = time.perf_counter()
     sharp = deblurrer(blurry)
     seconds = time.perf_counter() - start
     # With TTA, the output without it too: the side-by-side and the scores show what TTA adds.
-    panels = [blurry, _deblurrer(weights, dev, 0)(blurry), sharp] if tta else [blurry, sharp]
+    panels = [blurry, _deblurrer(weights, dev, 0)(blurry), sharp] if tta_steps else [blurry, sharp]
     out = Path(out_dir)
     stem = Path(image).stem
     write_image(out / f"{stem}_deblurred.png", sharp, overwrite=True)
@@ -103,7 +104,7 @@ def main(image, clip, weights, tta, out_dir, device, verbose) -> None:  # fmt: s
     if deblurrer.reblur is not None:  # lower = sharper, under the model's own MR
         values = [blur_score(x, deblurrer.reblur) for x in panels]
         scores = ", blur score " + " → ".join(f"{v:.3e}" for v in values)
-        scores += " (input → deblurred → TTA)" if tta else " (input → deblurred)"
+        scores += " (input → deblurred → TTA)" if tta_steps else " (input → deblurred)"
     click.echo(f"image: {w}×{h} in {seconds:.2f} s{scores} → {both}")
     if clip:
         target = out / f"{Path(clip).stem}_side_by_side.mp4"

@@ -5,9 +5,9 @@ Two ways in, both callable from Python (``reblur-eval`` only parses options and 
 * ``evaluate_folders(pred, gt)``: metrics of images that already exist, paired with their
   ground truth by ``reblur_deploy.io.pairs`` (same relative path, else ``blur`` → ``sharp``).
   Without ``gt`` only the no-reference columns (NIQE, blur score) are measured.
-* ``evaluate_model(weights, "paired:DIR" | "images:DIR", tta=(0, 5, 10))``: runs the deblurring
-  module with each number of test-time adaptation steps and measures its outputs: one row per
-  setting, like the paper's Table 2 / Table G. ``paired:DIR`` takes ``DIR/blur`` and
+* ``evaluate_model(weights, "paired:DIR" | "images:DIR", tta_sweep=(0, 5, 10))``: runs the
+  deblurring module with each number of test-time adaptation steps and measures its outputs:
+  one row per setting, like the paper's Table 2 / Table G. ``paired:DIR`` takes ``DIR/blur`` and
   ``DIR/sharp`` (or, GOPRO_Large style, ``DIR/<sequence>/blur`` and ``DIR/<sequence>/sharp``);
   ``images:DIR`` takes every image under ``DIR`` and has no ground truth.
 
@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -427,13 +428,15 @@ def _tile_options(tile: int | None, overlap: int | None) -> dict[str, int]:
     return {"tile": tile} if overlap is None else {"tile": tile, "tile_overlap": overlap}
 
 
-def parse_tta(spec: str | Sequence[int]) -> list[int]:
+def parse_tta_sweep(spec: str | Sequence[int]) -> list[int]:
     """``"0,1,5,10"`` → [0, 1, 5, 10] (each ≥ 0, no repeats)."""
     if isinstance(spec, str):
         try:
             steps = [int(s) for s in spec.replace(" ", "").split(",") if s]
         except ValueError:
-            raise ConfigError(f"--tta takes comma-separated step counts, got {spec!r}") from None
+            raise ConfigError(
+                f"--tta-sweep takes comma-separated step counts, got {spec!r}"
+            ) from None
     else:
         steps = [int(s) for s in spec]
     if not steps or any(s < 0 for s in steps) or len(set(steps)) != len(steps):
@@ -470,7 +473,7 @@ def evaluate_model(
     weights: str | os.PathLike,
     data: str | list[Pair],
     *,
-    tta: str | Sequence[int] = (0,),
+    tta_sweep: str | Sequence[int] = (0,),
     tta_config: TTAConfig | None = None,
     device: str = "auto",
     dtype: str = "fp32",
@@ -481,21 +484,29 @@ def evaluate_model(
     jobs: int | None = None,
     progress: bool = True,
     sequence: bool = False,
+    tta: str | Sequence[int] | None = None,
 ) -> Report:
-    """Run the model with each number of TTA steps on ``data`` and measure its outputs.
+    """Run the model with each number of TTA steps of ``tta_sweep`` on ``data`` and measure
+    its outputs.
 
     One row per TTA setting (like the paper's Table G): LPIPS, NIQE, PSNR and SSIM against the
     ground truth when there is one, the blur score of the output under the weights' MR, and
     seconds per image (the Deblurrer call, TTA included, after one warm-up run). ``tta_config``
-    gives the other TTA options of every row (its ``steps`` are replaced by each of ``tta``).
+    gives the other TTA options of every row (its ``steps`` are replaced by each of
+    ``tta_sweep``).
     ``tile`` and ``tile_overlap`` go to the Deblurrer (tiled inference, and TTA on tiles of
     that size). ``sequence``: the images are the frames of one video in name order (each row's
     Deblurrer sees them in that order, so TTA carry-over works as on a video) and a ``flicker``
-    column measures temporal stability (see ``flicker``).
+    column measures temporal stability (see ``flicker``). ``tta``: the old name of
+    ``tta_sweep``, deprecated (``tta`` is a TTAConfig everywhere else).
     """
     if not isinstance(weights, (str, os.PathLike)):
         raise ConfigError("evaluate_model takes a weight file path or a bundled model name")
-    steps = parse_tta(tta)
+    if tta is not None:
+        warnings.warn("evaluate_model(tta=...) is deprecated; use tta_sweep=...",
+                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        tta_sweep = tta
+    steps = parse_tta_sweep(tta_sweep)
     pairs = parse_data(data) if isinstance(data, str) else list(data)
     if not pairs:
         raise InputError("no images to evaluate")
@@ -527,7 +538,7 @@ def evaluate_model(
         "weights": str(weights),
         "weights_sha256": _sha256(weights),
         "data": data if isinstance(data, str) else None,
-        "tta": steps,
+        "tta_sweep": steps,
         "device": str(first.device),
         "dtype": dtype,
         "tile": tile,

@@ -25,7 +25,7 @@ from reblur_deploy import (
     save_weights,
 )
 from reblur_deploy.cli.eval import main as cli
-from reblur_deploy.eval import evaluate_folders, evaluate_model, parse_tta, plot_report
+from reblur_deploy.eval import evaluate_folders, evaluate_model, parse_tta_sweep, plot_report
 from reblur_deploy.io import read_image, write_image
 from reblur_deploy.io.pairs import image_data, match_pairs, paired_data
 from reblur_deploy.metrics import niqe, psnr, ssim
@@ -183,7 +183,7 @@ def test_worker_processes_give_the_same_numbers(small, no_backbone):
 
 
 def test_model_mode_rows_are_the_deblurrer_outputs_measured(small, weights, no_backbone):
-    report = evaluate_model(weights, f"paired:{small}", tta="0", device="cpu", progress=False)
+    report = evaluate_model(weights, f"paired:{small}", tta_sweep="0", device="cpu", progress=False)
     assert [r.setting for r in report.rows] == ["TTA 0"]
     assert report.columns == ["lpips", "niqe", "psnr", "ssim", "blur_score", "seconds"]
     deblur = Deblurrer(str(weights), device="cpu")
@@ -201,12 +201,12 @@ def test_model_mode_rows_are_the_deblurrer_outputs_measured(small, weights, no_b
         "| TTA 0 | 2 | n/a |"
     )
     assert re.search(r"\| \d\.\d{3}e-\d\d \|", table[2])  # blur scores in scientific notation
-    assert report.config["weights_sha256"] and report.config["tta"] == [0]
+    assert report.config["weights_sha256"] and report.config["tta_sweep"] == [0]
 
 
 def test_model_mode_runs_each_tta_setting(small, weights, no_backbone, tmp_path):
     pairs = paired_data(small)[:1]
-    report = evaluate_model(weights, pairs, tta=(0, 2), device="cpu", progress=False)
+    report = evaluate_model(weights, pairs, tta_sweep=(0, 2), device="cpu", progress=False)
     table = report.table()
     assert [(e["setting"], e["tta_steps"], e["images"]) for e in table] == [
         ("TTA 0", 0, 1),
@@ -260,11 +260,11 @@ def test_report_files(small, no_backbone, tmp_path):
 
 
 def test_tta_lists():
-    assert parse_tta("0,1,5,10") == [0, 1, 5, 10]
+    assert parse_tta_sweep("0,1,5,10") == [0, 1, 5, 10]
     for bad in ("", "1,1", "-1", "a"):
         with pytest.raises(ConfigError):
-            parse_tta(bad)
-    assert parse_tta("0, 5, 10") == parse_tta((0, 5, 10)) == [0, 5, 10]
+            parse_tta_sweep(bad)
+    assert parse_tta_sweep("0, 5, 10") == parse_tta_sweep((0, 5, 10)) == [0, 5, 10]
 
 
 def test_sequence_mode_measures_flicker_of_video_tta(data_dir, no_backbone):
@@ -272,7 +272,7 @@ def test_sequence_mode_measures_flicker_of_video_tta(data_dir, no_backbone):
     minus the sharp frames'; carry-over runs the frames in order."""
     pairs = paired_data(data_dir / "train" / "reds027_x4")[:5]
     config = TTAConfig(carry=1, lr=1e-4)
-    report = evaluate_model("unet-lite", pairs, tta=(0, 2), tta_config=config, device="cpu",
+    report = evaluate_model("unet-lite", pairs, tta_sweep=(0, 2), tta_config=config, device="cpu",
                             progress=False, sequence=True)  # fmt: skip
     assert "flicker" in report.columns
     plain = report.rows[0]

@@ -259,7 +259,7 @@ def test_torch_trt_without_package_or_gpu_says_what_to_install(weight_files, tmp
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--to", "torchscript", "--fp16"], "--fp16 applies to"),
+        (["--to", "torchscript", "--dtype", "fp16"], "--dtype fp16 applies to"),
         (["--to", "onnx", "--opset", "13"], "--opset must be ≥ 17"),
         (["--to", "onnx", "--max-shape", "4x3x64x64"], "apply to trt and torch-trt only"),
         (["--to", "onnx", "--weights", "unet-next"], "not included in this release"),
@@ -272,6 +272,26 @@ def test_cli_refuses_bad_options_in_one_line(args, message, weight_files, tmp_pa
     result = CliRunner().invoke(export_cli, [*args, "-o", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and message in result.output, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_target_takes_the_options_of_its_row_and_refuses_the_others():
+    """One table row per target: --to's choices, the fp16 default, what each takes."""
+    from reblur_deploy.export.formats import OPTIONS, TARGETS
+
+    to = next(p for p in export_cli.params if p.name == "target")
+    assert tuple(to.type.choices) == tuple(TARGETS)
+    assert {n for n, t in TARGETS.items() if t.fp16_default} == {"trt", "torch-trt"}
+    given = {"opset": 18, "simplify": False, "profile": PROFILE, "timing_cache": "c"}
+    for target in TARGETS.values():
+        for key in OPTIONS:
+            fp16, options = key == "fp16", {k: None for k in given}
+            options.update({key: given[key]} if key in given else {})
+            if getattr(target, key):
+                target.check(fp16, options)
+            else:
+                with pytest.raises(ConfigError, match=f"only, not {target.name}$"):
+                    target.check(fp16, options)
+        target.check(False, {k: None for k in given})  # fp32 and no options: every target
 
 
 def test_cli_never_overwrites_the_weights(weight_files):

@@ -101,7 +101,7 @@ def test_time_stamps_durations_and_frames_pass_through(clip, tmp_path):
         seen[name] = buffer_times(done.stdout)
     assert len(seen["plain"]) == N and seen["element"] == seen["plain"]
     encode = "videoconvert ! x264enc ! mp4mux ! filesink location"
-    for name, middle in (("plain", ""), ("out", "reblurdeblur weights=unet-lite tta=2 ! ")):
+    for name, middle in (("plain", ""), ("out", "reblurdeblur weights=unet-lite tta-steps=2 ! ")):
         done = launch(f"{DECODE.format(fmt='RGB')} ! {middle}{encode}={name}.mp4", tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
     plain, result = probe_video(tmp_path / "plain.mp4"), probe_video(tmp_path / "out.mp4")
@@ -127,3 +127,12 @@ def test_errors_are_gstreamer_errors_without_tracebacks(clip, element, expected)
     output = done.stdout + done.stderr
     assert done.returncode != 0 and expected in output, output
     assert "Traceback" not in output and "CRITICAL" not in output
+
+
+def test_the_old_tta_property_still_sets_the_steps_with_a_warning(clip):
+    """tta=N, the old name of tta-steps, works for one release and says it is deprecated."""
+    element = "reblurdeblur weights=unet-lite tta=1"
+    pipeline = f"filesrc location=clip.mp4 ! decodebin ! videoconvert ! {element} ! fakesink"
+    done = launch(pipeline, clip.parent, "-e")  # not -q, which hides warnings
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "tta is deprecated; use tta-steps" in output, output

@@ -10,7 +10,7 @@ import click
 from ..atomic import write_bytes_atomic
 from ..bench import SECTIONS, BenchConfig, parse_sizes, run, to_markdown
 from ..errors import ConfigError
-from .common import console_script, one_line_errors
+from .common import console_script, device_option, one_line_errors, tta_options, weights_option
 
 EPILOG = """\b
 Examples:
@@ -41,19 +41,13 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option(
     "--quick", is_flag=True, help="Small sizes (256²), batches 1,2, 2 TTA steps, 2 repeats."
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@device_option
 @click.option(
     "--sizes", help="Frame sizes for TTA, MR and inference: 256, 512, 720p, 1080p or HxW."
 )
 @click.option("--batches", help="Inference batch sizes [default: 1,4,8].")
 @click.option("--steps", type=int, help="TTA steps of the multi-step measurement [default: 5].")
-@click.option(
-    "--tta-lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=3e-6,
-    show_default=True,
-    help="Adam learning rate of the TTA steps in the video section.",
-)
+@tta_options("lr")  # the video section's
 @click.option(
     "--repeats", type=int, help="Timed repetitions per measurement (median) [default: 3]."
 )
@@ -69,11 +63,7 @@ def _ints(text: str) -> tuple[int, ...]:
     type=click.Path(dir_okay=False),
     help="Append the Markdown tables to this file (e.g. docs/BENCHMARKS.md).",
 )
-@click.option(
-    "--weights",
-    help="Weight file or bundled name whose MD (and MR) the TTA and inference sections run "
-    "[default: the paper's U-Net and MR, untrained].",
-)
+@weights_option(default="the paper's U-Net and MR, untrained")
 @click.option(
     "--video",
     type=click.Path(exists=True),
@@ -121,7 +111,8 @@ def main(
     verbose,
 ):
     """Benchmark histogram matching, MR's ResBlocks, TTA steps and inference backends, as ratios
-    against baselines measured in the same run; prints Markdown tables."""
+    against baselines measured in the same run; prints Markdown tables. --weights: the model
+    whose MD (and MR) the TTA and inference sections run; --tta-lr: the video section's."""
     options = {
         "device": device,
         "compile": not no_compile,

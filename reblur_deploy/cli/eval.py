@@ -5,13 +5,25 @@ from __future__ import annotations
 import click
 
 from ..errors import ConfigError
-from .common import console_script, one_line_errors, tta_config, tta_options
+from .common import (
+    console_script,
+    device_option,
+    dtype_option,
+    one_line_errors,
+    tile_options,
+    tta_config,
+    tta_options,
+    tta_steps_option,
+    warn_deprecated,
+    weights_option,
+)
 
 EPILOG = """\b
 Examples:
   reblur-eval --pred results/ --gt GOPRO/test_sharp/
-  reblur-eval --weights my.safetensors --data paired:GOPRO_Large/test --tta 0,5,10 \\
+  reblur-eval --weights my.safetensors --data paired:GOPRO_Large/test --tta-sweep 0,5,10 \\
               --out table.csv --out table.json --plot pd.png
+  reblur-eval --weights unet-lite --data paired:GOPRO_Large/test --tta 5   # one row: TTA 5
   reblur-eval --weights my.safetensors --data images:real_blur_photos/
 
 \b
@@ -22,37 +34,47 @@ paired:DIR is DIR/blur + DIR/sharp, or DIR/<sequence>/blur + DIR/<sequence>/shar
 """
 
 
+class _StepsOrOldSweep(click.IntRange):
+    """--tta N (steps, as in every command); for one release a value with a comma is still
+    the old --tta LIST, now --tta-sweep LIST, returned as that text."""
+
+    def __init__(self):
+        super().__init__(min=0)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "," in value:
+            warn_deprecated("--tta LIST", f"--tta-sweep {value}")
+            return value
+        return super().convert(value, param, ctx)
+
+
+def _sweep(tta_steps: int | str, tta_sweep: str | None) -> str | tuple[int, ...]:
+    """The TTA steps of the rows: those of --tta-sweep, else the one row of --tta N (or the old
+    --tta LIST, which _StepsOrOldSweep passes on as its text)."""
+    if isinstance(tta_steps, str):
+        if tta_sweep is not None:
+            raise ConfigError("give --tta-sweep LIST only (--tta LIST is its old spelling)")
+        return tta_steps
+    if tta_sweep is not None and tta_steps:
+        raise ConfigError("give --tta N (one row) or --tta-sweep LIST (a row each), not both")
+    return tta_sweep or (tta_steps,)
+
+
 @console_script("reblur-eval", epilog=EPILOG)
 @click.option("--pred", type=click.Path(exists=True, file_okay=False), help="Images to measure.")
 @click.option("--gt", type=click.Path(exists=True, file_okay=False), help="Their ground truth.")
-@click.option(
-    "--weights",
-    help="Weight file or bundled model name: runs the model (with --data); with --pred it "
-    "only supplies the reblurring module for the blur score.",
-)
+@weights_option(default=None)
 @click.option("--data", help="paired:DIR (blurry + sharp) or images:DIR (no ground truth).")
+@tta_steps_option(type=_StepsOrOldSweep())
 @click.option(
-    "--tta",
+    "--tta-sweep",
     default=None,
-    help="Comma-separated numbers of test-time adaptation steps, one row each [default: 0].",
+    help="Comma-separated numbers of TTA steps, a row each (e.g. 0,5,10: no TTA, then 5 and 10 "
+    "steps); instead of --tta N, which is the one row N.",
 )
-@click.option(
-    "--tile",
-    type=int,
-    default=None,
-    help="Run the model on overlapping square tiles of this size (bounds memory; TTA then "
-    "adapts on tiles of this size).",
-)
-@click.option(
-    "--tile-overlap",
-    type=int,
-    default=None,
-    help="Overlap of the tiles in pixels [default: the Deblurrer's, 64].",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option(
-    "--dtype", default="fp32", show_default=True, help="Network precision: fp32, fp16, bf16."
-)
+@tile_options
+@device_option
+@dtype_option()
 @click.option(
     "--lpips-backbone",
     type=click.Path(dir_okay=False),
@@ -87,7 +109,7 @@ paired:DIR is DIR/blur + DIR/sharp, or DIR/<sequence>/blur + DIR/<sequence>/shar
 )
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
-@tta_options
+@tta_options()
 # One long function on purpose: it maps the options above onto evaluate_folders or
 # evaluate_model and the report files, in the order a reader of --help meets them.
 @one_line_errors
@@ -96,7 +118,8 @@ def main(
     gt,
     weights,
     data,
-    tta,
+    tta_steps,
+    tta_sweep,
     tile,
     tile_overlap,
     device,
@@ -114,9 +137,11 @@ def main(
 ) -> None:
     """Measure deblurring quality as the paper does: LPIPS, NIQE, PSNR, SSIM, blur score.
 
-    Either existing images (--pred, with --gt for the full-reference metrics), or a model run
-    with each number of TTA steps on --data (a row per setting, like the paper's Table G).
-    The table goes to stdout as Markdown; notes on anything n/a go to stderr.
+    Either existing images (--pred, with --gt for the full-reference metrics; --weights then
+    only supplies the reblurring module of the blur score), or the model of --weights run on
+    --data: with --tta N steps (one row, the model as reblur-run --tta N runs it), or with each
+    number of steps of --tta-sweep (a row each, like the paper's Table G). The table goes to
+    stdout as Markdown; notes on anything n/a go to stderr.
     """
     from .. import eval as ev  # imported here so that --help stays fast
 
@@ -130,10 +155,11 @@ def main(
         raise ConfigError("give either --pred (existing images) or --data (run a model), not both")
     if gt and not pred:
         raise ConfigError("--gt goes with --pred")
-    if (tta, tile, tile_overlap, sequence) != (None, None, None, False) and not (weights and data):
-        raise ConfigError(
-            "--tta, --tile and --sequence run the model: they need --weights and --data"
-        )
+    sweep = _sweep(tta_steps, tta_sweep)
+    runs_model = (sweep, tile, tile_overlap, sequence) != ((0,), None, None, False)
+    if runs_model and not (weights and data):
+        raise ConfigError("--tta, --tta-sweep, --tile and --sequence run the model: they need "
+                          "--weights and --data")  # fmt: skip
     for out in outs:  # refuse bad output names before the work, not after it
         ev.check_report_path(out)
     if plot:
@@ -147,7 +173,7 @@ def main(
         report = ev.evaluate_model(
             weights,
             data,
-            tta=tta or "0",
+            tta_sweep=sweep,
             tta_config=tta_config(1, tta_opts),  # every row's options; its steps are the row's
             sequence=sequence,
             device=device,

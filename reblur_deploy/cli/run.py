@@ -23,9 +23,19 @@ from ..runner import (
     run_jobs,
     uses_video_mode,
 )
-from .common import console_script, one_line_errors, tta_config, tta_options
-
-BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt", "auto")
+from .common import (
+    POSITIVE,
+    backend_option,
+    console_script,
+    device_option,
+    dtype_option,
+    one_line_errors,
+    tile_options,
+    tta_config,
+    tta_options,
+    tta_steps_option,
+    weights_option,
+)
 
 
 def _shard(value: str | None) -> tuple[int, int]:
@@ -92,23 +102,12 @@ def _terminate(signum, frame):
 @click.option(
     "--skip-existing", is_flag=True, help="Leave inputs whose output exists (resume a batch)."
 )
-@click.option(
-    "--weights",
-    default=None,
-    help="Weight file or bundled model name (unet-reblur, unet-lite, unet-lite-l1) "
-    "[default: unet-reblur on a GPU, unet-lite on a CPU].",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option(
-    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True
-)
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default=None,
-    help="Inference engine (auto: the fastest available; TTA needs torch/compile). [default: "
+@weights_option()
+@device_option
+@dtype_option()
+@backend_option(
     "compile for videos of 150 720p frames' worth of pixels or more on a CPU without TTA, "
-    "else torch]",
+    "else torch"
 )
 @click.option(
     "--onnx",
@@ -125,15 +124,8 @@ def _terminate(signum, frame):
     help="TensorRT engine for --backend tensorrt (from reblur-export).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option(
-    "--tta",
-    "tta_steps",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Test-time adaptation steps per image (0 = none; the paper uses 5).",
-)
-@tta_options
+@tta_steps_option()
+@tta_options()
 @click.option(
     "--tta-video/--tta-per-frame",
     default=None,
@@ -141,15 +133,7 @@ def _terminate(signum, frame):
     "about 2× plain inference) or per-frame Algorithm A (--tta steps on every frame). "
     "[default: the video mode for videos unless --tta-carry or --tta-crop is given]",
 )
-@click.option(
-    "--tile", type=click.IntRange(min=1), default=None, help="Process in tiles of this size."
-)
-@click.option(
-    "--tile-overlap",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Overlap of the tiles [default: 64, at most a quarter of --tile].",
-)
+@tile_options
 @click.option(
     "--max-memory",
     default=None,
@@ -160,7 +144,7 @@ def _terminate(signum, frame):
 @click.option("--end", type=click.IntRange(min=1), default=None, help="Video frame to stop before.")
 @click.option(
     "--fps",
-    type=float,
+    type=POSITIVE,
     default=30.0,
     show_default=True,
     help="Frame rate of a video made from a folder of frames.",

@@ -81,7 +81,7 @@ Usage: reblur-gst-launch [GST-LAUNCH OPTIONS] PIPELINE-DESCRIPTION
   gst-launch-1.0 with the reblurdeblur element available (see docs/DEPLOY.md), e.g.
 
   reblur-gst-launch filesrc location=in.mp4 ! decodebin ! videoconvert ! \\
-      reblurdeblur weights=unet-lite tta=5 ! videoconvert ! x264enc ! mp4mux ! \\
+      reblurdeblur weights=unet-lite tta-steps=5 ! videoconvert ! x264enc ! mp4mux ! \\
       filesink location=out.mp4
 
   Element properties: gst-inspect-1.0 reblurdeblur, in the environment that

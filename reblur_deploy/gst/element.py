@@ -6,11 +6,13 @@ rest of the package. Caps: raw RGB or BGR video of any size and rate, the same o
 GStreamer reports as ``not-negotiated``). Buffers keep their time stamps, durations and flags
 (GstBaseTransform copies them to the output buffer).
 
-Properties: ``weights`` (bundled name or file; default: the device's bundled model),
-``device``, ``backend`` (torch, compile, onnxruntime, or an exported ``.onnx`` file), ``dtype``,
-``tile``, ``tta`` (steps; 0 = none), ``tta-video`` (the video mode, default on: carry-over, one
-step a frame on crops), ``tta-lr``. The networks load when the pipeline starts; a bad property is
-a GStreamer error with one line of text, not a traceback.
+Properties, named as ``Deblurrer``'s keywords and ``reblur-run``'s options: ``weights``
+(bundled name or file; default: the device's bundled model), ``device``, ``backend`` (torch,
+compile, onnxruntime, or an exported ``.onnx`` file), ``dtype``, ``tile``, ``tta-steps`` (0 =
+none; ``Deblurrer(tta_steps=)``, ``--tta``), ``tta-video`` (the video mode, default on:
+carry-over, one step a frame on crops), ``tta-lr``. ``tta`` is the old name of ``tta-steps``,
+kept for one release with a GStreamer warning. The networks load when the pipeline starts; a
+bad property is a GStreamer error with one line of text, not a traceback.
 
 Flushing (a seek) and a new stream forget what TTA carried over. Latency: each frame is
 processed in the streaming thread as it arrives, and the element reports no latency of its own
@@ -73,8 +75,11 @@ class ReblurDeblur(GstBase.BaseTransform):
         maximum=65536,
         blurb="Tile size (0: whole frames, tiled only when memory is short)",
     )
-    tta = GObject.Property(
+    tta_steps = GObject.Property(
         type=int, default=0, minimum=0, maximum=1000, blurb="Test-time adaptation steps (0: none)"
+    )
+    tta = GObject.Property(  # the old name of tta-steps: goes in the next release
+        type=int, default=0, minimum=0, maximum=1000, blurb="Deprecated: use tta-steps"
     )
     tta_video = GObject.Property(
         type=bool, default=True, blurb="TTA in the video mode (carry-over, a step a frame on crops)"
@@ -94,12 +99,21 @@ class ReblurDeblur(GstBase.BaseTransform):
         error = GLib.Error.new_literal(Gst.CoreError.quark(), text, Gst.CoreError.FAILED)
         self.post_message(Gst.Message.new_error(self, error, text))
 
+    def _warn(self, text: str) -> None:
+        """Post one GStreamer warning (gst-launch-1.0 prints it after WARNING)."""
+        error = GLib.Error.new_literal(Gst.CoreError.quark(), text, Gst.CoreError.FAILED)
+        self.post_message(Gst.Message.new_warning(self, error, text))
+
     def do_start(self) -> bool:
         from reblur_deploy import Deblurrer, ReblurError, TTAConfig
 
-        tta = None
+        steps = self.tta_steps
         if self.tta:
-            tta = TTAConfig(steps=self.tta, lr=self.tta_lr)
+            self._warn("reblurdeblur: tta is deprecated; use tta-steps")
+            steps = steps or self.tta
+        tta = None
+        if steps:
+            tta = TTAConfig(steps=steps, lr=self.tta_lr)
             tta = tta.for_video() if self.tta_video else tta
         backend, options = self.backend, {}
         if backend.endswith(".onnx"):
