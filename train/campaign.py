@@ -15,11 +15,11 @@ from there. The campaign file (TOML) holds the options every member shares and e
     mode = "baseline"
     init = "unet-lite-l1"
 
-Member NAME's run folder is ``<FILE without .toml>/NAME``. After training, ``bench/quality_bar.py``
-scores the leader against the second member on the held-out frames and one JSON line (iteration,
-CPU-hours so far, the figures) is appended to ``<folder>/curve.jsonl``: the learning curve of
-docs/TRAINING.md. ``<folder>/ledger.jsonl`` records every session's training (machine, wall and
-CPU seconds per member).
+Member NAME's run folder is ``<FILE without .toml>/NAME``. After training,
+``scripts/quality_bar.py`` scores the leader against the second member on the held-out frames
+and one JSON line (iteration, CPU-hours so far, the figures) is appended to
+``<folder>/curve.jsonl``: the learning curve of docs/TRAINING.md. ``<folder>/ledger.jsonl``
+records every session's training (machine, wall and CPU seconds per member).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def score(folder: Path, lead: str, twin: str, log) -> dict:
         out = Path(tmp) / "bar.json"
         weights = [str(folder / name / "last.safetensors") for name in (lead, twin)]
         subprocess.run(
-            [sys.executable, "bench/quality_bar.py", "--weights", weights[0],
+            [sys.executable, "scripts/quality_bar.py", "--weights", weights[0],
              "--baseline", weights[1], "--json", str(out)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
