@@ -277,6 +277,17 @@ class _Collector:
             self.pool.shutdown(cancel_futures=True)
         self.bar.close()
 
+    def __enter__(self) -> _Collector:
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        """Collect every result when the block ran through; shut the workers down either way."""
+        try:
+            if error_type is None:
+                self.finish()
+        finally:
+            self.close()
+
 
 class _Lpips:
     """LPIPS on the device, or None everywhere (with a note) when no backbone is found."""
@@ -292,6 +303,11 @@ class _Lpips:
             notes.append(f"LPIPS: n/a ({backbone_hint()})")
             return
         self.model = load_lpips(self.path, str(device))
+
+    @property
+    def backbone(self) -> str | None:
+        """The backbone file used (for the report), None when LPIPS did not run."""
+        return str(self.path) if self.model is not None else None
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, gt: np.ndarray) -> float | None:
@@ -316,7 +332,8 @@ class _BlurScore:
         return None if self.mr is None else blur_score(image, self.mr)
 
 
-def _report(rows: list[Row], columns: list[str], notes: list[str], config: dict) -> Report:
+def _report(rows: list[Row], columns: list[str], notes: list[str], config: dict,
+            measure_lpips: _Lpips | None) -> Report:  # fmt: skip
     undefined = []
     for row in rows:
         for image in row.per_image:
@@ -326,13 +343,21 @@ def _report(rows: list[Row], columns: list[str], notes: list[str], config: dict)
                 image.setdefault(column, None)
     if undefined:
         notes.append(f"NIQE: left out of the mean for {len(undefined)} image(s): {undefined[0]}")
-    return Report(rows, columns, notes, {**config, "package_version": __version__})
+    backbone = measure_lpips.backbone if measure_lpips is not None else None
+    config = {**config, "lpips_backbone": backbone, "package_version": __version__}
+    return Report(rows, columns, notes, config)
 
 
 def _columns(with_gt: bool, timed: bool, sequence: bool = False) -> list[str]:
     names = list(COLUMNS) if with_gt else ["niqe", "blur_score", "flicker", "seconds"]
     names = names if sequence else [c for c in names if c != "flicker"]
     return names if timed else [c for c in names if c != "seconds"]
+
+
+def _nonempty(pairs: list[Pair]) -> list[Pair]:
+    if not pairs:
+        raise InputError("no images to evaluate")
+    return pairs
 
 
 def _named(name: str, fn, *args):
@@ -368,8 +393,7 @@ def evaluate_folders(
         if pred is None:
             raise ConfigError("give a folder of images to evaluate (pred)")
         pairs = match_pairs(pred, gt) if gt is not None else image_data(pred)
-    if not pairs:
-        raise InputError("no images to evaluate")
+    pairs = _nonempty(pairs)
     with_gt = all(p.gt is not None for p in pairs)
     notes: list[str] = []
     dev, reblur = torch.device("cpu"), None
@@ -379,37 +403,36 @@ def evaluate_folders(
     score = _BlurScore(reblur, notes, weights_given=weights is not None)
     measure_lpips = _Lpips(lpips, lpips_backbone, dev, notes) if with_gt else None
     row = Row(setting or (Path(pred).name if pred is not None else "images"), None)
-    collector = _Collector(jobs, len(pairs), progress)
-    needs_pixels = collector.inline or score.mr is not None or getattr(measure_lpips, "model", None)
-    try:
-        for pair in pairs:
-            entry: dict[str, Any] = {"image": pair.name}
-            row.per_image.append(entry)
-            if not needs_pixels:  # the workers read the files themselves
-                collector.submit(entry, pair.source, pair.gt)
-                continue
-            image = read_image(pair.source)
-            gt_image = read_image(pair.gt) if pair.gt is not None else None
-            entry["blur_score"] = score(image)
-            if measure_lpips is not None:
-                entry["lpips"] = _named(pair.name, measure_lpips, image, gt_image)
-            if collector.inline:
-                collector.submit(entry, image, gt_image)
-            else:
-                collector.submit(entry, pair.source, pair.gt)
-        collector.finish()
-    finally:
-        collector.close()
+    with _Collector(jobs, len(pairs), progress) as collector:
+        _measure_files(pairs, row, score, measure_lpips, collector)
     config = {
         "mode": "folders",
         "pred": str(pred) if pred is not None else None,
         "gt": str(gt) if gt is not None else None,
         "weights": str(weights) if isinstance(weights, (str, os.PathLike)) else None,
-        "lpips_backbone": str(measure_lpips.path)
-        if measure_lpips and measure_lpips.model
-        else None,
     }
-    return _report([row], _columns(with_gt, timed=False), notes, config)
+    return _report([row], _columns(with_gt, timed=False), notes, config, measure_lpips)
+
+
+def _measure_files(pairs, row: Row, score, measure_lpips, collector: _Collector) -> None:
+    """Each pair's image (against its ground truth) into ``row``: the blur score and LPIPS
+    here, the CPU metrics through the collector."""
+    needs_pixels = collector.inline or score.mr is not None or getattr(measure_lpips, "model", None)
+    for pair in pairs:
+        entry: dict[str, Any] = {"image": pair.name}
+        row.per_image.append(entry)
+        if not needs_pixels:  # the workers read the files themselves
+            collector.submit(entry, pair.source, pair.gt)
+            continue
+        image = read_image(pair.source)
+        gt_image = read_image(pair.gt) if pair.gt is not None else None
+        entry["blur_score"] = score(image)
+        if measure_lpips is not None:
+            entry["lpips"] = _named(pair.name, measure_lpips, image, gt_image)
+        if collector.inline:
+            collector.submit(entry, image, gt_image)
+        else:
+            collector.submit(entry, pair.source, pair.gt)
 
 
 def _sha256(weights: str | os.PathLike) -> str:
@@ -505,50 +528,38 @@ def evaluate_model(
     if tta is not None:
         warnings.warn("evaluate_model(tta=...) is deprecated; use tta_sweep=...",
                       DeprecationWarning, stacklevel=2)  # fmt: skip
-        tta_sweep = tta
-    steps = parse_tta_sweep(tta_sweep)
-    pairs = parse_data(data) if isinstance(data, str) else list(data)
-    if not pairs:
-        raise InputError("no images to evaluate")
+    steps = parse_tta_sweep(tta_sweep if tta is None else tta)
+    pairs = _nonempty(parse_data(data) if isinstance(data, str) else list(data))
     with_gt = all(p.gt is not None for p in pairs)
-    # One Deblurrer per setting, each with its own copy of the networks, all built before any
-    # work so that an unusable setting fails at once.
     options = {"device": device, "dtype": dtype, **_tile_options(tile, tile_overlap)}
-    base = tta_config or TTAConfig()
-    runners = [
-        Deblurrer(weights, tta=dataclasses.replace(base, steps=n) if n else None, **options)
-        for n in steps
-    ]
+    runners = _runners(weights, steps, tta_config or TTAConfig(), options)
     first = runners[0]
     notes: list[str] = []
     score = _BlurScore(first.reblur, notes, weights_given=True)
     measure_lpips = _Lpips(lpips, lpips_backbone, first.device, notes) if with_gt else None
     rows = [Row(f"TTA {n}", n) for n in steps]
-    collector = _Collector(jobs, len(pairs) * len(runners), progress)
-    try:
+    with _Collector(jobs, len(pairs) * len(runners), progress) as collector:
         warm = Deblurrer({"deblur": first.deblur, "reblur": first.reblur}, **options)
         warm(read_image(pairs[0].source))  # first-call costs stay out of the timings
         _run_rows(pairs, list(zip(rows, runners, strict=True)), score, measure_lpips, collector,
                   sequence)  # fmt: skip
-        collector.finish()
-    finally:
-        collector.close()
     config = {
-        "mode": "model",
-        "weights": str(weights),
-        "weights_sha256": _sha256(weights),
-        "data": data if isinstance(data, str) else None,
-        "tta_sweep": steps,
-        "device": str(first.device),
-        "dtype": dtype,
-        "tile": tile,
-        "tile_overlap": tile_overlap,
+        "mode": "model", "weights": str(weights), "weights_sha256": _sha256(weights),
+        "data": data if isinstance(data, str) else None, "tta_sweep": steps,
+        "device": str(first.device), "dtype": dtype, "tile": tile, "tile_overlap": tile_overlap,
         "sequence": sequence,
-        "lpips_backbone": str(measure_lpips.path)
-        if measure_lpips and measure_lpips.model
-        else None,
-    }
-    return _report(rows, _columns(with_gt, timed=True, sequence=sequence), notes, config)
+    }  # fmt: skip
+    columns = _columns(with_gt, timed=True, sequence=sequence)
+    return _report(rows, columns, notes, config, measure_lpips)
+
+
+def _runners(weights, steps: list[int], base: TTAConfig, options: dict) -> list[Deblurrer]:
+    """One Deblurrer per number of TTA steps, each with its own copy of the networks, all
+    built before any work so that an unusable setting fails at once."""
+    return [
+        Deblurrer(weights, tta=dataclasses.replace(base, steps=n) if n else None, **options)
+        for n in steps
+    ]
 
 
 # -------------------------------------------------------------------------------- plot

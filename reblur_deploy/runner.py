@@ -27,10 +27,9 @@ from .atomic import write_bytes_atomic
 from .backends.eager import compile_available
 from .errors import ConfigError, InputError, ReblurError
 from .io import (
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
     VideoSettings,
     VideoWriter,
+    is_image,
     is_video,
     probe_video,
     read_frames,
@@ -84,10 +83,12 @@ class Summary:
 OUTPUT_SUFFIX = "_deblurred"  # of outputs written beside their input
 
 
+def _is_media(path: Path) -> bool:
+    return is_image(path) or is_video(path)
+
+
 def _media_in(folder: Path) -> list[Path]:
-    return _without_outputs(
-        p for p in folder.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
-    )
+    return _without_outputs(p for p in folder.iterdir() if _is_media(p))
 
 
 def _without_outputs(paths: Iterable[Path]) -> list[Path]:
@@ -104,6 +105,11 @@ def _without_outputs(paths: Iterable[Path]) -> list[Path]:
     ]
 
 
+def _beside(path: Path) -> Path:
+    """The output written beside its input: photo.jpg → photo_deblurred.jpg."""
+    return path.with_name(f"{path.stem}{OUTPUT_SUFFIX}{path.suffix}")
+
+
 def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
     """Turn paths, folders and globs into jobs with checked, unique output paths."""
     specs = list(specs)
@@ -113,50 +119,57 @@ def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
     into_folder = output is not None and (output.is_dir() or options.output.endswith(os.sep))
     jobs: list[Job] = []
     for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            if output is not None and is_video(output) and len(specs) == 1:
-                frames = [p for p in _media_in(path) if p.suffix.lower() in IMAGE_SUFFIXES]
-                if not frames:
-                    raise InputError(f"{path} holds no image frames to make {output} from")
-                jobs.append(Job("frames", frames, output, len(frames)))
-                continue
-            folder = output if output is not None else path.with_name(f"{path.name}{OUTPUT_SUFFIX}")
-            media = _media_in(path)
-            if not media:
-                raise InputError(f"{path} holds no images or videos")
-            jobs += [_job(p, folder / p.name) for p in media]
-        elif path.is_file():
-            if output is None:
-                target = path.with_name(f"{path.stem}{OUTPUT_SUFFIX}{path.suffix}")
-            elif into_folder or len(specs) > 1:
-                target = output / path.name
-            else:
-                target = output
-            jobs.append(_job(path, target))
-        elif GLOB_CHARS & set(spec):
-            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec)))
-            matches = _without_outputs(
-                p
-                for p in matches
-                if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
-            )
-            if not matches:
-                raise InputError(f"no images or videos match {spec!r}")
-            for p in matches:
-                name = f"{p.stem}{OUTPUT_SUFFIX}{p.suffix}"
-                jobs.append(_job(p, output / p.name if output else p.with_name(name)))
-        else:
-            raise InputError(f"no such file or folder: {spec}")
-    # Several outputs go into a folder; a name with a media suffix (or an existing file) is
-    # surely meant as one file, not as the folder to create.
-    several = output is not None and any(job.target != output for job in jobs)
-    media = output is not None and output.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
-    if several and not output.is_dir() and (output.exists() or media):
+        jobs += _spec_jobs(spec, output, into_folder, single=len(specs) == 1)
+    _check_output_names_folder(output, jobs)
+    _check_targets(jobs)
+    return _this_shard(jobs, options)
+
+
+def _spec_jobs(spec: str, output: Path | None, into_folder: bool, single: bool) -> list[Job]:
+    """The jobs of one input: a folder, a file or a glob (``single``: the only input)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if single and output is not None and is_video(output):
+            return [_frames_job(path, output)]
+        media = _media_in(path)
+        if not media:
+            raise InputError(f"{path} holds no images or videos")
+        folder = output if output is not None else path.with_name(f"{path.name}{OUTPUT_SUFFIX}")
+        return [_job(p, folder / p.name) for p in media]
+    if path.is_file():
+        if output is None:
+            return [_job(path, _beside(path))]
+        return [_job(path, output / path.name if into_folder or not single else output)]
+    if GLOB_CHARS & set(spec):
+        matches = (Path(p) for p in glob.glob(os.path.expanduser(spec)))
+        media = _without_outputs(p for p in matches if p.is_file() and _is_media(p))
+        if not media:
+            raise InputError(f"no images or videos match {spec!r}")
+        return [_job(p, output / p.name if output else _beside(p)) for p in media]
+    raise InputError(f"no such file or folder: {spec}")
+
+
+def _frames_job(folder: Path, output: Path) -> Job:
+    """One video made from the image frames of ``folder``."""
+    frames = [p for p in _media_in(folder) if is_image(p)]
+    if not frames:
+        raise InputError(f"{folder} holds no image frames to make {output} from")
+    return Job("frames", frames, output, len(frames))
+
+
+def _check_output_names_folder(output: Path | None, jobs: list[Job]) -> None:
+    """Several outputs go into a folder; a name with a media suffix (or an existing file) is
+    surely meant as one file, not as the folder to create."""
+    if output is None or output.is_dir() or all(job.target == output for job in jobs):
+        return
+    if output.exists() or _is_media(output):
         raise ConfigError(
             f"{output} names one file, but there are {len(jobs)} outputs: name a folder"
         )
-    _check_targets(jobs)
+
+
+def _this_shard(jobs: list[Job], options: RunOptions) -> list[Job]:
+    """This process's share of ``jobs`` (``options.shard``), its outputs checked as writable."""
     index, count = options.shard
     mine = jobs[index::count]
     # Only this shard's outputs: other processes may already be writing theirs.
@@ -182,9 +195,9 @@ def _check_writable(target: Path) -> None:
 
 
 def _job(source: Path, target: Path) -> Job:
-    if source.suffix.lower() in VIDEO_SUFFIXES:
+    if is_video(source):
         return Job("video", [source], target, 0)
-    if source.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image(source):
         return Job("image", [source], target, 1)
     raise InputError(f"{source}: not a supported image or video file")
 

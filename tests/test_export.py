@@ -185,41 +185,51 @@ def test_onnxsim_pass_when_installed(weight_files, tmp_path):
 # ------------------------------------------------------------------ TorchScript, ExportedProgram
 
 
+# --to NAME → the file's suffix, its exporter, and its loader (which fills ``extra`` with the
+# metadata file the exporter wrote beside the graph)
+GRAPH_FORMATS = {
+    "torchscript": (
+        ".ts",
+        export_torchscript,
+        lambda path, extra: torch.jit.load(str(path), _extra_files=extra),
+    ),
+    "exported-program": (
+        ".pt2",
+        export_exported_program,
+        lambda path, extra: torch.export.load(str(path), extra_files=extra).module(),
+    ),
+}
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("fmt", GRAPH_FORMATS)
 @pytest.mark.parametrize("name", DEBLUR_MODELS)
-def test_torchscript_parity(name, weight_files, tmp_path):
-    out = tmp_path / f"{name}.ts"
-    result = export_torchscript(weight_files[name], out)
+def test_graph_export_parity(name, fmt, weight_files, tmp_path):
+    suffix, export, load = GRAPH_FORMATS[fmt]
+    out = tmp_path / f"{name}{suffix}"
+    result = export(weight_files[name], out)
     assert all(c.max_abs_diff <= 1e-4 for c in result.checks)
     extra = {EXTRA_FILE: ""}
-    scripted = torch.jit.load(str(out), _extra_files=extra)
-    assert json.loads(extra[EXTRA_FILE])["architecture"] == name
+    graph = load(out, extra)
+    meta = json.loads(extra[EXTRA_FILE])
+    assert meta["architecture"] == name
+    assert meta["size_divisor"] == str(MODELS[name].size_divisor)
     module = load_weights(weight_files[name]).deblur
-    assert max_diff_against_eager(module, scripted, module.size_divisor) <= 1e-4
-
-
-@pytest.mark.parametrize("name", DEBLUR_MODELS)
-def test_exported_program_parity(name, weight_files, tmp_path):
-    out = tmp_path / f"{name}.pt2"
-    result = export_exported_program(weight_files[name], out)
-    assert all(c.max_abs_diff <= 1e-4 for c in result.checks)
-    extra = {EXTRA_FILE: ""}
-    program = torch.export.load(str(out), extra_files=extra)
-    assert json.loads(extra[EXTRA_FILE])["size_divisor"] == str(MODELS[name].size_divisor)
-    module = load_weights(weight_files[name]).deblur
-    assert max_diff_against_eager(module, program.module(), module.size_divisor) <= 1e-4
+    assert max_diff_against_eager(module, graph, module.size_divisor) <= 1e-4
 
 
 # ----------------------------------------------------------------------------------------- CLI
 
 
+def _console_export(target: str, weights, out: Path) -> subprocess.CompletedProcess:
+    """The installed reblur-export, run as a user runs it."""
+    command = [BIN / "reblur-export", "--to", target, "--weights", weights, "-o", out]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 def test_console_script_exports_onnx_and_prints_parity(weight_files, tmp_path):
     out = tmp_path / "model.onnx"
-    result = subprocess.run(
-        [BIN / "reblur-export", "--to", "onnx", "--weights", weight_files["unet"], "-o", out],
-        capture_output=True,
-        text=True,
-    )
+    result = _console_export("onnx", weight_files["unet"], out)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("max |Δ|") == 2 and f"wrote {out}" in result.stdout
     assert out.is_file()
@@ -230,11 +240,7 @@ def test_console_script_exports_onnx_and_prints_parity(weight_files, tmp_path):
 )
 def test_trt_without_tensorrt_or_gpu_says_what_to_install(weight_files, tmp_path):
     out = tmp_path / "model.engine"
-    result = subprocess.run(
-        [BIN / "reblur-export", "--to", "trt", "--weights", weight_files["unet"], "-o", out],
-        capture_output=True,
-        text=True,
-    )
+    result = _console_export("trt", weight_files["unet"], out)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "pip install" in result.stderr
     assert "tensorrt" in result.stderr and list(tmp_path.iterdir()) == []

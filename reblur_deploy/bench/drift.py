@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ConfigError
 from .config import BenchConfig
-from .report import table
+from .report import ending, section
 
 
 def play_order(n: int, frames: int) -> list[int]:
@@ -81,31 +81,26 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
 
 
 def markdown(s: dict) -> list[str]:
-    lines: list[str] = []
-    if s["rows"]:
-        lines += [
-            f"**Drift of the video mode** ({s['weights']}, {s['steps']} steps, TTA lr "
-            f"{s['lr']:g}; {s['distinct_frames']} frame pairs of {s['clip']}, {s['size']}, "
-            f"played forwards and backwards as one {s['frames']}-frame shot; PSNR against the "
-            "sharp frames per block; per-frame Algorithm A and no TTA run each distinct frame "
-            "once):",
-            "",
-        ]
-        lines += table(
-            s["rows"],
-            [
-                ("frames", "frames"),
-                ("video_mode", "video mode, dB"),
-                ("per_frame", "per-frame Algorithm A, dB"),
-                ("no_tta", "no TTA, dB"),
-                ("video_minus_per_frame", "video − Algorithm A, dB"),
-            ],
-            {"video_mode": 3, "per_frame": 3, "no_tta": 3, "video_minus_per_frame": 3},
-        )
-        lines.append(
-            f"- video − Algorithm A: lowest {s['lowest_db']:+.3f} dB (drift would make it "
-            f"fall from block to block; the shot's first frames start from the original "
-            f"weights); {s['run_seconds']:.0f} s in all"
-        )
-    lines += [f"- {n}" for n in s.get("notes", [])] + [""]
-    return lines
+    if not s["rows"]:
+        return ending(s)
+    caption = (
+        f"**Drift of the video mode** ({s['weights']}, {s['steps']} steps, TTA lr "
+        f"{s['lr']:g}; {s['distinct_frames']} frame pairs of {s['clip']}, {s['size']}, "
+        f"played forwards and backwards as one {s['frames']}-frame shot; PSNR against the "
+        "sharp frames per block; per-frame Algorithm A and no TTA run each distinct frame "
+        "once):"
+    )
+    lowest = (
+        f"- video − Algorithm A: lowest {s['lowest_db']:+.3f} dB (drift would make it "
+        f"fall from block to block; the shot's first frames start from the original "
+        f"weights); {s['run_seconds']:.0f} s in all"
+    )
+    columns = [
+        ("frames", "frames"),
+        ("video_mode", "video mode, dB"),
+        ("per_frame", "per-frame Algorithm A, dB"),
+        ("no_tta", "no TTA, dB"),
+        ("video_minus_per_frame", "video − Algorithm A, dB"),
+    ]
+    digits = {"video_mode": 3, "per_frame": 3, "no_tta": 3, "video_minus_per_frame": 3}
+    return section(caption, s["rows"], columns, digits, after=[lowest]) + ending(s)

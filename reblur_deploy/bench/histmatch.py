@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .config import BenchConfig
-from .report import table
+from .report import ending, section
 from .timing import interleaved_ratio, timed
 
 
@@ -129,16 +129,24 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
 
 
 def markdown(s: dict) -> list[str]:
-    lines: list[str] = []
-    lines += [
+    after = []
+    if "interleaved" in s:
+        r = s["interleaved"]
+        after.append(
+            f"- `match_histograms` (default, CPU, float32) against scikit-image's float path, "
+            f"one call of each per round (taking turns to go first), {r['rounds']} rounds: "
+            f"**{r['median']:.1f}×** "
+            f"(median; rounds {r['min']:.1f}–{r['max']:.1f}×)"
+        )
+    caption = (
         f"**Histogram matching**, {s['size']}, TTA's case (reference: a frame smoothed "
         f"like a network's output, float values; source: the same sharpened, plus faint "
         f"noise; uint8 rows: both rounded to 8 bits). Error against the exact torch "
         f"reference in 8-bit levels (1/255); ours falls back to exact on planes whose proven "
-        f"bound exceeds {s['tolerance_255']:.2f}/255:",
-        "",
-    ]
-    lines += table(
+        f"bound exceeds {s['tolerance_255']:.2f}/255:"
+    )
+    return section(
+        caption,
         s["rows"],
         [
             ("implementation", "implementation"),
@@ -150,14 +158,5 @@ def markdown(s: dict) -> list[str]:
             ("bound_255", "bound"),
             ("identical", "identical"),
         ],
-    )
-    if "interleaved" in s:
-        r = s["interleaved"]
-        lines.append(
-            f"- `match_histograms` (default, CPU, float32) against scikit-image's float path, "
-            f"one call of each per round (taking turns to go first), {r['rounds']} rounds: "
-            f"**{r['median']:.1f}×** "
-            f"(median; rounds {r['min']:.1f}–{r['max']:.1f}×)"
-        )
-    lines += [f"- {n}" for n in s.get("notes", [])] + [""]
-    return lines
+        after=after,
+    ) + ending(s)

@@ -10,7 +10,7 @@ import torch
 
 from . import networks
 from .config import BenchConfig, size_name
-from .report import table
+from .report import ending, section
 from .timing import timed
 
 
@@ -82,9 +82,8 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
 
 
 def markdown(s: dict) -> list[str]:
-    lines: list[str] = []
-    lines += [f"**Inference** of MD ({s['model']}):", ""]
-    lines += table(
+    return section(
+        f"**Inference** of MD ({s['model']}):",
         s["rows"],
         [
             ("backend", "backend"),
@@ -96,6 +95,4 @@ def markdown(s: dict) -> list[str]:
             ("gflops_per_frame", "GFLOP/frame"),
             ("fraction_of_fp32_peak", "fraction of fp32 peak"),
         ],
-    )
-    lines += [f"- {n}" for n in s.get("notes", [])] + [""]
-    return lines
+    ) + ending(s)

@@ -6,7 +6,7 @@ import torch
 
 from .config import BenchConfig
 from .machine import matmul_peak
-from .report import table
+from .report import ending, section
 
 
 def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
@@ -22,8 +22,5 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
 
 
 def markdown(s: dict) -> list[str]:
-    lines: list[str] = []
-    lines += ["**Measured peak** (square matmul):", ""]
-    lines += table(s["rows"], [("dtype", "dtype"), ("n", "n"), ("tflops", "TFLOP/s")])
-    lines.append("")
-    return lines
+    columns = [("dtype", "dtype"), ("n", "n"), ("tflops", "TFLOP/s")]
+    return section("**Measured peak** (square matmul):", s["rows"], columns) + ending(s)

@@ -1,7 +1,9 @@
-"""Markdown of a run: the header naming the machine, and ``table``, with which each section
-module renders its rows."""
+"""Markdown of a run: the header naming the machine, and ``section`` and ``ending``, with which
+each section module renders its caption, its rows and its notes."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from ..tables import markdown_table
 
@@ -27,6 +29,18 @@ def table(rows: list[dict], columns: list[tuple], digits: dict | None = None) ->
     digits = digits or {}
     cells = [[fmt(row.get(key), digits.get(key, 2)) for key, _ in columns] for row in rows]
     return markdown_table([title for _, title in columns], cells)
+
+
+def section(caption: str, rows: list[dict], columns: list[tuple], digits: dict | None = None,
+            after: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    """A section's caption, the table of its ``rows`` (see ``table``), then the lines ``after``
+    it."""
+    return [caption, "", *table(rows, columns, digits), *after]
+
+
+def ending(s: dict) -> list[str]:
+    """A section's notes, one bullet each, and the blank line that ends it."""
+    return [f"- {n}" for n in s.get("notes", [])] + [""]
 
 
 def header(report: dict) -> list[str]:

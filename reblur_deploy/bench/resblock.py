@@ -11,7 +11,7 @@ import torch
 from ..device import autocast
 from . import networks
 from .config import BenchConfig, size_name
-from .report import table
+from .report import ending, section
 from .timing import timed
 
 
@@ -67,9 +67,8 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
 
 
 def markdown(s: dict) -> list[str]:
-    lines: list[str] = []
-    lines += ["**MR forward + input gradient** (the paper's MR, 64 channels, 2 ResBlocks):", ""]
-    lines += table(
+    return section(
+        "**MR forward + input gradient** (the paper's MR, 64 channels, 2 ResBlocks):",
         s["rows"],
         [
             ("variant", "variant"),
@@ -80,6 +79,4 @@ def markdown(s: dict) -> list[str]:
             ("peak_mib", "peak MiB"),
             ("max_grad_diff", "max |Δ grad|"),
         ],
-    )
-    lines += [f"- {n}" for n in s.get("notes", [])] + [""]
-    return lines
+    ) + ending(s)

@@ -13,7 +13,7 @@ import torch
 
 from . import networks
 from .config import BenchConfig, size_name
-from .report import table
+from .report import ending, section
 from .timing import sync, timed
 
 
@@ -70,14 +70,10 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
 
 
 def markdown(s: dict) -> list[str]:
-    lines: list[str] = []
     n = s["steps"]
-    lines += [
+    return section(
         "**Test-time adaptation** of one frame (paper's U-Net + MR, Algorithm A; seconds "
         "include the final inference and histogram matching):",
-        "",
-    ]
-    lines += table(
         s["rows"],
         [
             ("size", "size"),
@@ -90,6 +86,4 @@ def markdown(s: dict) -> list[str]:
             ("first_call_s", "first call, s"),
             ("peak_mib", "peak MiB"),
         ],
-    )
-    lines.append("")
-    return lines
+    ) + ending(s)

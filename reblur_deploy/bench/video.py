@@ -19,16 +19,16 @@ import torch
 
 from ..errors import ConfigError
 from .config import BenchConfig
-from .report import table
+from .report import ending, section
 from .timing import sync
 
 
 def _clip_frames(path: str, count: int) -> list[np.ndarray]:
-    from ..io import IMAGE_SUFFIXES, read_frames, read_image
+    from ..io import is_image, read_frames, read_image
 
     folder = Path(path)
     if folder.is_dir():
-        names = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        names = sorted(p for p in folder.iterdir() if is_image(p))
         return [read_image(p) for p in names[:count]]
     return [frame.rgb for frame in read_frames(folder, 0, count)]
 
@@ -114,16 +114,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     plain_outputs = rows[0]["outputs"]
     for row in rows:
         row["niqe_tones_matched"] = _niqe_in_tones_of(row.pop("outputs"), plain_outputs)
-    notes = []
-    for key in ("niqe", "niqe_tones_matched"):
-        gain = rows[0][key] - rows[1][key]
-        if gain <= 0:  # a share of a gain that is not there would read as a result
-            notes.append(
-                f"per-frame Algorithm A does not lower {key} on these frames ({gain:+.4f}): "
-                "the share of its gain kept is not defined"
-            )
-        for row in rows:
-            row[f"{key}_gain_kept"] = (rows[0][key] - row[key]) / gain if gain > 0 else None
+    notes = _add_gains_kept(rows)
     h, w = frames[0].shape[:2]
     return {
         "clip": str(config.video),
@@ -135,6 +126,22 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         "rows": rows,
         "notes": notes,
     }
+
+
+def _add_gains_kept(rows: list[dict]) -> list[str]:
+    """Each row's share of the NIQE gain of per-frame Algorithm A (rows[1]) over no TTA
+    (rows[0]), plain and with tones matched; notes where that gain is not there."""
+    notes = []
+    for key in ("niqe", "niqe_tones_matched"):
+        gain = rows[0][key] - rows[1][key]
+        if gain <= 0:  # a share of a gain that is not there would read as a result
+            notes.append(
+                f"per-frame Algorithm A does not lower {key} on these frames ({gain:+.4f}): "
+                "the share of its gain kept is not defined"
+            )
+        for row in rows:
+            row[f"{key}_gain_kept"] = (rows[0][key] - row[key]) / gain if gain > 0 else None
+    return notes
 
 
 def _niqe_in_tones_of(outputs: list[np.ndarray], plain: list[np.ndarray]) -> float:
@@ -159,35 +166,30 @@ def _niqe_in_tones_of(outputs: list[np.ndarray], plain: list[np.ndarray]) -> flo
 
 
 def markdown(s: dict) -> list[str]:
-    lines: list[str] = []
-    if s["rows"]:
-        lines += [
-            f"**Video TTA** ({s['weights']}, {s['frames']} frames of {s['clip']}, "
-            f"{s['size']}, TTA lr {s['lr']:g}; s/frame is the median without the first frame; "
-            "× plain inference: the median of each frame's time over that of plain inference "
-            "of the same frame, run just before it; "
-            "NIQE gain kept: the share of per-frame Algorithm A's NIQE gain over no TTA; "
-            "tones matched: the same after matching each output's histograms to plain "
-            "inference's output of the frame, so that a change of tone counts for nothing; "
-            "flicker: the mean change between consecutive outputs minus that of the inputs):",
-            "",
-        ]
-        lines += table(
-            s["rows"],
-            [
-                ("setting", "setting"),
-                ("steps_per_frame", "steps/frame"),
-                ("s_per_frame", "s/frame"),
-                ("cost_vs_plain", "× plain inference"),
-                ("first_frame_s", "first frame, s"),
-                ("niqe", "NIQE"),
-                ("niqe_gain_kept", "NIQE gain kept"),
-                ("niqe_tones_matched", "NIQE, tones matched"),
-                ("niqe_tones_matched_gain_kept", "gain kept, tones matched"),
-                ("blur_score", "blur score"),
-                ("flicker", "flicker"),
-            ],
-            {"niqe": 3, "niqe_tones_matched": 3, "flicker": 4},
-        )
-    lines += [f"- {n}" for n in s.get("notes", [])] + [""]
-    return lines
+    if not s["rows"]:
+        return ending(s)
+    columns = [
+        ("setting", "setting"),
+        ("steps_per_frame", "steps/frame"),
+        ("s_per_frame", "s/frame"),
+        ("cost_vs_plain", "× plain inference"),
+        ("first_frame_s", "first frame, s"),
+        ("niqe", "NIQE"),
+        ("niqe_gain_kept", "NIQE gain kept"),
+        ("niqe_tones_matched", "NIQE, tones matched"),
+        ("niqe_tones_matched_gain_kept", "gain kept, tones matched"),
+        ("blur_score", "blur score"),
+        ("flicker", "flicker"),
+    ]
+    digits = {"niqe": 3, "niqe_tones_matched": 3, "flicker": 4}
+    caption = (
+        f"**Video TTA** ({s['weights']}, {s['frames']} frames of {s['clip']}, "
+        f"{s['size']}, TTA lr {s['lr']:g}; s/frame is the median without the first frame; "
+        "× plain inference: the median of each frame's time over that of plain inference "
+        "of the same frame, run just before it; "
+        "NIQE gain kept: the share of per-frame Algorithm A's NIQE gain over no TTA; "
+        "tones matched: the same after matching each output's histograms to plain "
+        "inference's output of the frame, so that a change of tone counts for nothing; "
+        "flicker: the mean change between consecutive outputs minus that of the inputs):"
+    )
+    return section(caption, s["rows"], columns, digits) + ending(s)

@@ -37,6 +37,19 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _clip_options(name: str, kind: click.Path, text: str, frames: tuple[int, int, str]):
+    """--NAME, the clip of a section that runs on the user's frames, and --NAME-frames, how
+    many of them it runs: ``frames`` is (the fewest it takes, the default, help)."""
+    least, default, frames_text = frames
+
+    def decorate(fn):
+        fn = click.option(f"--{name}-frames", type=click.IntRange(min=least), default=default,
+                          show_default=True, help=frames_text)(fn)  # fmt: skip
+        return click.option(f"--{name}", type=kind, help=text)(fn)
+
+    return decorate
+
+
 @console_script("reblur-bench", epilog=EPILOG)
 @click.option(
     "--quick", is_flag=True, help="Small sizes (256²), batches 1,2, 2 TTA steps, 2 repeats."
@@ -64,29 +77,17 @@ def _ints(text: str) -> tuple[int, ...]:
     help="Append the Markdown tables to this file (e.g. docs/BENCHMARKS.md).",
 )
 @weights_option(default="the paper's U-Net and MR, untrained")
-@click.option(
-    "--video",
-    type=click.Path(exists=True),
-    help="Clip (a video or a folder of frames) of the video-TTA section.",
+@_clip_options(
+    "video",
+    click.Path(exists=True),
+    "Clip (a video or a folder of frames) of the video-TTA section.",
+    frames=(3, 8, "Frames of --video to run."),
 )
-@click.option(
-    "--video-frames",
-    type=click.IntRange(min=3),
-    default=8,
-    show_default=True,
-    help="Frames of --video to run.",
-)
-@click.option(
-    "--drift",
-    type=click.Path(exists=True, file_okay=False),
-    help="A sequence of frame pairs (DIR/blur, DIR/sharp) for the drift section.",
-)
-@click.option(
-    "--drift-frames",
-    type=click.IntRange(min=2),
-    default=1000,
-    show_default=True,
-    help="Frames of the shot played from --drift (forwards, backwards, ...).",
+@_clip_options(
+    "drift",
+    click.Path(exists=True, file_okay=False),
+    "A sequence of frame pairs (DIR/blur, DIR/sharp) for the drift section.",
+    frames=(2, 1000, "Frames of the shot played from --drift (forwards, backwards, ...)."),
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @one_line_errors

@@ -110,31 +110,10 @@ def _sweep(tta_steps: int | str, tta_sweep: str | None) -> str | tuple[int, ...]
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
 @tta_options()
-# One long function on purpose: it maps the options above onto evaluate_folders or
-# evaluate_model and the report files, in the order a reader of --help meets them.
 @one_line_errors
-def main(
-    pred,
-    gt,
-    weights,
-    data,
-    tta_steps,
-    tta_sweep,
-    tile,
-    tile_overlap,
-    device,
-    dtype,
-    lpips_backbone,
-    no_lpips,
-    jobs,
-    outs,
-    plot,
-    per_image,
-    sequence,
-    no_progress,
-    verbose,
-    **tta_opts,
-) -> None:
+def main(pred, gt, weights, data, tta_steps, tta_sweep, tile, tile_overlap, device, dtype,
+         lpips_backbone, no_lpips, jobs, outs, plot, per_image, sequence, no_progress, verbose,
+         **tta_opts) -> None:  # fmt: skip
     """Measure deblurring quality as the paper does: LPIPS, NIQE, PSNR, SSIM, blur score.
 
     Either existing images (--pred, with --gt for the full-reference metrics; --weights then
@@ -145,12 +124,35 @@ def main(
     """
     from .. import eval as ev  # imported here so that --help stays fast
 
-    common = {
-        "lpips": not no_lpips,
-        "lpips_backbone": lpips_backbone,
-        "jobs": jobs,
-        "progress": not no_progress,
-    }
+    sweep = _check_options(ev, pred, gt, weights, data, tta_steps, tta_sweep, tile, tile_overlap,
+                           sequence, outs, plot)  # fmt: skip
+    common = {"device": device, "lpips": not no_lpips, "lpips_backbone": lpips_backbone,
+              "jobs": jobs, "progress": not no_progress}  # fmt: skip
+    if pred:
+        report = ev.evaluate_folders(pred, gt, weights=weights, **common)
+    elif data and weights:
+        report = ev.evaluate_model(
+            weights,
+            data,
+            tta_sweep=sweep,
+            tta_config=tta_config(1, tta_opts),  # every row's options; its steps are the row's
+            sequence=sequence,
+            dtype=dtype,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            **common,
+        )
+    elif data:  # no model: measure the inputs themselves
+        report = ev.evaluate_folders(pairs=ev.parse_data(data), setting="input", **common)
+    else:
+        raise ConfigError("nothing to evaluate: give --pred DIR [--gt DIR] or --data KIND:DIR")
+    _write(ev, report, per_image, outs, plot)
+
+
+def _check_options(ev, pred, gt, weights, data, tta_steps, tta_sweep, tile, tile_overlap,
+                   sequence, outs, plot) -> str | tuple[int, ...]:  # fmt: skip
+    """Refuse options that do not go together, or outputs that cannot be written, before any
+    work; the rows' TTA steps (see ``_sweep``)."""
     if pred and data:
         raise ConfigError("give either --pred (existing images) or --data (run a model), not both")
     if gt and not pred:
@@ -160,33 +162,18 @@ def main(
     if runs_model and not (weights and data):
         raise ConfigError("--tta, --tta-sweep, --tile and --sequence run the model: they need "
                           "--weights and --data")  # fmt: skip
-    for out in outs:  # refuse bad output names before the work, not after it
+    for out in outs:
         ev.check_report_path(out)
     if plot:
         ev.check_plot_available()
-        # PSNR is the plot's y axis: refuse a run without ground truth before the work
+        # PSNR is the plot's y axis: refuse a run without ground truth
         if (pred and not gt) or (data and data.partition(":")[0] == "images"):
             raise ConfigError("--plot needs ground truth (PSNR): use --gt or --data paired:DIR")
-    if pred:
-        report = ev.evaluate_folders(pred, gt, weights=weights, device=device, **common)
-    elif data and weights:
-        report = ev.evaluate_model(
-            weights,
-            data,
-            tta_sweep=sweep,
-            tta_config=tta_config(1, tta_opts),  # every row's options; its steps are the row's
-            sequence=sequence,
-            device=device,
-            dtype=dtype,
-            tile=tile,
-            tile_overlap=tile_overlap,
-            **common,
-        )
-    elif data:  # no model: measure the inputs themselves
-        pairs = ev.parse_data(data)
-        report = ev.evaluate_folders(pairs=pairs, setting="input", device=device, **common)
-    else:
-        raise ConfigError("nothing to evaluate: give --pred DIR [--gt DIR] or --data KIND:DIR")
+    return sweep
+
+
+def _write(ev, report, per_image: bool, outs, plot) -> None:
+    """The table (and per-image lines) to stdout, notes to stderr, then the report files."""
     click.echo(report.markdown(), nl=False)
     if per_image:
         click.echo()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 import click
-from tqdm import tqdm
 
 from ..backends.exported import bundled_source, exported_metadata, origin
 from ..device import resolve_device
@@ -23,6 +21,7 @@ from ..runner import (
     run_jobs,
     uses_video_mode,
 )
+from ..tta import TTAConfig
 from .common import (
     POSITIVE,
     backend_option,
@@ -30,6 +29,7 @@ from .common import (
     device_option,
     dtype_option,
     one_line_errors,
+    progress_bar,
     tile_options,
     tta_config,
     tta_options,
@@ -58,16 +58,65 @@ def _device(value: str) -> str:
     return value
 
 
+# The files from reblur-export that a backend runs: --NAME FILE → (the backend, the keyword of
+# its backend options that takes the file, help).
+_EXPORTED_FILES = {
+    "onnx": (
+        "onnxruntime",
+        "model",
+        "ONNX file for --backend onnxruntime (from reblur-export; else exported now).",
+    ),
+    "engine": (
+        "tensorrt",
+        "engine",
+        "TensorRT engine for --backend tensorrt (from reblur-export).",
+    ),
+}
+
+
+def _exported_file_options(fn):
+    """--onnx and --engine (parameters onnx_file and engine_file)."""
+    for name, (_, _, text) in reversed(_EXPORTED_FILES.items()):
+        fn = click.option(f"--{name}", f"{name}_file", type=click.Path(exists=True, dir_okay=False),
+                          default=None, help=text)(fn)  # fmt: skip
+    return fn
+
+
+# --NAME → VideoSettings.NAME, how videos are encoded: (click type, help); the defaults are
+# VideoSettings' own (where None, the help says what is chosen).
+_VIDEO_OPTIONS = {
+    "codec": (str, "Video encoder [default: libx264 for mp4/mov/mkv]."),
+    "crf": (
+        click.IntRange(0, 51),
+        "x264/x265 quality (18 ≈ visually lossless; lower = better, bigger).",
+    ),
+    "preset": (str, "x264/x265 speed preset."),
+    "pix_fmt": (
+        str,
+        "Output pixel format, e.g. yuv420p10le [default: yuv420p, 10-bit for 10-bit input].",
+    ),
+}
+
+
+def _video_options(fn):
+    """--codec, --crf, --preset and --pix-fmt, with VideoSettings' defaults."""
+    defaults = VideoSettings()
+    for name, (kind, text) in reversed(_VIDEO_OPTIONS.items()):
+        default = getattr(defaults, name)
+        fn = click.option("--" + name.replace("_", "-"), type=kind, default=default, help=text,
+                          show_default=default is not None)(fn)  # fmt: skip
+    return fn
+
+
 def _backend_options(backend: str, onnx_file: str | None, engine_file: str | None) -> dict:
-    if onnx_file and backend not in ("onnxruntime", "auto"):
-        raise ConfigError("--onnx goes with --backend onnxruntime")
-    if engine_file and backend not in ("tensorrt", "auto"):
-        raise ConfigError("--engine goes with --backend tensorrt")
+    """The Deblurrer's backend options: the exported file given for the backend, if any."""
+    given = {"onnx": onnx_file, "engine": engine_file}
     options = {}
-    if onnx_file:
-        options["model"] = onnx_file
-    if engine_file:
-        options["engine"] = engine_file
+    for name, (runner, keyword, _) in _EXPORTED_FILES.items():
+        if given[name] and backend not in (runner, "auto"):
+            raise ConfigError(f"--{name} goes with --backend {runner}")
+        if given[name]:
+            options[keyword] = given[name]
     return options
 
 
@@ -109,20 +158,7 @@ def _terminate(signum, frame):
     "compile for videos of 150 720p frames' worth of pixels or more on a CPU without TTA, "
     "else torch"
 )
-@click.option(
-    "--onnx",
-    "onnx_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="ONNX file for --backend onnxruntime (from reblur-export; else exported now).",
-)
-@click.option(
-    "--engine",
-    "engine_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TensorRT engine for --backend tensorrt (from reblur-export).",
-)
+@_exported_file_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @tta_steps_option()
 @tta_options()
@@ -149,26 +185,13 @@ def _terminate(signum, frame):
     show_default=True,
     help="Frame rate of a video made from a folder of frames.",
 )
-@click.option("--codec", default=None, help="Video encoder [default: libx264 for mp4/mov/mkv].")
-@click.option(
-    "--crf",
-    type=click.IntRange(0, 51),
-    default=18,
-    show_default=True,
-    help="x264/x265 quality (18 ≈ visually lossless; lower = better, bigger).",
-)
-@click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@_video_options
 @click.option(
     "--quality",
     type=click.IntRange(1, 100),
     default=95,
     show_default=True,
     help="JPEG and WebP quality of image outputs.",
-)
-@click.option(
-    "--pix-fmt",
-    default=None,
-    help="Output pixel format, e.g. yuv420p10le [default: yuv420p, 10-bit for 10-bit input].",
 )
 @click.option("--shard", default=None, help="I/N: process every N-th input starting at I.")
 @click.option(
@@ -179,8 +202,6 @@ def _terminate(signum, frame):
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
-# One long function on purpose: it maps the options above onto RunOptions, the Deblurrer and
-# the progress display, in the order a reader of --help meets them.
 @one_line_errors
 def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backend, onnx_file,
          engine_file, batch_size, tta_steps, tta_video, tile,
@@ -196,11 +217,7 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
                                                 TTA in the video mode (--tta-video)
     reblur-run frames/ --fps 30 -o clip.mp4   → a video from a folder of frames
     """
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the terminal closed
-        signal.signal(sig, _terminate)
-    # Ctrl-C: Python leaves SIGINT ignored when it starts ignored (a background job of a
-    # script); a run told to stop with SIGINT must stop cleanly all the same.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stop_cleanly_on_signals()
     if end is not None and end <= start:
         raise ConfigError(f"--end {end} must be after --start {start}")
     options = RunOptions(
@@ -219,31 +236,43 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         raise ConfigError("--tta-video needs --tta N")
     weights = _weights(weights, device, onnx_file, engine_file, say)
     counts = [count_frames(job, options) for job in jobs]
-    if backend is None:
-        backend = default_backend(device, tta_setting is not None, jobs, counts)
-        if backend == "compile":
-            say("backend: compile (the default for long videos on a CPU: 1.5–2× faster after a "
-                "first frame that compiles; --backend torch to skip that)")  # fmt: skip
+    backend = backend or _default_backend(device, tta_setting, jobs, counts, say)
     deblurrer = Deblurrer(
         weights, device=device, dtype=dtype, tta=tta_setting,
         batch_size=batch_size, tile=tile, tile_overlap=tile_overlap,
         max_memory=max_memory,
         backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
-    if backend == "auto" and not quiet:
-        click.echo(f"backend: {deblurrer.backend.name} (picked by --backend auto)", err=True)
+    if backend == "auto":
+        say(f"backend: {deblurrer.backend.name} (picked by --backend auto)")
     if tta_video is None and any(uses_video_mode(deblurrer, job, options) for job in jobs):
         say("TTA of videos: the video mode (--tta-per-frame for Algorithm A on every frame)")
-    total = None if None in counts else sum(counts)
-    if sys.stderr.isatty():  # a bar that redraws itself every frame
-        bar = tqdm(total=total, unit="frame", disable=quiet, dynamic_ncols=True, file=sys.stderr,
-                   miniters=1, mininterval=0.2)  # fmt: skip
-    else:  # a log file: plain lines, no carriage returns
-        bar = LogProgress(total, disable=quiet)
-    with bar:
+    with progress_bar(None if None in counts else sum(counts), quiet) as bar:
         summary = run_jobs(
             deblurrer, jobs, options, bar.update, lambda m: bar.write(m, file=sys.stderr)
         )
+    _finish(summary, jobs, output, quiet)
+
+
+def _stop_cleanly_on_signals() -> None:
+    """kill, a closed terminal and Ctrl-C stop a run as Ctrl-C does: temporary files removed."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+    # Python leaves SIGINT ignored when it starts ignored (a background job of a script); a
+    # run told to stop with SIGINT must stop cleanly all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _default_backend(device, tta: TTAConfig | None, jobs: list, counts: list, say) -> str:
+    backend = default_backend(device, tta is not None, jobs, counts)
+    if backend == "compile":
+        say("backend: compile (the default for long videos on a CPU: 1.5–2× faster after a "
+            "first frame that compiles; --backend torch to skip that)")  # fmt: skip
+    return backend
+
+
+def _finish(summary, jobs: list, output: str | None, quiet: bool) -> None:
+    """The closing line (items, frames, rate, where they went); exit status 1 if any failed."""
     if not quiet and summary.items:
         fps_done = summary.frames / summary.seconds if summary.seconds else 0.0
         written = [job for job in jobs if str(job.sources[0]) not in dict(summary.failed)]
@@ -254,41 +283,6 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         if len(jobs) > 1:  # with one input, its error line said it all
             click.echo(f"{len(summary.failed)} of {len(jobs)} inputs failed", err=True)
         sys.exit(1)
-
-
-class LogProgress:
-    """Progress for a log (stderr not a terminal): a plain line at most every 10 s with frames
-    done, rate and time left, and one at the end; messages are printed as they come."""
-
-    def __init__(self, total: int | None, disable: bool = False, every: float = 10.0):
-        self.total, self.disable, self.every = total, disable, every
-        self.done = 0
-        self.start = self.last = time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.done == self.total:
-            self.last = now
-            self.write(self.line(now - self.start))
-
-    def line(self, seconds: float) -> str:
-        rate = self.done / seconds if seconds > 0 else 0.0
-        text = f"{self.done}" + (f"/{self.total}" if self.total else "") + " frame(s)"
-        text += f", {seconds:.0f} s, {rate:.2f} frame/s"
-        if self.total and rate > 0 and self.done < self.total:
-            text += f", about {(self.total - self.done) / rate:.0f} s left"
-        return text
-
-    def write(self, message: str, file=None) -> None:
-        if not self.disable or message.startswith(("error", "warning")):
-            click.echo(message, err=True)
-
-    def __enter__(self) -> LogProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ class ImageMetadata:
     dpi: tuple[float, float] | None = None
 
 
+def is_image(path: str | os.PathLike) -> bool:
+    """True when the file name has an image suffix (the contents are not looked at)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
 def read_metadata(path: str | os.PathLike) -> ImageMetadata:
     """The EXIF, ICC profile and DPI of an image file (without decoding its pixels)."""
     from PIL import Image  # scikit-image's dependency; only needed here
@@ -175,7 +180,7 @@ def write_image(
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; refusing to overwrite it (use --overwrite)")
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+    if not is_image(path):
         raise InputError(
             f"{path}: unsupported image suffix (use one of {', '.join(IMAGE_SUFFIXES)})"
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, is_image
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def list_images(folder: str | os.PathLike) -> dict[str, Path]:
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.is_file() and is_image(path):
             found[rel.as_posix()] = path
     return found
 

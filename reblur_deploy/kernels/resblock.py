@@ -154,30 +154,28 @@ def backward_input_into(x, grad, w1, b1, w2, dx: torch.Tensor) -> torch.Tensor:
 # torch). Defining them needs no triton; running them does.
 
 
+def _like(x: torch.Tensor, *_) -> torch.Tensor:
+    """Both operators' output: a channels-last tensor shaped like ``x`` (also their fake
+    implementation, which torch.compile traces with)."""
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
 @torch.library.custom_op("reblur::resblock5_forward", mutates_args=())
 def resblock5_forward(
     x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
 ) -> torch.Tensor:
-    out = torch.empty_like(x, memory_format=torch.channels_last)
-    return forward_into(x, w1, b1, w2, b2, out)
-
-
-@resblock5_forward.register_fake
-def _(x, w1, b1, w2, b2):
-    return torch.empty_like(x, memory_format=torch.channels_last)
+    return forward_into(x, w1, b1, w2, b2, _like(x))
 
 
 @torch.library.custom_op("reblur::resblock5_backward_input", mutates_args=())
 def resblock5_backward_input(
     x: torch.Tensor, grad: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
-    dx = torch.empty_like(x, memory_format=torch.channels_last)
-    return backward_input_into(x, grad, w1, b1, w2, dx)
+    return backward_input_into(x, grad, w1, b1, w2, _like(x))
 
 
-@resblock5_backward_input.register_fake
-def _(x, grad, w1, b1, w2):
-    return torch.empty_like(x, memory_format=torch.channels_last)
+resblock5_forward.register_fake(_like)
+resblock5_backward_input.register_fake(_like)
 
 
 def reference_resblock(x, w1, b1, w2, b2) -> torch.Tensor:

@@ -5,7 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+
+
+def check_widths(name: str, widths, n_blocks: int) -> tuple[int, int, int]:
+    """The three stage widths of network ``name`` (full, 1/2 and 1/4 resolution) as positive
+    ints, with ``n_blocks`` ≥ 0; else a ConfigError."""
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != 3 or min(widths) < 1 or n_blocks < 0:
+        raise ConfigError(
+            f"{name} needs three positive widths and n_blocks ≥ 0, got {widths}, {n_blocks}"
+        )
+    return widths
 
 
 def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:

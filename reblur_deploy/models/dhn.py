@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .blocks import ResBlock, check_input, conv, up_conv, zero_init
+from .blocks import ResBlock, check_input, check_widths, conv, up_conv, zero_init
 
 
 def _blocks(channels: int, n: int) -> list[nn.Module]:
@@ -80,12 +80,9 @@ class DHN(nn.Module):
         self, widths: tuple[int, int, int] = (32, 64, 128), n_blocks: int = 2, n_levels: int = 4
     ):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 3 or min(widths) < 1 or n_blocks < 0 or n_levels < 1:
-            raise ConfigError(
-                "dhn needs three positive widths, n_blocks ≥ 0 and n_levels ≥ 1, "
-                f"got {widths}, {n_blocks}, {n_levels}"
-            )
+        widths = check_widths("dhn", widths, n_blocks)
+        if n_levels < 1:
+            raise ConfigError(f"dhn needs n_levels ≥ 1, got {n_levels}")
         self.config = {"widths": list(widths), "n_blocks": int(n_blocks), "n_levels": int(n_levels)}
         self.encoders = nn.ModuleList(_encoder(widths, n_blocks) for _ in range(n_levels))
         self.decoders = nn.ModuleList(_decoder(widths, n_blocks) for _ in range(n_levels))

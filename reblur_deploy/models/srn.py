@@ -54,8 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .blocks import ResBlock, check_input, conv, up_conv, zero_init
+from .blocks import ResBlock, check_input, check_widths, conv, up_conv, zero_init
 
 
 def _blocks(channels: int, n: int) -> nn.Sequential:
@@ -68,12 +67,7 @@ class SRN(nn.Module):
 
     def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), n_blocks: int = 3):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 3 or min(widths) < 1 or n_blocks < 0:
-            raise ConfigError(
-                f"srn needs three positive widths and n_blocks ≥ 0, got {widths}, {n_blocks}"
-            )
-        w1, w2, w3 = widths
+        w1, w2, w3 = widths = check_widths("srn", widths, n_blocks)
         self.config = {"widths": list(widths), "n_blocks": int(n_blocks)}
         # encoder
         self.head = conv(6, w1, 5)

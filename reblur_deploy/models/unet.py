@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .blocks import ResBlock, check_input, conv, up_conv, zero_init
+from .blocks import ResBlock, check_input, check_widths, conv, up_conv, zero_init
 
 
 class UNet(nn.Module):
@@ -29,12 +28,7 @@ class UNet(nn.Module):
 
     def __init__(self, widths: tuple[int, int, int] = (64, 128, 192), n_blocks: int = 8):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 3 or min(widths) < 1 or n_blocks < 0:
-            raise ConfigError(
-                f"unet needs three positive widths and n_blocks ≥ 0, got {widths}, {n_blocks}"
-            )
-        w1, w2, w3 = widths
+        w1, w2, w3 = widths = check_widths("unet", widths, n_blocks)
         self.config = {"widths": list(widths), "n_blocks": int(n_blocks)}
         self.head = conv(3, w1, 5)
         self.down1 = conv(w1, w2, 3, stride=2)
