@@ -298,22 +298,24 @@ def test_deblurrer_takes_one_config_and_the_steps_shorthand(md, mr):
 
 @pytest.mark.parametrize("mode", ["carry-over", "video mode"])
 def test_carried_weights_do_not_drift_on_a_long_real_clip(data_dir, mode):
-    """REDS 027 (real blur, 320×180), 30 frames played forwards and backwards: with carry-over
-    (whole-frame steps, each frame matched) and in the video mode (a step on three 128² crops,
+    """REDS 027 (real blur; the central 160×96 of its 320×180 frames, since the drift is in the
+    weights, not the pixels), 30 frames played forwards and backwards: with carry-over
+    (whole-frame steps, each frame matched) and in the video mode (a step on three 64² crops,
     carried frames not matched) the frames at the end must score like per-frame Algorithm A on
     the same frames. At 3× the paper's learning rate; without the decay towards the original
     weights the weights drift linearly (48 lr by frame 60) and the last frames lose 4–7 dB
-    (measured with carry-over)."""
+    (measured with carry-over on whole frames; on these crops 6.7 dB with carry-over, 6.2 in
+    the video mode, while with the decay both end within 0.05 dB of Algorithm A)."""
     root = data_dir / "train" / "reds027_x4"
     names = sorted(p.name for p in (root / "blur").iterdir())[:30]
-    blurry = [read_image(root / "blur" / n) for n in names]
-    sharp = [read_image(root / "sharp" / n) for n in names]
+    blurry = [read_image(root / "blur" / n)[42:138, 80:240] for n in names]
+    sharp = [read_image(root / "sharp" / n)[42:138, 80:240] for n in names]
     order = play_order(30, 60)
     algorithm_a = TTAConfig(steps=5, lr=1e-5, histmatch="fast")
     if mode == "carry-over":
         config = dataclasses.replace(algorithm_a, carry=1)
     else:
-        config = dataclasses.replace(algorithm_a, crop=128, crops=3).for_video()
+        config = dataclasses.replace(algorithm_a, crop=64, crops=3).for_video()
     carried = Deblurrer("unet-lite", device="cpu", batch_size=1, tta=config)
     outputs = [carried(blurry[i]) for i in order]
     last = range(48, 60, 3)
