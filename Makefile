@@ -15,7 +15,7 @@ SYSTEM_PACKAGES := libopencv-dev cmake pkg-config gstreamer1.0-tools gstreamer1.
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav \
 	gstreamer1.0-python3-plugin-loader python3-gst-1.0 gir1.2-gst-plugins-base-1.0
 
-.PHONY: demo test lint format clean cpp system-deps
+.PHONY: demo test test-fast lint format clean cpp system-deps
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# The edit loop: everything but the tests marked slow (> about 5 s each); CI runs `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -x -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

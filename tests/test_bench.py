@@ -32,6 +32,7 @@ def report():
     return run(config)
 
 
+@pytest.mark.slow
 def test_every_section_reports_its_rows(report):
     sections = report["sections"]
     assert set(sections) == {"peak", "histmatch", "resblock", "tta", "video", "drift", "infer"}
@@ -58,6 +59,7 @@ def test_every_section_reports_its_rows(report):
     assert any(n.startswith("tensorrt: not measured") for n in infer["notes"])
 
 
+@pytest.mark.slow
 def test_video_section_runs_each_setting_over_a_real_clip(data_dir):
     """REDS 027 frames (real blur, 320×180) through the bundled CPU model: per-frame
     Algorithm A takes its steps on every frame, the carried settings one after the first.

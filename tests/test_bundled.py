@@ -62,6 +62,7 @@ def test_the_bundled_files_stay_small_and_each_device_has_a_default():
     assert default_weights(torch.device("cuda")) == "unet-reblur"
 
 
+@pytest.mark.slow
 def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
     """scripts/quality_bar.py on the full held-out frames (unet-lite, TTA 1 to keep it short)."""
     out = tmp_path / "bar.md"
@@ -123,6 +124,7 @@ def test_the_wheel_installs_train_and_export_inside_the_package(wheel, tmp_path)
     assert usage.startswith("usage: python -m reblur_deploy.train.main")
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_builds_the_cpu_kernel_from_its_own_sources(wheel, tmp_path):
     """The C++ sources ship as package data (kernels/csrc/): an installed wheel, with no
     checkout beside it, compiles the CPU kernel into an empty cache (about 15 s on 2 busy

@@ -36,6 +36,7 @@ def test_every_console_script_answers_help_h_and_version(script):
     assert result.returncode == 0 and result.stdout.strip() == f"{script}, version {version}"
 
 
+@pytest.mark.slow
 def test_demo_deblurs_the_samples_with_the_bundled_model(tmp_path):
     clip = REPO / "examples" / "samples" / "gopro_clip_480x270.mp4"
     cmd = [sys.executable, "-m", "reblur_deploy.demo", "--out", tmp_path, "--device", "cpu",

@@ -57,6 +57,7 @@ def run(program, *args):
     return subprocess.run([program, *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_frames_equal_the_python_deblurrer_within_one_level(program, model, data_dir, tmp_path):
     """Real 1280×720 GOPRO frames and a 96×128 crop (padded to the size divisor) through
     the C++ program and through Deblurrer: at most 1/255 apart at every pixel."""

@@ -32,6 +32,7 @@ def gpu_data(tmp_path_factory, data_dir) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_gpu_train_runs_its_stages_and_packages_unet_reblur(tmp_path, gpu_data):
     small = {"DEVICE": "cpu", "COMPILE": "0", "CROP": "32", "BATCH": "2", "VAL_CROP": "64"}
     env = {**os.environ, **small, "QUALITY": "0", "GPU_DATA": str(gpu_data), "OMP_NUM_THREADS": "1"}

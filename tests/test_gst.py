@@ -63,6 +63,7 @@ def raw_frames(path: Path) -> np.ndarray:
 DECODE = "filesrc location=clip.mp4 ! decodebin ! videoconvert ! video/x-raw,format={fmt}"
 
 
+@pytest.mark.slow
 def test_frames_equal_deblurrer_in_rgb_and_bgr(clip):
     """The decoded frames through the element equal Deblurrer on the same decoded frames."""
     cwd = clip.parent
@@ -88,6 +89,7 @@ def buffer_times(output: str) -> list[str]:
     return re.findall(pattern + r"flags: (\w+)", output)
 
 
+@pytest.mark.slow
 def test_time_stamps_durations_and_frames_pass_through(clip, tmp_path):
     """Each buffer leaves the element with the time stamp and duration it came with, and an
     encoded pipeline keeps the frame count, rate and frame times of the same pipeline without

@@ -403,6 +403,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_fused_resblock_equals_the_reference_in_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -444,6 +445,7 @@ def close_after_matching(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_compiled_tta_step_equals_the_eager_step_and_compiles_once_per_shape(models):
     md, mr = models
     frames = torch.rand(2, 3, 32, 44, generator=torch.Generator().manual_seed(0))

@@ -82,6 +82,7 @@ def test_the_planner_keeps_a_fixed_tile_and_plans_one_for_the_budget():
     assert tile % 4 == 0 and crop < tile < 720  # a step keeps twice a pass's activations
 
 
+@pytest.mark.slow
 def test_a_frame_too_large_for_the_budget_is_tiled_and_stays_within_it(tmp_path, weights, large):
     whole, whole_peak = peak_run(large, "--weights", weights, "-o", tmp_path / "whole.png")
     assert whole.returncode == 0, whole.stderr

@@ -76,6 +76,7 @@ def test_a_folder_of_mixed_images_keeps_each_format(tmp_path, weights, crop):
     assert entry["tta_steps"] == 2 and entry["tta_loss_last"] != entry["tta_loss_first"]
 
 
+@pytest.mark.slow
 def test_outputs_and_inputs_are_never_overwritten(tmp_path, weights, crop):
     image = write_image(tmp_path / "a.png", crop)
     run(image, "--weights", weights)
@@ -117,6 +118,7 @@ def test_several_inputs_and_one_file_name_as_output_are_refused(tmp_path, weight
             assert not (tmp_path / output).exists()  # no folder named like a file
 
 
+@pytest.mark.slow
 def test_backend_auto_says_which_engine_it_picked(tmp_path, weights, crop):
     image = write_image(tmp_path / "a.png", crop)
     result = run(image, "--weights", weights, "--backend", "auto", "--device", "cpu")
@@ -165,6 +167,7 @@ def test_video_keeps_frames_time_stamps_and_audio_with_tta(tmp_path, weights, cl
     assert "1 item(s), 30 frame(s)" in result.stdout
 
 
+@pytest.mark.slow
 def test_videos_adapt_in_the_video_mode_unless_told_per_frame(tmp_path, weights, clip):
     """--tta N on a video: N steps on the first frame, then one step a frame on crops (carried
     over); --tta-per-frame gives every frame N whole-frame steps; images stay per frame."""
@@ -279,6 +282,7 @@ def test_torchrun_spreads_a_folder_over_processes(tmp_path, weights, crop):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"f{i}.png" for i in range(4)]
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend_matches_torch_on_a_real_image(tmp_path, weights, crop):
     image = write_image(tmp_path / "a.png", crop)
     onnx = tmp_path / "model.onnx"
@@ -305,6 +309,7 @@ def test_onnxruntime_backend_matches_torch_on_a_real_image(tmp_path, weights, cr
     assert refused.returncode == 1 and "needs gradients" in refused.stderr
 
 
+@pytest.mark.slow
 def test_exported_files_are_checked_for_role_and_weights(tmp_path, weights, crop):
     image = write_image(tmp_path / "a.png", crop)
     export = str(Path(sys.executable).parent / "reblur-export")
@@ -363,6 +368,7 @@ def test_ten_bit_video_stays_ten_bit(tmp_path, weights, data_dir):
     assert not (tmp_path / "bad.mp4").exists()
 
 
+@pytest.mark.slow
 def test_batches_resume_and_skip_earlier_outputs(tmp_path, weights, crop):
     for name in ("a.png", "b.png"):
         write_image(tmp_path / name, crop)
@@ -384,6 +390,7 @@ def test_batches_resume_and_skip_earlier_outputs(tmp_path, weights, crop):
     assert "nothing to do" in nothing.stderr and again.returncode == nothing.returncode == 0
 
 
+@pytest.mark.slow
 def test_messages_are_single_lines_with_one_prefix(tmp_path, weights, crop, clip):
     (tmp_path / "empty.png").write_bytes(b"")
     failed = run(tmp_path / "empty.png", "--weights", weights, check=False)

@@ -58,6 +58,7 @@ def pairs(tmp_path_factory, data_dir):
     return write_gopro_crops(tmp_path_factory.mktemp("gopro"), data_dir)
 
 
+@pytest.mark.slow
 def test_a_run_from_a_toml_file_gives_weights_that_reblur_run_loads(tmp_path, data_dir, pairs):
     out = tmp_path / "run"
     (tmp_path / "small.toml").write_text(
@@ -132,6 +133,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_processes_matches_one_process(tmp_path, pairs):
     """gloo, 2 processes × 1 crop = the same global batch of 2 as one process; no thread left."""
     args = ["--data", f"paired:{pairs}", "--val", "names:461", "--val-crop", "64",
@@ -179,6 +181,7 @@ def test_package_stores_float16_checks_the_outputs_and_keeps_provenance(tmp_path
         package(str(source), "my-model", fp16=False, tolerance=1e-3, assets=assets)
 
 
+@pytest.mark.slow
 def test_a_campaign_session_trains_the_leader_then_brings_the_twin_to_its_iteration(
     tmp_path, pairs
 ):

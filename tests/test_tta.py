@@ -75,6 +75,7 @@ def test_weights_are_restored_bit_exactly_and_mr_stays_frozen(frame, md, mr):
     assert out.shape == frame.shape and torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_output_has_the_histogram_of_the_initial_output(frame, md, mr):
     with torch.no_grad():
         initial = md(frame).clamp(0, 1)
@@ -89,6 +90,7 @@ def test_output_has_the_histogram_of_the_initial_output(frame, md, mr):
     assert (fast - exact).abs().max() <= TOLERANCE + 1e-6
 
 
+@pytest.mark.slow
 def test_batch_images_are_adapted_independently(frame, md, mr):
     other = frame.flip(-1)
     batch = adapt(torch.cat([frame, other]), md, mr, steps=2, lr=1e-4)
@@ -325,6 +327,7 @@ def test_carried_weights_do_not_drift_on_a_long_real_clip(data_dir, mode):
     assert drifted >= reference - 0.1, (drifted, reference)
 
 
+@pytest.mark.slow
 def test_video_mode_crop_steps_take_bf16_where_the_cpu_has_it_within_one_level(data_dir):
     """The video mode (carry-over, one step on three crops a frame); its crop steps run under bf16
     autocast on CPUs with native bf16 (the whole-frame passes stay float32), which moves
