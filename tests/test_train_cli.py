@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -77,7 +79,8 @@ def test_a_run_from_a_toml_file_gives_weights_that_reblur_run_loads(tmp_path, da
         "--config", tmp_path / "small.toml", "--iters", "3", "--out", out, "--device", "cpu"
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "it/s" in result.stderr and "train" in result.stderr  # the progress bar
+    # progress into a pipe: plain lines (count, rate, losses), no carriage-return bar
+    assert "\r" not in result.stderr and "3/3 it(s)" in result.stderr and "it/s" in result.stderr
     assert (
         "validation PSNR" in result.stderr and f"weights: {out}/last.safetensors" in result.stderr
     )
@@ -103,6 +106,35 @@ def test_a_run_from_a_toml_file_gives_weights_that_reblur_run_loads(tmp_path, da
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "changed options (iters)" in resumed.stderr
     assert ckpt.read_state(ckpt.checkpoint_path(out, 4))["iteration"] == 4
+    finished = run("--resume", "--out", out, "--no-progress")
+    assert finished.returncode == 0 and "has finished all 4 iterations: nothing to do" in (
+        finished.stderr
+    )
+
+
+def test_nan_options_and_sigterm_end_with_one_line(tmp_path, pairs):
+    """A non-finite float stops before any work; SIGTERM stops like Ctrl-C, with a message."""
+    bad = run("--data", f"paired:{pairs}", "--iters", "2", "--lr", "nan", "--out", tmp_path / "a")
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip() == "error: options: lr = 'nan' is not a valid float"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-m", "train.main", "--data", f"paired:{pairs}", "--iters", "100000",
+         "--crop", "32", "--batch-size", "1", "--md-config", '{"widths":[8,12,16],"n_blocks":1}',
+         "--mr-blocks", "1", "--mr-width", "8", "--no-progress", "--log-every", "1",
+         "--device", "cpu", "--out", str(tmp_path / "b")],
+        stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    for _ in range(600):  # training has started once a metrics line is written
+        if metrics.exists() and metrics.read_text():
+            break
+        time.sleep(0.1)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM); resume from")
 
 
 def test_bad_data_stops_before_training_with_one_line(tmp_path, data_dir):

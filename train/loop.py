@@ -41,6 +41,7 @@ from tqdm import tqdm
 from reblur_deploy import losses
 from reblur_deploy.metrics import psnr, ssim
 from reblur_deploy.padding import pad_to_multiple
+from reblur_deploy.progress import progress_bar
 
 from . import checkpoint as ckpt
 from . import ddp
@@ -78,6 +79,7 @@ class Result:
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_at: int | None = None  # the iteration --stop-at / --stop-after ended this call at
+    started_at: int = 0  # the iteration this call started from (resumed runs)
 
 
 class Trainer:
@@ -183,15 +185,8 @@ class Trainer:
         if self.total is not None and self.start >= self.total:
             self.logger.close()
             return self._result()
-        bar = tqdm(
-            total=self.total,
-            initial=self.start,
-            desc="train",
-            unit="it",
-            disable=not (ctx.main and cfg.progress),
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
+        # a bar on a terminal, a plain line every 10 s in a pipe or log file
+        bar = progress_bar(self.total, not (ctx.main and cfg.progress), "it", self.start)
         window = _Window()
         self._train_start = window.start
         iteration = self.start
@@ -239,7 +234,7 @@ class Trainer:
         device = self.ctx.device
         return [x.to(device, non_blocking=True, memory_format=layout) for x in batch]
 
-    def _log(self, iteration: int, lr: float, window: _Window, bar: tqdm) -> None:
+    def _log(self, iteration: int, lr: float, window: _Window, bar) -> None:
         """The mean losses since the last log line, and the rate (all processes average)."""
         means = ddp.mean(self.ctx, window.means())
         self.logger.train(iteration, lr, means, window.rate())
@@ -258,7 +253,7 @@ class Trainer:
         late = time.time() - self.started > cfg.stop_after * 60
         return bool(ddp.broadcast(self.ctx, late))
 
-    def _fix_total(self, iteration: int, bar: tqdm) -> None:
+    def _fix_total(self, iteration: int, bar) -> None:
         """--minutes: after CALIBRATION iterations, the count that fits the time left (measured
         over the second half of them, after any compilation; every process agrees on it)."""
         if iteration == CALIBRATION // 2:
@@ -284,6 +279,7 @@ class Trainer:
             self.last_metrics,
             time.time() - self.started,
             self.stopped_at,
+            self.start,
         )
 
     # ---------------------------------------------------------------- validation

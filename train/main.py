@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from reblur_deploy.errors import ReblurError
 
@@ -48,9 +50,19 @@ def configure(argv: list[str] | None = None) -> TrainConfig:
     return config
 
 
+class Terminated(Exception):
+    """SIGTERM (a scheduler, ``kill``): stop like Ctrl-C, with a message instead of silence."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "-v" in argv or "--verbose" in argv
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         config = configure(argv)
         from .loop import train
@@ -65,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted; resume from the last checkpoint with --resume")
         return 130
+    except Terminated:
+        _say("terminated (SIGTERM); resume from the last checkpoint with --resume")
+        return 128 + signal.SIGTERM
+    if result.started_at >= result.iterations:
+        _say(
+            f"{config.out} has finished all {result.iterations} iterations: nothing to do "
+            f"(--iters extends it and moves the schedule)\nweights: {result.weights}"
+        )
+        return 0
     if result.stopped_at is not None:
         _say(
             f"stopped at iteration {result.stopped_at} of {result.iterations}; continue with "

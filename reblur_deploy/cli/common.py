@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-import time
 import warnings
 
 import click
@@ -91,50 +90,6 @@ def one_line_errors(fn):
             sys.exit(130)
 
     return wrapper
-
-
-def progress_bar(total: int | None, quiet: bool = False):
-    """Frames done, on stderr: a bar that redraws itself on a terminal, plain lines in a log.
-    Use it as a context manager; ``update(n)`` counts, ``write(message)`` prints above it."""
-    if sys.stderr.isatty():
-        return tqdm(total=total, unit="frame", disable=quiet, dynamic_ncols=True, file=sys.stderr,
-                    miniters=1, mininterval=0.2)  # fmt: skip
-    return LogProgress(total, disable=quiet)  # no carriage returns in a log file
-
-
-class LogProgress:
-    """Progress for a log (stderr not a terminal): a plain line at most every 10 s with frames
-    done, rate and time left, and one at the end; messages are printed as they come."""
-
-    def __init__(self, total: int | None, disable: bool = False, every: float = 10.0):
-        self.total, self.disable, self.every = total, disable, every
-        self.done = 0
-        self.start = self.last = time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.done == self.total:
-            self.last = now
-            self.write(self.line(now - self.start))
-
-    def line(self, seconds: float) -> str:
-        rate = self.done / seconds if seconds > 0 else 0.0
-        text = f"{self.done}" + (f"/{self.total}" if self.total else "") + " frame(s)"
-        text += f", {seconds:.0f} s, {rate:.2f} frame/s"
-        if self.total and rate > 0 and self.done < self.total:
-            text += f", about {(self.total - self.done) / rate:.0f} s left"
-        return text
-
-    def write(self, message: str, file=None) -> None:
-        if not self.disable or message.startswith(("error", "warning")):
-            click.echo(message, err=True)
-
-    def __enter__(self) -> LogProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 def warn_deprecated(old: str, new: str) -> None:

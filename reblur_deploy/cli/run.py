@@ -13,6 +13,7 @@ from ..device import resolve_device
 from ..errors import ConfigError
 from ..io import VideoSettings
 from ..pipeline import Deblurrer, default_weights
+from ..progress import progress_bar
 from ..runner import (
     RunOptions,
     count_frames,
@@ -29,7 +30,6 @@ from .common import (
     device_option,
     dtype_option,
     one_line_errors,
-    progress_bar,
     tile_options,
     tta_config,
     tta_options,
