@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,15 @@ def _check_safetensors(path: Path) -> None:
     if len(head) < 9 or head[8:9] != b"{":
         # Only now look for zip/pickle signatures: a safetensors header length may itself
         # start with the bytes 0x80 or "PK".
+        if head[:2] == b"PK" and _is_torchscript(path):
+            raise WeightsError(
+                f"{path} is a TorchScript program (reblur-export --to torchscript writes them "
+                "for the C++ program); --weights takes a safetensors weight file, --onnx an "
+                "ONNX file and --engine a TensorRT engine"
+            )
+        if path.suffix.lower() in (".onnx", ".engine", ".plan"):
+            option = "--onnx" if path.suffix.lower() == ".onnx" else "--engine"
+            raise WeightsError(f"{path} is an exported model: pass it with {option}, not --weights")
         if head[:2] == b"PK" or head[:1] == b"\x80":
             raise WeightsError(
                 f"{path} is a pickle-based PyTorch checkpoint; reblur-deploy never unpickles "
@@ -145,6 +155,15 @@ def _check_safetensors(path: Path) -> None:
     (header_len,) = struct.unpack("<Q", head[:8])
     if header_len > path.stat().st_size - 8:
         raise WeightsError(f"{path} is truncated or corrupt (header longer than the file)")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip whose archive holds TorchScript's code/ folder (torch.jit.save's layout)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_weights(weights: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedWeights:

@@ -101,6 +101,16 @@ def test_pickle_files_are_refused_without_running_them(tmp_path, writer):
     assert not marker.exists()
 
 
+def test_exported_models_given_as_weights_are_named_with_the_option_that_takes_them(tmp_path):
+    scripted = torch.jit.script(torch.nn.Conv2d(3, 3, 1))
+    torch.jit.save(scripted, str(tmp_path / "model.pt"))
+    with pytest.raises(WeightsError, match=r"is a TorchScript program.*--onnx an ONNX file"):
+        load_weights(tmp_path / "model.pt")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")  # an ONNX header
+    with pytest.raises(WeightsError, match="pass it with --onnx, not --weights"):
+        load_weights(tmp_path / "model.onnx")
+
+
 def _rewrite_metadata(src, dst, change):
     """Copy a weight file with its architecture description edited (tensors unchanged)."""
     loaded = load_weights(src)
