@@ -15,7 +15,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from .cli.common import (
     console_script,
@@ -30,7 +29,8 @@ from .io import read_image, write_image
 from .losses import blur_score
 from .models import build
 from .pipeline import Deblurrer, default_weights
-from .runner import Job, RunOptions, run_jobs
+from .progress import progress_bar
+from .runner import Job, RunOptions, count_frames, run_jobs
 
 SAMPLE = Path(__file__).parent / "assets" / "samples" / "gopro_blur_00_crop.png"
 BANNER = """
@@ -110,7 +110,7 @@ def main(image, clip, weights, tta_steps, out_dir, device, verbose) -> None:  # 
         target = out / f"{Path(clip).stem}_side_by_side.mp4"
         job = Job("video", [Path(clip)], target)
         options = RunOptions(overwrite=True, side_by_side=True)
-        with tqdm(unit="frame", desc="clip") as bar:
+        with progress_bar(count_frames(job, options)) as bar:
             summary = run_jobs(deblurrer, [job], options, bar.update, lambda m: bar.write(m))
         if summary.failed:
             raise ReblurError(summary.failed[0][1])

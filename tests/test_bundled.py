@@ -150,3 +150,4 @@ def test_the_installed_wheel_builds_the_cpu_kernel_from_its_own_sources(wheel, t
     assert folder == str(site / "reblur_deploy" / "kernels" / "csrc")
     assert impl == "ext" and same == "True"  # 8-bit data: the kernel equals the exact path
     assert any((tmp_path / "ext").rglob("*.so"))  # built here, not found in a cache
+    assert "building the C++ kernels for this machine, once" in shown.stderr  # the pause said

@@ -128,6 +128,9 @@ def _build() -> bool:
     key = _key(folder, sources, cuda)
     build_dir = cache_root() / key
     build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"reblur_ext_{key}.so").exists():  # say why the first run pauses
+        LOG.warning("reblur-deploy kernels: building the C++ kernels for this machine, once "
+                    "(about 20 s; cached in %s)", build_dir)  # fmt: skip
     cuda_flags = list(CUDA_FLAGS)
     if cuda:
         major, minor = torch.cuda.get_device_capability()
