@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_bytes_atomic
+from .atomic import check_name, write_bytes_atomic
 from .backends.eager import compile_available
 from .errors import ConfigError, InputError, ReblurError
 from .io import (
@@ -120,6 +120,8 @@ def plan_jobs(specs: Iterable[str], options: RunOptions) -> list[Job]:
     jobs: list[Job] = []
     for spec in specs:
         jobs += _spec_jobs(spec, output, into_folder, single=len(specs) == 1)
+    for job in jobs:
+        check_name(job.target)  # before any look at it: the OS refuses to look
     _check_output_names_folder(output, jobs)
     _check_targets(jobs)
     return _this_shard(jobs, options)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from reblur_deploy import InputError
+from reblur_deploy import InputError, ReblurError
 from reblur_deploy.atomic import remove_stale
 from reblur_deploy.io import read_image, write_image
 
@@ -101,3 +101,28 @@ def test_decoding_in_threads_leaves_stderr_where_it_was(tmp_path, data_dir):
         thread.join()
     after = os.fstat(2)
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif", ".bmp"])
+def test_writing_an_image_prints_nothing(tmp_path, capfd, suffix):
+    """OpenCV warned "imencodeWithMetadata unsupported key" on stderr for every option that was
+    not its format's (JPEG quality given to a PNG), even under reblur-run -q."""
+    write_image(tmp_path / f"x{suffix}", np.zeros((8, 8, 3), np.uint8), quality=90)
+    assert capfd.readouterr().err == ""
+
+
+def test_the_longest_legal_names_can_be_written(tmp_path):
+    """A 225-byte stem (plus its suffix, within NAME_MAX) once failed with "File name too long":
+    the temporary name beside it is longer than the final one."""
+    stem = "b" * 225
+    write_image(tmp_path / f"{stem}.png", np.zeros((4, 4, 3), np.uint8))
+    write_image(tmp_path / f"{'é' * 125}.jpeg", np.zeros((4, 4, 3), np.uint8))  # 250 bytes
+    assert sorted(len(os.fsencode(p.name)) for p in tmp_path.iterdir()) == [229, 255]
+
+
+def test_an_output_name_too_long_is_refused_before_any_work(tmp_path):
+    from reblur_deploy.runner import RunOptions, plan_jobs
+
+    source = write_image(tmp_path / f"{'c' * 245}.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ReblurError, match="259 bytes long"):  # with _deblurred
+        plan_jobs([str(source)], RunOptions())

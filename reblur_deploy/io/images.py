@@ -31,6 +31,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 EXIF_HEADER = b"Exif\x00\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
 ICC_CHUNK = 65535 - 2 - len(ICC_HEADER) - 2  # bytes of profile per JPEG APP2 segment
+QUALITY_OPTION = {".jpg": cv2.IMWRITE_JPEG_QUALITY, ".jpeg": cv2.IMWRITE_JPEG_QUALITY,
+                  ".webp": cv2.IMWRITE_WEBP_QUALITY}  # fmt: skip
 
 
 @dataclass
@@ -188,8 +190,9 @@ def write_image(
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_WEBP_QUALITY, quality]
-    ok, encoded = cv2.imencode(path.suffix, image, params)
+    # Only the format's own option: OpenCV warns on stderr about any other one.
+    option = QUALITY_OPTION.get(path.suffix.lower())
+    ok, encoded = cv2.imencode(path.suffix, image, [] if option is None else [option, quality])
     if not ok:
         raise InputError(f"cannot encode a {image.dtype} {image.shape} image as {path.suffix}")
     data = encoded.tobytes()
