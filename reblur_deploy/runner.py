@@ -37,6 +37,7 @@ from .io import (
     read_metadata,
     write_image,
 )
+from .io.video import TruncatedVideoError
 from .losses import blur_score
 from .pipeline import Deblurrer
 
@@ -60,6 +61,7 @@ class RunOptions:
     side_by_side: bool = False
     start: int = 0
     end: int | None = None
+    allow_truncated: bool = False  # a truncated or corrupt video: write the frames before it
     fps: float = 30.0
     video: VideoSettings = field(default_factory=VideoSettings)  # how videos are encoded
     quality: int = 95
@@ -325,9 +327,14 @@ class _Runner:
             rotation=info.rotation, audio_from=source if info.has_audio else None, color_from=info,
             bit_depth=info.bit_depth,
         )  # fmt: skip
-        decoded = read_frames(source, options.start, options.end, keep_depth=True)
+        decoded = read_frames(source, options.start, options.end, keep_depth=True,
+                              allow_truncated=options.allow_truncated)  # fmt: skip
         frames = ((f.index, f.rgb, f.pts) for f in decoded)
-        done = self.encode_all(job, frames, writer)
+        try:
+            done = self.encode_all(job, frames, writer)
+        except TruncatedVideoError as e:
+            raise TruncatedVideoError(f"{e}; nothing was written (--allow-truncated writes the "
+                                      "frames before the damage)") from None  # fmt: skip
         if options.end is not None and options.start + done < options.end:
             self.log(f"warning: {source} ends after frame {options.start + done - 1}; "
                      f"--end {options.end} is past its end")  # fmt: skip

@@ -229,6 +229,23 @@ def test_a_corrupt_video_is_a_one_line_error(tmp_path, weights):
     assert not (tmp_path / "bad_deblurred.mp4").exists()
 
 
+def test_a_truncated_video_is_refused_unless_allowed(tmp_path, weights):
+    """A cut MKV wrote 9 of its 20 frames with exit 0 and no word (issue 29, bug 6): now one
+    line and exit 1 with nothing written, or with --allow-truncated the frames before the cut
+    and a warning saying how many."""
+    whole = make_video(tmp_path / "whole.mkv", n=20, seconds=20 / 30).read_bytes()
+    cut, out = tmp_path / "cut.mkv", tmp_path / "out.mkv"
+    cut.write_bytes(whole[: len(whole) // 2])
+    result = run(cut, "--weights", weights, "-o", out, "-q", check=False)
+    assert result.returncode == 1 and not out.exists()
+    assert result.stderr.startswith("error: cannot decode") and "cut.mkv" in result.stderr
+    assert "truncated" in result.stderr and "--allow-truncated" in result.stderr
+    assert result.stderr.count("\n") == 1
+    result = run(cut, "--weights", weights, "-o", out, "-q", "--allow-truncated")
+    kept = len(list(read_frames(out)))
+    assert 0 < kept < 20 and f"kept the {kept} frames before it" in result.stderr
+
+
 def _ignore_sigint():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -36,11 +36,14 @@ def pattern(i: int, width: int = W, height: int = H) -> np.ndarray:
     return image
 
 
-def make_video(path, n=N, rotation=0, audio=True, video=True, tags=True):
-    """n frames of `pattern` at 30 fps (x264 with B-frames) and 1 s of a 440 Hz sine (AAC)."""
+def make_video(path, n=N, rotation=0, audio=True, video=True, tags=True, fps=FPS, rate=RATE,
+               seconds=1.0, audio_pts=True):  # fmt: skip
+    """n frames of `pattern` at `fps` (x264 with B-frames) and `seconds` of a 440 Hz sine (AAC
+    at `rate`). Without `audio_pts` the encoder numbers the audio itself: no negative priming
+    time stamp, so the audio ends a packet later."""
     with av.open(str(path), "w") as out:
         if video:
-            stream = out.add_stream("libx264", rate=FPS)
+            stream = out.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
             if tags:  # BT.709 matrix, primaries, transfer; limited range
                 ctx = stream.codec_context
@@ -48,7 +51,7 @@ def make_video(path, n=N, rotation=0, audio=True, video=True, tags=True):
             if rotation:
                 stream.set_display_rotation(rotation)
         if audio:
-            sound = out.add_stream("aac", rate=RATE)
+            sound = out.add_stream("aac", rate=rate)
             sound.layout = "mono"
         if video:
             for i in range(n):
@@ -58,19 +61,20 @@ def make_video(path, n=N, rotation=0, audio=True, video=True, tags=True):
                 out.mux(stream.encode(frame))
             out.mux(stream.encode())
         if audio:
-            t = np.arange(RATE) / RATE
+            t = np.arange(round(rate * seconds)) / rate
             wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-            for s in range(0, RATE, 1024):
+            for s in range(0, wave.shape[1], 1024):
                 frame = av.AudioFrame.from_ndarray(
                     np.ascontiguousarray(wave[:, s : s + 1024]), format="flt", layout="mono"
                 )
-                frame.sample_rate, frame.pts = RATE, s
+                frame.sample_rate = rate
+                frame.pts = s if audio_pts else None
                 out.mux(sound.encode(frame))
             out.mux(sound.encode())
     return path
 
 
-def copy_video(src, dst, start=0, end=None, **kwargs):
+def copy_video(src, dst, start=0, end=None, n=N, **kwargs):
     """What reblur-run does, minus the deblurring."""
     info = probe_video(src)
     with VideoWriter(
@@ -86,7 +90,7 @@ def copy_video(src, dst, start=0, end=None, **kwargs):
     ) as out:
         for frame in read_frames(src, start, end):
             out.write(frame.rgb, frame.pts)
-    assert out.frames_written == len(range(N)[start:end])
+    assert out.frames_written == len(range(n)[start:end])
     return dst
 
 
@@ -208,6 +212,31 @@ def test_explicit_audio_span_and_frame_counter_time_stamps(source, tmp_path):
     assert packets[0][0] * tb == pytest.approx(kept[0][0] / RATE - 0.5, abs=1e-3)
 
 
+def test_aac_audio_does_not_push_the_frames_of_an_avi_late(tmp_path):
+    """AVI counts frames: the AAC priming packet (21 ms before the first frame) made the muxer
+    shift every stream, and the video landed at 0, 2, 3, ... in 1/30 s (issue 29, bug 4)."""
+    src = make_video(tmp_path / "in.mp4", n=6, seconds=6 / FPS)
+    out = copy_video(src, tmp_path / "out.avi", n=6)
+    with av.open(str(out)) as container:
+        times = [frame.time for frame in container.decode(video=0)]
+    assert times == pytest.approx([i / FPS for i in range(6)])
+    assert [data for *_, data in audio_packets(out)[1]] == [
+        data for *_, data in audio_packets(src)[1]
+    ]
+
+
+def test_audio_after_the_last_frame_is_kept_unless_the_video_is_cut(tmp_path):
+    """Every audio packet of a whole video is copied, also one that starts after the last frame
+    ends (issue 29, bug 5); a cut keeps the packets that start before its end."""
+    src = make_video(tmp_path / "in.mkv", n=8, fps=24, rate=16000, seconds=1 / 3, audio_pts=False)
+    tb, packets = audio_packets(src)
+    assert packets[-1][0] * tb >= Fraction(8, 24)  # starts after the last frame's end
+    whole = copy_video(src, tmp_path / "whole.mkv", n=8)
+    assert audio_packets(whole)[1] == packets
+    cut = copy_video(src, tmp_path / "cut.mkv", end=7, n=8)
+    assert audio_packets(cut)[1] == [p for p in packets if p[0] * tb < Fraction(7, 24)]
+
+
 @pytest.mark.parametrize("rotation", [180, -90])
 def test_rotation_metadata_is_written(tmp_path, rotation):
     with VideoWriter(tmp_path / "r.mp4", 30, W, H, rotation=rotation) as out:
@@ -319,6 +348,35 @@ def test_a_truncated_mkv_is_refused_like_a_truncated_mp4(tmp_path, source):
     with pytest.raises(InputError, match=r"cut_short.mkv at frame \d+: the file is truncated"):
         seen.extend(frame.index for frame in read_frames(path))
     assert 0 < len(seen) < N and seen == list(range(len(seen)))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".avi", ".mov"])
+def test_truncated_or_corrupt_files_are_refused_in_every_container(tmp_path, suffix):
+    """The frames that decode are checked against what the header or index promises, and decoder
+    errors count: a cut or damaged file is an error after the frames before the damage, or with
+    allow_truncated those frames and a warning (issue 29, bug 6: 9 of 20 frames passed)."""
+    src = make_video(tmp_path / "src.mp4", n=20, seconds=20 / FPS)
+    whole = copy_video(src, tmp_path / f"whole{suffix}", n=20)
+    assert len(list(read_frames(whole))) == 20  # the intact file passes the checks
+    data = whole.read_bytes()
+    half, eighth = len(data) // 2, len(data) // 8
+    garbage = np.random.default_rng(0).bytes(eighth)
+    damaged = {
+        "half": data[:half],
+        "most": data[: len(data) * 9 // 10],
+        "corrupt": data[:half] + garbage + data[half + eighth :],
+    }
+    for name, content in damaged.items():
+        path = tmp_path / f"{name}{suffix}"
+        path.write_bytes(content)
+        seen = []
+        with pytest.raises(InputError, match=rf"{name}{suffix} at frame \d+: ") as error:
+            seen.extend(frame.index for frame in read_frames(path))
+        assert len(seen) < 20 and seen == list(range(len(seen))), name
+        assert f"at frame {len(seen)}:" in one_line(error)
+        with pytest.warns(UserWarning, match=f"kept the {len(seen)} frames before it"):
+            kept = [frame.index for frame in read_frames(path, allow_truncated=True)]
+        assert kept == seen
 
 
 def test_frame_range_errors(source):

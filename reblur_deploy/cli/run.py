@@ -179,6 +179,12 @@ def _terminate(signum, frame):
 @click.option("--start", type=click.IntRange(min=0), default=0, help="First video frame.")
 @click.option("--end", type=click.IntRange(min=1), default=None, help="Video frame to stop before.")
 @click.option(
+    "--allow-truncated",
+    is_flag=True,
+    help="Of a truncated or corrupt video, write the frames before the damage (with a warning) "
+    "instead of failing.",
+)
+@click.option(
     "--fps",
     type=POSITIVE,
     default=30.0,
@@ -204,8 +210,8 @@ def _terminate(signum, frame):
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 @one_line_errors
 def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backend, onnx_file,
-         engine_file, batch_size, tta_steps, tta_video, tile,
-         tile_overlap, max_memory, side_by_side, start, end, fps, codec, crf, preset, quality,
+         engine_file, batch_size, tta_steps, tta_video, tile, tile_overlap, max_memory,
+         side_by_side, start, end, allow_truncated, fps, codec, crf, preset, quality,
          pix_fmt, shard, report, quiet, verbose, **tta):  # fmt: skip
     """Deblur images, folders, globs and videos.
 
@@ -222,6 +228,7 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         raise ConfigError(f"--end {end} must be after --start {start}")
     options = RunOptions(
         output=output, overwrite=overwrite, side_by_side=side_by_side, start=start, end=end,
+        allow_truncated=allow_truncated,
         fps=fps, video=VideoSettings(codec, crf, preset, pix_fmt), quality=quality,
         skip_existing=skip_existing, shard=_shard(shard), report=report, tta_video=tta_video,
     )  # fmt: skip

@@ -34,10 +34,14 @@ Defaults and what they mean:
   ``audio_start`` = time of the first frame written, ``audio_end`` = end of the last frame
   written, so a frame range cut out of a video keeps the audio in sync with no arithmetic by the
   caller. Packet granularity: for AAC ≈ 21 ms at 48 kHz. When the first frame written is the
-  input's first, every audio packet is copied, encoder priming (the AAC packet before the first
-  frame, with a negative time stamp) included: MP4/MOV hide it with an edit list, MKV/WebM/AVI
-  shift every stream by it (the video then starts a few ms after 0, in sync). The decoded
-  audio is then exactly the input's.
+  input's first, every audio packet before it is copied, encoder priming (the AAC packet before
+  the first frame, with a negative time stamp) included: MP4/MOV hide it with an edit list,
+  MKV/WebM shift every stream by it (the video then starts a few ms after 0, in sync). AVI
+  counts video frames, so there the audio starts at 0 instead and the video stays on its frame
+  times (the priming's 1,024 samples, 21 ms at 48 kHz, then play before the sound). When
+  the input's video has no frame after the last one written, every audio packet after it is
+  copied too, audio that outlasts the video included. The decoded audio of a whole video is
+  then exactly the input's.
 * Rotation: the display rotation (``VideoInfo.rotation``) is stored as the stream's display
   matrix; frames themselves are never rotated. AVI cannot store it (a warning says so).
 * Safety: the file is written as ``.<name>.<random>.part<suffix>`` in the target folder and
@@ -48,6 +52,7 @@ Defaults and what they mean:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -231,7 +236,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def read_frames(
-    path: str | os.PathLike, start: int = 0, end: int | None = None, *, keep_depth: bool = False
+    path: str | os.PathLike,
+    start: int = 0,
+    end: int | None = None,
+    *,
+    keep_depth: bool = False,
+    allow_truncated: bool = False,
 ) -> Iterator[Frame]:
     """Decode the frames ``[start, end)`` (by index, 0-based) of the first video stream.
 
@@ -241,8 +251,12 @@ def read_frames(
     The file is opened (and checked) when this is called; frames are decoded lazily. Frames
     before ``start`` are decoded (inter-frame codecs need them) but not converted to RGB.
     ``end`` past the last frame just stops at the end, like slicing. Raises :class:`InputError`
-    for unusable files, a decode error (naming the frame index), a file without frames or a
-    ``start`` past its end.
+    for unusable files, a file without frames or a ``start`` past its end.
+
+    A truncated or corrupt file (fewer frames than its container's index, header count or
+    duration promises, data the demuxer or decoder flags as damaged, a decode error) raises
+    :class:`TruncatedVideoError` naming the first frame missing, after the frames before it;
+    with ``allow_truncated`` those frames are all, and a warning says how many there were.
     """
     if start < 0 or (end is not None and end <= start):
         raise ConfigError(f"invalid frame range [{start}, {end}): need 0 <= start < end")
@@ -255,17 +269,26 @@ def read_frames(
     except BaseException:
         container.close()
         raise
-    return _frames(container, stream, path, fps, start, end, keep_depth)
+    return _frames(container, stream, path, fps, start, end, keep_depth, allow_truncated)
 
 
-def _decoded(container, stream, path: Path):
-    """Yield (index, av.VideoFrame) pairs; FFmpeg errors become InputError naming the index of
-    the frame that could not be decoded.
+class TruncatedVideoError(InputError):
+    """A video file that ends before what its container promises, or holds data the decoder
+    cannot decode: the frames before the damage came out, the rest did not."""
 
-    A truncated file mostly just ends early (FFmpeg logs "partial file" and reports the end of
-    the file): a packet the demuxer flags as corrupt, or fewer packets than the file's index
-    (MP4/MOV/AVI list every packet up front) is reported as an error after the frames that
-    could be decoded.
+
+def _damaged(path: Path, index: int, why: str) -> TruncatedVideoError:
+    return TruncatedVideoError(f"cannot decode {path} at frame {index}: {why}")
+
+
+def _decoded(container, stream, path: Path, fps: Fraction):
+    """Yield (index, av.VideoFrame) pairs; damage raises TruncatedVideoError naming the index of
+    the first frame that could not be decoded.
+
+    A truncated file mostly just ends early (FFmpeg reports the end of the file), and a decoder
+    conceals damaged data, so both are checked: a packet the demuxer flags as corrupt, a frame
+    the decoder flags as concealed, a decoder error, and at the end what the container promises
+    (see _check_complete).
     """
     packets = index = 0  # index: of the next frame
     end = None  # end time (s) of the last video packet read
@@ -275,50 +298,51 @@ def _decoded(container, stream, path: Path):
                 for frame in stream.decode(None):  # the frames complete before the damage
                     yield index, frame
                     index += 1
-                raise InputError(
-                    f"cannot decode {path} at frame {index}: truncated or corrupt data"
-                )
-            if packet.size > 0:  # not the flush packet at the end
+                raise _damaged(path, index, "truncated or corrupt data")
+            if packet.dts is not None or packet.size > 0:  # not the flush packet at the end
                 packets += 1
                 if packet.pts is not None and stream.time_base:
-                    last = float((packet.pts + (packet.duration or 0)) * stream.time_base)
+                    length = packet.duration * stream.time_base if packet.duration else 1 / fps
+                    last = float(packet.pts * stream.time_base + length)
                     end = last if end is None else max(end, last)
             for frame in packet.decode():  # the flush packet at the end drains the decoder
+                if frame.is_corrupt:
+                    raise _damaged(path, index, "corrupt data (the decoder concealed errors)")
                 yield index, frame
                 index += 1
     except (av.FFmpegError, OSError) as e:
-        raise InputError(f"cannot decode {path} at frame {index}: {_reason(e)}") from None
-    indexed = len(stream.index_entries)
-    if packets < indexed:
-        raise InputError(
-            f"cannot decode {path} at frame {index}: the file is truncated "
-            f"({packets} of {indexed} video packets present)"
-        )
+        raise _damaged(path, index, _reason(e)) from None
+    _check_complete(stream, path, index, packets, end, fps)
+
+
+def _check_complete(stream, path: Path, frames: int, packets: int, end: float | None,
+                    fps: Fraction) -> None:  # fmt: skip
+    """Raise TruncatedVideoError when fewer video packets came than the container's index or
+    header count lists (MP4, MOV, AVI), or the video ended half a frame or more before the end
+    its header states (MKV and WebM list no packets before their end)."""
+    promised = max(len(stream.index_entries), stream.frames or 0)
+    if packets < promised:
+        raise _damaged(path, frames, f"the file is truncated ({packets} of the {promised} "
+                                     "frames its index lists are present)")  # fmt: skip
     expected = _stream_end(stream)
-    if end is not None and expected is not None and end < expected - 0.5:
-        raise InputError(
-            f"cannot decode {path} at frame {index}: the file is truncated (video ends at "
-            f"{end:.2f} s of the {expected:.2f} s its header gives)"
-        )
+    if end is not None and expected is not None and end <= expected - 0.5 / fps:
+        raise _damaged(path, frames, f"the file is truncated (video ends at {end:.2f} s of "
+                                     f"the {expected:.2f} s its header gives)")  # fmt: skip
 
 
 def _stream_end(stream) -> float | None:
-    """The video stream's end in seconds as its container's header states it: the stream's
-    duration (MP4, MOV, ...) or Matroska's DURATION tag, which FFmpeg writes per stream (MKV
-    and WebM have no packet index before the end of the file to count against)."""
-    start = (
-        float(stream.start_time * stream.time_base)
-        if stream.start_time and stream.time_base
-        else 0.0
-    )
+    """The video stream's end in seconds as its container's header states it: start + the
+    stream's duration (MP4, MOV, ...) or Matroska's DURATION tag, the end time FFmpeg writes per
+    stream (MKV and WebM have no packet index before the end of the file to count against)."""
     if stream.duration is not None and stream.time_base:
-        return start + float(stream.duration * stream.time_base)
+        start = stream.start_time * stream.time_base if stream.start_time else 0
+        return float(start + stream.duration * stream.time_base)
     tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
     if not tag:
         return None
     try:
         h, m, sec = tag.split(":")
-        return start + int(h) * 3600 + int(m) * 60 + float(sec)
+        return int(h) * 3600 + int(m) * 60 + float(sec)
     except ValueError:
         return None
 
@@ -329,11 +353,11 @@ def _bits(video_format) -> int:
 
 
 def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int | None,
-            keep_depth: bool):  # fmt: skip
+            keep_depth: bool, allow_truncated: bool):  # fmt: skip
     time_base = stream.time_base
-    count = 0  # frames decoded
+    count = kept = 0  # frames decoded, frames yielded
     try:
-        for index, av_frame in _decoded(container, stream, path):
+        for index, av_frame in _decoded(container, stream, path, fps):
             count = index + 1
             if index < start:
                 continue
@@ -345,14 +369,19 @@ def _frames(container, stream, path: Path, fps: Fraction, start: int, end: int |
             pts = av_frame.pts
             time = float(pts * time_base) if pts is not None and time_base else index / fps
             yield Frame(rgb=rgb, index=index, pts=pts, time=time)
+            kept += 1
             if end is not None and index + 1 >= end:
                 return
-        if count == 0:
-            raise InputError(f"{path} has no video frames")
-        if count <= start:
-            raise InputError(f"{path} has {count} video frames: start={start} is past the end")
+    except TruncatedVideoError as e:
+        if not allow_truncated or kept == 0:
+            raise
+        warnings.warn(f"{e}; kept the {kept} frames before it", stacklevel=2)
     finally:
         container.close()
+    if count == 0:
+        raise InputError(f"{path} has no video frames")
+    if count <= start:
+        raise InputError(f"{path} has {count} video frames: start={start} is past the end")
 
 
 def _as_fraction(value, what: str) -> Fraction:
@@ -384,7 +413,8 @@ class _AudioCopier:
     """The audio streams of one input, remuxed packet by packet into a writer's output (no
     re-encoding): the packets that start in ``[start, end)`` seconds of the input's time line,
     shifted by ``start``. ``start`` defaults to the time of the first frame written (``begin``)
-    and ``end`` to the end of the last one (``mux(until=None, duration=...)``). See the module
+    and ``end`` to the end of the last one, or to the end of the input when its video has no
+    frame after the last one written (``finish``). See the module
     docstring for encoder priming and cuts."""
 
     def __init__(self, container, start: Fraction | None, end: Fraction | None):
@@ -394,9 +424,10 @@ class _AudioCopier:
         self._whole_start = start is None or start <= 0  # see begin
         self._map: dict[int, object] = {}
         self._packets = None
-        self._pending = None  # a packet read but not yet due
+        self._pending: collections.deque = collections.deque()  # read, not yet due
         self._shift: dict[int, int] = {}
         self._past_end: set[int] = set()  # streams that reached ``end``
+        self._latest_frame = float("-inf")  # the latest video frame read (s, input time line)
 
     @classmethod
     def open(cls, path, start, end) -> _AudioCopier | None:
@@ -426,7 +457,11 @@ class _AudioCopier:
                 ) from None
             stream.metadata.update(template.metadata)
             self._map[template.index] = stream
-        self._packets = self._in.demux(*self.streams)
+        # AVI counts video frames: where every stream is shifted by a priming packet (below),
+        # its video would land a whole frame late; there the audio starts at 0 instead.
+        self._from_zero = target.suffix.lower() == ".avi"
+        # The video too, to tell whether frames follow the last one written (finish).
+        self._packets = self._in.demux(*self.streams, *self._in.streams.video[:1])
 
     def begin(self, first_frame: Fraction) -> None:
         """The first frame written is at ``first_frame`` seconds of the input's time line. When
@@ -443,32 +478,55 @@ class _AudioCopier:
         )
 
     def _next_packet(self):
-        if self._pending is not None:
-            packet, self._pending = self._pending, None
-            return packet
-        for packet in self._packets:
-            if packet.dts is not None and packet.pts is not None:
-                return packet
+        if self._pending:
+            return self._pending.popleft()
+        try:
+            for packet in self._packets:
+                if packet.dts is not None and packet.pts is not None:
+                    if packet.stream.type == "video":
+                        time = packet.pts * packet.stream.time_base
+                        self._latest_frame = max(self._latest_frame, time)
+                    return packet
+        except av.FFmpegError as e:
+            name = Path(self._in.name)
+            raise InputError(f"cannot read the audio of {name}: {_reason(e)}") from None
         return None
 
-    def mux(self, out, until: Fraction | None, duration: Fraction | None = None) -> None:
+    def _video_goes_on(self, last_frame: Fraction) -> bool:
+        """Whether the input has a video frame after ``last_frame`` seconds (or no video at all
+        to tell); the audio packets read ahead meanwhile wait in ``_pending``."""
+        if not self._in.streams.video:
+            return True
+        ahead = []
+        try:
+            while self._latest_frame <= last_frame and (packet := self._next_packet()) is not None:
+                ahead.append(packet)
+        finally:
+            self._pending.extendleft(reversed(ahead))
+        return self._latest_frame > last_frame
+
+    def finish(self, out, duration: Fraction, last_frame: Fraction) -> None:
+        """Copy the rest: up to ``end`` if it was given; else, when the input's video goes on
+        after ``last_frame`` (a cut), up to ``duration`` after ``start``, and when it does not
+        (the whole video to its end), every packet, audio outlasting the video included."""
+        if self.end is None and self._video_goes_on(last_frame):
+            self.end = self.start + duration
+        self.mux(out, until=None)
+
+    def mux(self, out, until: Fraction | None) -> None:
         """Copy the packets that start before ``until`` seconds of output time; with
-        ``until=None`` all of them up to ``end``, else up to ``duration`` after ``start``."""
+        ``until=None`` all of them up to ``end``."""
         end = self.end  # input time line
-        if end is None and until is None:
-            end = self.start + duration
         while len(self._past_end) < len(self._map):
-            try:
-                packet = self._next_packet()
-            except av.FFmpegError as e:
-                name = Path(self._in.name)
-                raise InputError(f"cannot read the audio of {name}: {_reason(e)}") from None
+            packet = self._next_packet()
             if packet is None:
                 break
+            if packet.stream.type == "video":
+                continue
             index, tb = packet.stream.index, packet.stream.time_base
             time = packet.pts * tb  # input time line
             if until is not None and time - self.start >= until:
-                self._pending = packet  # not due yet
+                self._pending.appendleft(packet)  # not due yet
                 break
             if end is not None and time >= end:
                 self._past_end.add(index)
@@ -476,9 +534,13 @@ class _AudioCopier:
             if not self._whole_start and time < self.start - tb / 2:
                 continue  # before a cut's start (a whole video keeps what precedes its frames)
             # An encoder's priming packet keeps its negative time stamp: MP4/MOV hide it with an
-            # edit list, other containers shift every stream by it (the video then starts a
-            # few ms after 0, in sync); dropping it would cut the decoded audio short.
-            shift = self._shift.setdefault(index, round(self.start / tb))
+            # edit list, MKV/WebM shift every stream by it (the video then starts a few ms
+            # after 0, in sync), AVI starts the audio at 0; dropping it would cut the decoded
+            # audio short.
+            shift = round(self.start / tb)
+            if self._from_zero:
+                shift = min(shift, packet.pts)
+            shift = self._shift.setdefault(index, shift)
             packet.pts -= shift
             packet.dts -= shift
             packet.stream = self._map[index]
@@ -786,7 +848,7 @@ class VideoWriter:
             self._out.mux(self._video.encode(None))
             if self._audio is not None:  # up to the end of the last frame
                 duration = (self._last_pts - self._pts0) * self.time_base + 1 / self.fps
-                self._audio.mux(self._out, until=None, duration=duration)
+                self._audio.finish(self._out, duration, self._last_pts * self.time_base)
             self._out.close()
             self._close_audio()
             if self.path.exists() and not self.overwrite:
