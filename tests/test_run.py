@@ -64,6 +64,7 @@ def test_a_folder_of_mixed_images_keeps_each_format(tmp_path, weights, crop):
         assert got.shape == image.shape and got.dtype == image.dtype, name
     assert np.array_equal(read_image(out / "alpha.png")[..., 3], images["alpha.png"][..., 3])
     assert "5 item(s), 5 frame(s)" in result.stdout
+    assert result.stdout.rstrip().endswith(f"→ {out}/")  # where they went, not "beside"
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["per_frame"]) == 5 and report["failed"] == []
     assert all(e["blur_before"] is not None and e["seconds"] >= 0 for e in report["per_frame"])
@@ -130,7 +131,8 @@ def test_backend_auto_says_which_engine_it_picked(tmp_path, weights, crop):
 def test_glob_and_shards(tmp_path, weights, crop):
     for i in range(4):
         write_image(tmp_path / f"f{i}.png", crop)
-    run(str(tmp_path / "f*.png"), "--weights", weights, "--shard", "1/2", "-q")
+    shard = run(str(tmp_path / "f*.png"), "--weights", weights, "--shard", "1/2")
+    assert shard.stdout.rstrip().endswith("→ beside the inputs")
     assert sorted(p.name for p in tmp_path.glob("*_deblurred.png")) == [
         "f1_deblurred.png",
         "f3_deblurred.png",

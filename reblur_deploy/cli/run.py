@@ -278,14 +278,23 @@ def _default_backend(device, tta: TTAConfig | None, jobs: list, counts: list, sa
     return backend
 
 
+def _where(written: list) -> str:
+    """Where the outputs went: the file, the folder that holds them all, or beside each input."""
+    if len(written) == 1:
+        return str(written[0].target)
+    if written and all(job.target.parent == job.sources[0].parent for job in written):
+        return "beside the inputs"
+    folders = [str(job.target.parent) for job in written]
+    return os.path.join(os.path.commonpath(folders), "") if folders else "nowhere"
+
+
 def _finish(summary, jobs: list, output: str | None, quiet: bool) -> None:
     """The closing line (items, frames, rate, where they went); exit status 1 if any failed."""
     if not quiet and summary.items:
         fps_done = summary.frames / summary.seconds if summary.seconds else 0.0
         written = [job for job in jobs if str(job.sources[0]) not in dict(summary.failed)]
-        where = output or (str(written[0].target) if len(written) == 1 else "beside the inputs")
         click.echo(f"{summary.items} item(s), {summary.frames} frame(s) in {summary.seconds:.1f} s "
-                   f"({fps_done:.2f} fps) → {where}")  # fmt: skip
+                   f"({fps_done:.2f} fps) → {output or _where(written)}")  # fmt: skip
     if summary.failed:
         if len(jobs) > 1:  # with one input, its error line said it all
             click.echo(f"{len(summary.failed)} of {len(jobs)} inputs failed", err=True)
