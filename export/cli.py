@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from reblur_deploy.atomic import check_writable
 from reblur_deploy.backends import graphs
 from reblur_deploy.cli.common import (
     console_script,
@@ -97,7 +98,8 @@ def main(
         "timing_cache": timing_cache,
     }
     form.check(fp16, options)
-    if Path(out).exists() and not overwrite:  # before minutes of export and verification
+    check_writable(out)  # these two before minutes of export and verification
+    if Path(out).exists() and not overwrite:
         raise ConfigError(f"{out} exists; refusing to overwrite it (use --overwrite)")
     result = form.write(weights, out, role, fp16=fp16, log=_log, **options)
 

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import ReblurError
+from .errors import ConfigError, ReblurError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -30,6 +30,17 @@ def check_name(path: str | os.PathLike) -> None:
                 f"cannot write {path}: {name[:20]}… is {size} bytes long, and file names hold "
                 f"at most {NAME_MAX}; choose a shorter one with -o"
             )
+
+
+def check_writable(target: str | os.PathLike) -> None:
+    """Refuse, before any work, an output whose name is too long or whose folder cannot be
+    created or written (a read-only mount, a file where a folder should be)."""
+    check_name(target)
+    folder = Path(target).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {target}: {folder} is not a writable folder")
 
 
 def _temporary_stem(path: Path) -> str:

@@ -374,3 +374,15 @@ def test_cli_refuses_an_existing_file_before_work_unless_overwrite(weight_files,
     replaced = CliRunner().invoke(export_cli, [*args, "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
     assert run_onnx(out, torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_cli_refuses_an_unwritable_place_before_work(weight_files, tmp_path):
+    (tmp_path / "notes.txt").write_text("a file where the folder would be")
+    for out, message in [
+        (tmp_path / "notes.txt" / "x.onnx", "is not a writable folder"),
+        (tmp_path / ("n" * 260 + ".onnx"), "file names hold at most 255"),
+    ]:
+        args = ["--to", "onnx", "--weights", str(weight_files["unet"]), "-o", str(out)]
+        refused = CliRunner().invoke(export_cli, args)
+        assert refused.exit_code == 1 and message in refused.output, refused.output
+        assert "exporting" not in refused.output.lower() and "parity" not in refused.output
