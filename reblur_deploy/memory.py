@@ -9,6 +9,7 @@ bound: every intermediate tensor of one forward pass counted as if all were aliv
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from pathlib import Path
@@ -18,9 +19,18 @@ from torch import nn
 
 from .errors import ConfigError, InputError
 
-# float32 bytes per pixel and image that a frame holds outside the network: the input tensor,
-# the output (or the tiled output and its blend weights) and the 8-bit arrays around them.
+# Bytes per pixel and image that a frame run whole holds outside the network: the float32
+# input tensor, the output, the copy that turns it back into 8 bits and the 8-bit arrays.
 FRAME_BYTES_PER_PIXEL = 3 * 4 + 3 * 4 + 4 + 2 * 3
+# What a frame tiled as a float tensor holds for its whole size: the input and output tensors.
+TENSOR_BYTES_PER_PIXEL = 3 * 4 + 3 * 4
+# Per pixel of width and row of a tile: the float32 band of tiles being blended (tiling.py),
+# its copy when it moves down a row of tiles, and the float copy of its finished rows that the
+# conversion to 8 or 16 bits makes.
+BAND_BYTES_PER_PIXEL = 3 * 3 * 4
+# Per tile pixel, beside the network's activations: the tile read, padded and batched, its
+# window and weighted result (float32 RGB copies that tiling.py makes of each tile).
+TILE_BYTES_PER_PIXEL = 4 * 3 * 4
 HEADROOM = 0.8  # of what is available: the allocator, the interpreter and others need some
 MIN_TILE = 128
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -99,22 +109,25 @@ def plan_tile(
     tiles_per_call: int,
     divisor: int,
     overlap: int,
+    held: float = TENSOR_BYTES_PER_PIXEL,
 ) -> int | None:
-    """The tile size that fits an N×3×H×W batch in ``budget`` bytes (None: no tiling needed).
+    """The tile size that fits an N×3×H×W batch in ``budget`` bytes (None: no tiling needed),
+    where tiling holds ``held`` bytes per pixel of the whole frame (e.g. its output).
 
     Raises ``InputError`` when even the frame buffers, or the smallest useful tile, do not fit.
     """
     if budget is None:
         return None
     n, _, h, w = shape
-    frames = FRAME_BYTES_PER_PIXEL * n * h * w
-    if frames + per_pixel * n * h * w <= budget:
+    if (FRAME_BYTES_PER_PIXEL + per_pixel) * n * h * w <= budget:
         return None
-    room = budget - frames
+    room = budget - held * n * h * w
     smallest = max(MIN_TILE, 2 * overlap + divisor)
-    side = int((max(room, 0) / (per_pixel * tiles_per_call)) ** 0.5) // divisor * divisor
+    # calls tiles of side s need a·s² for the network and b·s for their band: solve for s.
+    a, b = (per_pixel + TILE_BYTES_PER_PIXEL) * tiles_per_call, BAND_BYTES_PER_PIXEL * w
+    side = int((math.sqrt(b * b + 4 * a * max(room, 0)) - b) / (2 * a)) // divisor * divisor
     if side < smallest:
-        need = frames + per_pixel * tiles_per_call * smallest**2
+        need = held * n * h * w + a * smallest**2 + b * smallest
         raise InputError(
             f"a {w}×{h} image needs about {gigabytes(need)} of memory even in tiles, and "
             f"{gigabytes(budget)} are available; downscale or crop it, or raise --max-memory"
@@ -155,34 +168,41 @@ class TilePlanner:
         self._per_pixel: float | None = None
         self._last: int | None = None  # the tile size last chosen for lack of memory
 
-    def frame_tile(self, batch: torch.Tensor) -> int | None:
-        """The tile size of a gradient-free pass over ``batch``: ``tile`` when set, else one
-        that fits the budget (None: the batch fits whole)."""
-        return self.tile or self._fitting(batch, 1, self.batch_size, "deblurring it in")
+    def frame_tile(
+        self, shape: tuple[int, ...], held: float = TENSOR_BYTES_PER_PIXEL, pending: int = 0
+    ) -> int | None:
+        """The tile size of a gradient-free pass over an N×3×H×W batch: ``tile`` when set, else
+        one that fits the budget (None: the batch fits whole). ``held`` as in ``plan_tile``;
+        ``pending``: bytes about to be taken outside the budget (a frame not yet decoded)."""
+        return self.tile or self._fitting(shape, 1, self.batch_size, "deblurring it in",
+                                          held, pending)  # fmt: skip
 
-    def crop_size(self, batch: torch.Tensor, crops: int) -> int | None:
-        """The crop size of TTA steps on ``crops`` crops of ``batch`` at once when whole-frame
-        steps would not fit (None: they fit). A step's backward pass keeps about twice the
-        activations of a forward pass."""
-        return self._fitting(batch, 2, crops, "adapting on")
+    def crop_size(self, shape: tuple[int, ...], crops: int) -> int | None:
+        """The crop size of TTA steps on ``crops`` crops of an N×3×H×W batch at once when
+        whole-frame steps would not fit (None: they fit). A step's backward pass keeps about
+        twice the activations of a forward pass."""
+        return self._fitting(shape, 2, crops, "adapting on")
 
-    def budget(self) -> int | None:
-        """Bytes a pass may use: ``max_memory``, else what the device has free less headroom."""
+    def budget(self, pending: int = 0) -> int | None:
+        """Bytes a pass may use: ``max_memory``, else what the device has free (less
+        ``pending``) less headroom. What this process holds already is not free, and is not
+        counted twice: the budget is for what a pass adds."""
         if self.max_memory is not None:
             return self.max_memory
         free = available_bytes(self.device)
-        return None if free is None else int(free * HEADROOM)
+        return None if free is None else int(max(free - pending, 0) * HEADROOM)
 
-    def _fitting(self, batch: torch.Tensor, factor: int, calls: int, what: str) -> int | None:
+    def _fitting(self, shape, factor: int, calls: int, what: str, held=TENSOR_BYTES_PER_PIXEL,
+                 pending: int = 0) -> int | None:  # fmt: skip
         """``plan_tile`` for ``calls`` tiles at once of ``factor`` times the module's
         activations; warns, once per change, when the batch has to be cut."""
-        budget = self.budget()
+        budget = self.budget(pending)
         if self._per_pixel is None:
             self._per_pixel = activation_bytes_per_pixel(self.module, self.divisor)
-        tile = plan_tile(tuple(batch.shape), factor * self._per_pixel, budget, calls,
-                         self.divisor, self.overlap)  # fmt: skip
+        tile = plan_tile(tuple(shape), factor * self._per_pixel, budget, calls,
+                         self.divisor, self.overlap, held)  # fmt: skip
         if tile is not None and tile != self._last:
-            h, w = batch.shape[-2:]
+            h, w = shape[-2:]
             warnings.warn(
                 f"a {w}×{h} frame does not fit in {gigabytes(budget)} of memory in one piece: "
                 f"{what} {tile} px tiles (set --tile to choose)",

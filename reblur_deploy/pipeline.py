@@ -34,7 +34,7 @@ from .errors import ConfigError, InputError, WeightsError
 from .io.arrays import array_to_tensor, swap_red_blue, tensor_to_array
 from .memory import TilePlanner
 from .padding import pad_to_multiple
-from .tiling import run_tiled
+from .tiling import run_tiled, tiled_rows
 from .tta import TestTimeAdapter, TTAConfig, TTAStats
 from .weights import ASSETS, LoadedWeights, load_weights
 
@@ -271,18 +271,61 @@ class Deblurrer:
         return self.run_arrays_rgb(images)
 
     def run_arrays_rgb(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        converted = [array_to_tensor(image) for image in images]
         results: list[np.ndarray | None] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, (tensor, _) in enumerate(converted):
-            by_size.setdefault(tuple(tensor.shape[-2:]), []).append(i)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(np.shape(image)[:2], []).append(i)
         for indices in by_size.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                out = self._infer(torch.cat([converted[i][0] for i in chunk]))
-                for i, y in zip(chunk, out, strict=True):
-                    results[i] = tensor_to_array(y, converted[i][1])
+                tile = self._array_tile(images[chunk[0]])
+                if tile is not None:
+                    for i in chunk:
+                        results[i] = self._tiled_array(images[i], tile)
+                    continue
+                converted = [array_to_tensor(images[i]) for i in chunk]
+                out = self._infer(torch.cat([tensor for tensor, _ in converted]))
+                for i, y, (_, layout) in zip(chunk, out, converted, strict=True):
+                    results[i] = tensor_to_array(y, layout)
         return results  # type: ignore[return-value]
+
+    def plan_frame(self, height: int, width: int, channels: int, itemsize: int,
+                   pending: int = 0) -> int | None:  # fmt: skip
+        """The tile size an 8/16-bit frame of this size runs in, straight from its array (None:
+        whole, or with TTA, which adapts on float tensors). Raises ``InputError`` when even
+        tiles would not fit; ``pending``: the frame's bytes when it is not decoded yet (the
+        runner asks from the file's header, before spending memory on it)."""
+        if self._adapter is not None:
+            return None
+        return self._planner.frame_tile((1, 3, height, width), channels * itemsize, pending)
+
+    def _array_tile(self, image) -> int | None:
+        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+            return None  # array_to_tensor says what is wrong with it
+        channels = image.shape[2] if image.ndim == 3 else 1
+        return self.plan_frame(*image.shape[:2], channels, image.itemsize)
+
+    def _tiled_array(self, image: np.ndarray, tile: int) -> np.ndarray:
+        """Deblur one frame tile by tile from its array into the output array, never copying it
+        whole into float: a frame too large for memory stays within the budget."""
+        height, width = image.shape[:2]
+        _, layout = array_to_tensor(image[:1, :1])  # dtype and channels
+        out = np.empty_like(image)
+
+        def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            return array_to_tensor(image[y0:y1, x0:x1])[0].to(self.device)
+
+        with self._lock, torch.inference_mode():
+            overlap, divisor = self._planner.overlap, self.size_divisor
+            parts = tiled_rows(self.backend.infer, read, height, width, tile, overlap, divisor,
+                               self.batch_size)  # fmt: skip
+            for top, rows in parts:
+                bottom = top + rows.shape[-2]
+                alpha = None if layout.alpha is None else image[top:bottom, :, 3]
+                part = dataclasses.replace(layout, shape=(bottom - top, *image.shape[1:]),
+                                           alpha=alpha)  # fmt: skip
+                out[top:bottom] = tensor_to_array(_finite(rows.clamp_(0.0, 1.0))[0], part)
+        return out
 
     def stream(
         self, frames: Iterable[np.ndarray], latency: float | None = None
@@ -310,7 +353,7 @@ class Deblurrer:
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """One gradient-free pass of MD over whole frames (tiled when asked or when the frame
         would not fit in memory), any H×W."""
-        tile = self._planner.frame_tile(batch)
+        tile = self._planner.frame_tile(batch.shape)
         if tile is not None:
             return run_tiled(self.backend.infer, batch, tile, self._planner.overlap,
                              self.size_divisor, self.batch_size)  # fmt: skip
@@ -324,13 +367,21 @@ class Deblurrer:
             if self._adapter is not None:
                 config = self._adapter.config
                 # Whole-frame steps, unless the frame is too big for them: then fitting crops.
-                crop = self._planner.crop_size(batch, config.crops) if config.crop is None else None
+                crop = (
+                    self._planner.crop_size(batch.shape, config.crops)
+                    if config.crop is None
+                    else None
+                )
                 result = self._adapter(batch, crop=crop)
                 out, self._tta_stats = result.image, result.stats
             else:
                 with torch.inference_mode():
                     out = self._forward(batch).clamp_(0.0, 1.0)  # in place; NaN stays NaN
-        # A diverged network must not leak NaN pixels into anyone's pipeline.
-        if not torch.isfinite(out).all():
-            raise InputError("the network produced NaN or infinite values (diverged weights?)")
-        return out
+        return _finite(out)
+
+
+def _finite(out: torch.Tensor) -> torch.Tensor:
+    """A diverged network must not leak NaN pixels into anyone's pipeline."""
+    if not torch.isfinite(out).all():
+        raise InputError("the network produced NaN or infinite values (diverged weights?)")
+    return out

@@ -37,6 +37,7 @@ from .io import (
     read_metadata,
     write_image,
 )
+from .io.images import read_header
 from .io.video import TruncatedVideoError
 from .losses import blur_score
 from .pipeline import Deblurrer
@@ -298,15 +299,7 @@ class _Runner:
     def run(self, job: Job) -> int:
         source, options = job.sources[0], self.options
         if job.kind == "image":
-            image = read_image(source)
-            start = time.perf_counter()
-            (out,) = self.deblur([image])
-            seconds = time.perf_counter() - start
-            write_image(job.target, self.combine(image, out), overwrite=options.overwrite,
-                        metadata=read_metadata(source), quality=options.quality)  # fmt: skip
-            self.record(source, 0, image, out, seconds)
-            self.progress(1)
-            return 1
+            return self.run_image(source, job.target)
         if job.kind == "frames":
             first = read_image(source)
             if first.ndim != 3 or first.shape[2] != 3 or first.dtype not in (np.uint8, np.uint16):
@@ -339,6 +332,24 @@ class _Runner:
             self.log(f"warning: {source} ends after frame {options.start + done - 1}; "
                      f"--end {options.end} is past its end")  # fmt: skip
         return done
+
+    def run_image(self, source: Path, target: Path) -> int:
+        """One image, its memory planned from the file's header before decoding it (a frame
+        that cannot fit is refused before it takes any), the input let go before encoding."""
+        header = read_header(source)
+        if header is not None:
+            self.deblurrer.plan_frame(header.height, header.width, header.channels,
+                                      header.itemsize, pending=header.nbytes)  # fmt: skip
+        image = read_image(source)
+        start = time.perf_counter()
+        (out,) = self.deblur([image])
+        self.record(source, 0, image, out, time.perf_counter() - start)
+        result = self.combine(image, out)
+        del image, out  # the encoder copies the frame: hold as few frames as possible
+        write_image(target, result, overwrite=self.options.overwrite,
+                    metadata=read_metadata(source), quality=self.options.quality)  # fmt: skip
+        self.progress(1)
+        return 1
 
     def writer(self, target: Path, fps: Fraction, width: int, height: int, **kwargs) -> VideoWriter:
         o = self.options

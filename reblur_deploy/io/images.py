@@ -31,6 +31,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 EXIF_HEADER = b"Exif\x00\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
 ICC_CHUNK = 65535 - 2 - len(ICC_HEADER) - 2  # bytes of profile per JPEG APP2 segment
+HEADER_BYTES = 1 << 16  # where the size of every format read_header knows is found
 QUALITY_OPTION = {".jpg": cv2.IMWRITE_JPEG_QUALITY, ".jpeg": cv2.IMWRITE_JPEG_QUALITY,
                   ".webp": cv2.IMWRITE_WEBP_QUALITY}  # fmt: skip
 
@@ -64,6 +65,102 @@ def read_metadata(path: str | os.PathLike) -> ImageMetadata:
     dpi = info.get("dpi")
     return ImageMetadata(exif or None, info.get("icc_profile") or None,
                          tuple(float(d) for d in dpi) if dpi else None)  # fmt: skip
+
+
+@dataclass
+class ImageHeader:
+    """What an image file's header says: enough to plan its memory before decoding it."""
+
+    height: int
+    width: int
+    channels: int  # as decoded (OpenCV's IMREAD_UNCHANGED): 1, 3 or 4
+    itemsize: int  # bytes per sample as decoded: 1 (8-bit) or 2 (16-bit)
+
+    @property
+    def nbytes(self) -> int:
+        """The decoded array's size."""
+        return self.height * self.width * self.channels * self.itemsize
+
+
+def _png_header(head: bytes) -> ImageHeader | None:
+    if not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
+        return None
+    width, height, depth, kind = struct.unpack(">IIBB", head[16:26])
+    channels = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}.get(kind, 4)  # palettes: up to RGBA
+    return ImageHeader(height, width, channels, 2 if depth == 16 else 1)
+
+
+def _jpeg_header(head: bytes) -> ImageHeader | None:
+    """The frame header (SOFn) of a JPEG, found by walking its segments."""
+    at = 2
+    while head.startswith(b"\xff\xd8") and at + 9 < len(head) and head[at] == 0xFF:
+        marker, size = head[at + 1], struct.unpack(">H", head[at + 2 : at + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            depth, height, width, components = struct.unpack(">BHHB", head[at + 4 : at + 10])
+            return ImageHeader(height, width, 1 if components == 1 else 3, 1 + (depth > 8))
+        at += 2 + size
+    return None
+
+
+def _tiff_header(head: bytes) -> ImageHeader | None:
+    """Width, height, depth and samples from the first IFD of a classic TIFF."""
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(head[:4])
+    if order is None:
+        return None
+    at = struct.unpack(order + "I", head[4:8])[0]
+    tags = {}
+    for i in range(struct.unpack(order + "H", head[at : at + 2])[0]):
+        tag, kind, count, value = struct.unpack(
+            order + "HHI4s", head[at + 2 + 12 * i : at + 14 + 12 * i]
+        )
+        short = kind == 3
+        if count * (2 if short else 4) > 4:  # the values lie elsewhere: the first one counts
+            value = head[struct.unpack(order + "I", value)[0] :][:4]
+        tags[tag] = struct.unpack(order + ("H" if short else "I"), value[: 2 if short else 4])[0]
+    if 256 not in tags or 257 not in tags:
+        return None
+    samples = tags.get(277, 1)
+    channels = 1 if samples == 1 else min(4, max(3, samples))
+    return ImageHeader(tags[257], tags[256], channels, 2 if tags.get(258, 8) == 16 else 1)
+
+
+def _webp_header(head: bytes) -> ImageHeader | None:
+    if head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    kind = head[12:16]
+    if kind == b"VP8 ":
+        width, height = struct.unpack("<HH", head[26:30])
+        return ImageHeader(height & 0x3FFF, width & 0x3FFF, 3, 1)
+    if kind == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return ImageHeader((bits >> 14 & 0x3FFF) + 1, (bits & 0x3FFF) + 1, 4, 1)
+    if kind == b"VP8X":
+        width, height = (int.from_bytes(head[i : i + 3], "little") + 1 for i in (24, 27))
+        return ImageHeader(height, width, 4, 1)
+    return None
+
+
+def _bmp_header(head: bytes) -> ImageHeader | None:
+    if head[:2] != b"BM" or len(head) < 30:
+        return None
+    width, height, _, bits = struct.unpack("<iiHH", head[18:30])
+    return ImageHeader(abs(height), abs(width), 4 if bits == 32 else 3, 1)
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader | None:
+    """Size, channels and depth of a PNG, JPEG, TIFF, WebP or BMP file from its first bytes,
+    without decoding it (None: another format, or a header these readers do not follow)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(HEADER_BYTES)
+    except OSError:
+        return None  # read_image says why
+    for reader in (_png_header, _jpeg_header, _tiff_header, _webp_header, _bmp_header):
+        with contextlib.suppress(struct.error):
+            header = reader(head)
+            if header is not None:
+                return header
+    return None
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
@@ -121,10 +218,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"cannot decode {path}: not an image, or a corrupt one{reason}")
     if image.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path}: {image.dtype} images are not supported (8- or 16-bit only)")
+    del data
+    # In place: a large frame must not be held twice.
     if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
     elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+        cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA, dst=image)
     return image
 
 
