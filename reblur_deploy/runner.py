@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import check_name, write_bytes_atomic
+from .atomic import check_name, check_writable, write_bytes_atomic
 from .backends.eager import compile_available
 from .errors import ConfigError, InputError, ReblurError
 from .io import (
@@ -186,17 +186,8 @@ def _this_shard(jobs: list[Job], options: RunOptions) -> list[Job]:
                 f"{job.target} exists; refusing to overwrite it (use --overwrite, or "
                 "--skip-existing to do only what is missing)"
             )
-        _check_writable(job.target)
+        check_writable(job.target)
     return mine
-
-
-def _check_writable(target: Path) -> None:
-    """Refuse, before any work, an output whose folder cannot be created or written."""
-    folder = target.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write {target}: {folder} is not a writable folder")
 
 
 def _job(source: Path, target: Path) -> Job:
