@@ -5,18 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import ConfigError
-from .common import (
-    console_script,
-    device_option,
-    dtype_option,
-    one_line_errors,
-    tile_options,
-    tta_config,
-    tta_options,
-    tta_steps_option,
-    warn_deprecated,
-    weights_option,
-)
+from . import common  # the options every command shares
 
 EPILOG = """\b
 Examples:
@@ -43,7 +32,7 @@ class _StepsOrOldSweep(click.IntRange):
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and "," in value:
-            warn_deprecated("--tta LIST", f"--tta-sweep {value}")
+            common.warn_deprecated("--tta LIST", f"--tta-sweep {value}")
             return value
         return super().convert(value, param, ctx)
 
@@ -60,21 +49,21 @@ def _sweep(tta_steps: int | str, tta_sweep: str | None) -> str | tuple[int, ...]
     return tta_sweep or (tta_steps,)
 
 
-@console_script("reblur-eval", epilog=EPILOG)
+@common.console_script("reblur-eval", epilog=EPILOG)
 @click.option("--pred", type=click.Path(exists=True, file_okay=False), help="Images to measure.")
 @click.option("--gt", type=click.Path(exists=True, file_okay=False), help="Their ground truth.")
-@weights_option(default=None)
+@common.weights_option(default=None)
 @click.option("--data", help="paired:DIR (blurry + sharp) or images:DIR (no ground truth).")
-@tta_steps_option(type=_StepsOrOldSweep())
+@common.tta_steps_option(type=_StepsOrOldSweep())
 @click.option(
     "--tta-sweep",
     default=None,
     help="Comma-separated numbers of TTA steps, a row each (e.g. 0,5,10: no TTA, then 5 and 10 "
     "steps); instead of --tta N, which is the one row N.",
 )
-@tile_options
-@device_option
-@dtype_option()
+@common.tile_options
+@common.device_option
+@common.dtype_option()
 @click.option(
     "--lpips-backbone",
     type=click.Path(dir_okay=False),
@@ -109,8 +98,8 @@ def _sweep(tta_steps: int | str, tta_sweep: str | None) -> str | tuple[int, ...]
 )
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
-@tta_options()
-@one_line_errors
+@common.tta_options()
+@common.one_line_errors
 def main(pred, gt, weights, data, tta_steps, tta_sweep, tile, tile_overlap, device, dtype,
          lpips_backbone, no_lpips, jobs, outs, plot, per_image, sequence, no_progress, verbose,
          **tta_opts) -> None:  # fmt: skip
@@ -126,24 +115,24 @@ def main(pred, gt, weights, data, tta_steps, tta_sweep, tile, tile_overlap, devi
 
     sweep = _check_options(ev, pred, gt, weights, data, tta_steps, tta_sweep, tile, tile_overlap,
                            sequence, outs, plot)  # fmt: skip
-    common = {"device": device, "lpips": not no_lpips, "lpips_backbone": lpips_backbone,
-              "jobs": jobs, "progress": not no_progress}  # fmt: skip
+    measuring = {"device": device, "lpips": not no_lpips, "lpips_backbone": lpips_backbone,
+                 "jobs": jobs, "progress": not no_progress}  # fmt: skip
     if pred:
-        report = ev.evaluate_folders(pred, gt, weights=weights, **common)
+        report = ev.evaluate_folders(pred, gt, weights=weights, **measuring)
     elif data and weights:
         report = ev.evaluate_model(
             weights,
             data,
             tta_sweep=sweep,
-            tta_config=tta_config(1, tta_opts),  # every row's options; its steps are the row's
+            tta_config=common.tta_config(1, tta_opts),  # every row's options but the steps
             sequence=sequence,
             dtype=dtype,
             tile=tile,
             tile_overlap=tile_overlap,
-            **common,
+            **measuring,
         )
     elif data:  # no model: measure the inputs themselves
-        report = ev.evaluate_folders(pairs=ev.parse_data(data), setting="input", **common)
+        report = ev.evaluate_folders(pairs=ev.parse_data(data), setting="input", **measuring)
     else:
         raise ConfigError("nothing to evaluate: give --pred DIR [--gt DIR] or --data KIND:DIR")
     _write(ev, report, per_image, outs, plot)
