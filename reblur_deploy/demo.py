@@ -27,6 +27,7 @@ from .device import resolve_device
 from .errors import ReblurError, WeightsError
 from .io import read_image, write_image
 from .losses import blur_score
+from .metrics import niqe
 from .models import build
 from .pipeline import Deblurrer, default_weights
 from .progress import progress_bar
@@ -100,11 +101,13 @@ def main(image, clip, weights, tta_steps, out_dir, device, verbose) -> None:  # 
     write_image(out / f"{stem}_deblurred.png", sharp, overwrite=True)
     both = write_image(out / f"{stem}_side_by_side.png", np.hstack(panels), overwrite=True)
     h, w = blurry.shape[:2]
-    scores = ""
-    if deblurrer.reblur is not None:  # lower = sharper, under the model's own MR
+    # Two no-reference figures, lower = sharper: NIQE (natural-image statistics) and the blur
+    # score under the model's own MR, which is only as good as that MR (docs/TTA.md).
+    scores = ", NIQE " + " → ".join(f"{niqe(x):.3f}" for x in panels)
+    if deblurrer.reblur is not None:
         values = [blur_score(x, deblurrer.reblur) for x in panels]
-        scores = ", blur score " + " → ".join(f"{v:.3e}" for v in values)
-        scores += " (input → deblurred → TTA)" if tta_steps else " (input → deblurred)"
+        scores += ", blur score " + " → ".join(f"{v:.3e}" for v in values)
+    scores += " (input → deblurred → TTA)" if tta_steps else " (input → deblurred)"
     click.echo(f"image: {w}×{h} in {seconds:.2f} s{scores} → {both}")
     if clip:
         target = out / f"{Path(clip).stem}_side_by_side.mp4"
