@@ -529,3 +529,37 @@ def test_compiled_bf16_fused_tta_on_cuda_matches_eager():
     for _ in range(2):  # the second call replays the CUDA graphs
         out = adapter(frame).image
         assert (out - eager).abs().max() < 2e-2  # bf16 forward passes
+
+
+LOOKUP_RUN = """
+import sys, torch
+from reblur_deploy import kernels
+from reblur_deploy.histmatch import match_histograms_binned
+g = torch.Generator().manual_seed(0)
+source, reference = torch.rand(2, 3, 97, 211, generator=g), torch.rand(2, 3, 90, 200, generator=g)
+out, _ = match_histograms_binned(source ** 0.7, reference ** 2, implementation="ext")
+torch.save(out, sys.argv[1])
+print(kernels.histmatch_lookup())
+"""
+
+
+def test_each_lookup_variant_the_cpu_runs_gives_the_same_bits(ext, tmp_path):
+    """The lookup is picked by measured speed per CPU: every candidate must agree bit for bit,
+    and forcing one (REBLUR_HISTMATCH_LUT) must run that one where the CPU can."""
+    from reblur_deploy.device import cpu_flags
+
+    def lookup(forced: str) -> tuple[str, torch.Tensor]:
+        env = {**os.environ, "REBLUR_HISTMATCH_LUT": forced}
+        path = tmp_path / f"{forced or 'measured'}.pt"
+        command = [sys.executable, "-c", LOOKUP_RUN, str(path)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        return done.stdout.split()[-1], torch.load(path)
+
+    flags = cpu_flags().split()
+    supported = {"portable": True, "avx2": "avx2" in flags, "avx512": "avx512f" in flags}
+    measured, expected = lookup("")
+    assert supported.get(measured), measured
+    for name, runs_here in supported.items():
+        chosen, out = lookup(name)
+        assert chosen == (name if runs_here else measured)
+        assert torch.equal(out, expected), name

@@ -108,6 +108,9 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         ok, why = kernels.ext_available(dev)
         if not ok:
             notes.append(f"ext kernels on {dev.type}: {why}")
+        elif dev.type == "cpu":
+            notes.append(f"ext kernels on cpu: the {kernels.histmatch_lookup()} lookup, measured "
+                         "fastest of those this CPU runs")  # fmt: skip
         for impl in (["ext"] if ok else []) + ["torch"]:
             _binned_rows(rows, dev, impl, frames, exact)
     base = rows[0]["ms"]  # scikit-image's float path

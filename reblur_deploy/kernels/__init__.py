@@ -3,7 +3,9 @@
 * **Histogram matching** (binned, ``histmatch.match_histograms_fast``): ``ext`` = C++ (CPU)
   and CUDA kernels from kernels/csrc/, built on first use; ``torch`` = the same algorithm in torch
   operations. Automatic choice: ``ext`` whenever the extension builds for the tensor's device,
-  else ``torch`` (``reblur-bench`` measures both, docs/BENCHMARKS.md).
+  else ``torch`` (``reblur-bench`` measures both, docs/BENCHMARKS.md). Within the C++ kernel,
+  the per-pixel lookup (AVX-512 gathers, AVX2 gathers or scalar loads) is picked by its
+  measured speed on the CPU (``histmatch_lookup()``): AVX-512 gathers are slow on AMD Zen 4.
 * **Fused 5×5 ResBlock of MR** (forward and input gradient, ``kernels.resblock``): ``triton`` =
   one Triton kernel per block and pass; ``torch`` = cuDNN / oneDNN convolutions. Automatic
   choice: ``torch``; the fused kernel is opt-in (``TTAConfig(fused=True)``) until a GPU run of
@@ -121,6 +123,15 @@ def histmatch_impl(device: torch.device) -> str:
     return choice
 
 
+def histmatch_lookup() -> str | None:
+    """The per-pixel lookup the C++ kernel runs on this CPU, ``"avx512"``, ``"avx2"`` or
+    ``"portable"``: the fastest of those the CPU supports, timed when the extension first runs
+    a lookup (``REBLUR_HISTMATCH_LUT`` forces one); None without the extension."""
+    if not load_extension():
+        return None
+    return torch.ops.reblur_ext.hist_match_lut()
+
+
 def resblock_impl(device: torch.device, dtype: torch.dtype, requested: bool = False) -> str:
     """``"triton"`` or ``"torch"`` for MR's 5×5 ResBlocks. ``requested``: the caller opted in
     (``TTAConfig(fused=True)``); without it the automatic rule keeps torch."""
@@ -146,6 +157,7 @@ __all__ = [
     "ext_available",
     "forced",
     "histmatch_impl",
+    "histmatch_lookup",
     "load_extension",
     "resblock_impl",
     "source_dir",

@@ -14,7 +14,8 @@
 // are written for auto-vectorisation (#pragma omp simd). The extension is built for the
 // baseline x86-64 (SSE2); the range and histogram passes also get AVX2 and AVX-512 clones,
 // chosen at load time (HM_X86_CLONES), and the lookup is written with AVX2 and AVX-512 gather
-// intrinsics, chosen at run time (GCC 12 emulates gathers with scalar loads).
+// intrinsics (GCC 12 emulates gathers with scalar loads), chosen by measured speed at run time
+// (pick_apply_lut).
 //
 // Measured choices (scripts/histmatch_ab.py; docs/BENCHMARKS.md): counts only for the source's
 // histogram (the reference's min, max and cmin per bin cost 2-3x a count per pixel); threads
@@ -31,8 +32,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -388,12 +393,54 @@ __attribute__((target("avx2"))) void apply_lut_avx2(const float* p, float* out, 
 
 using ApplyLut = void (*)(const float*, float*, int64_t, float, float, int, Lut);
 
-ApplyLut pick_apply_lut() {
+struct LutVariant {
+  ApplyLut apply;
+  const char* name;
+};
+
+// The lookup by measured speed, not by instruction set alone: gathers are the fastest way on
+// Intel cores and slower than scalar loads on AMD Zen 4, which has AVX-512 all the same. Every
+// variant the CPU runs (all give the same bits) is timed on one synthetic plane of 64 Ki pixels
+// the first time a lookup runs (about a millisecond); REBLUR_HISTMATCH_LUT=avx512|avx2|portable
+// forces one (an unknown or unsupported name is ignored: the measured choice stands).
+LutVariant pick_apply_lut() {
+  std::vector<LutVariant> variants{{apply_lut_portable, "portable"}};
 #if defined(__x86_64__) && defined(__GLIBC__)
-  if (__builtin_cpu_supports("avx512f")) return apply_lut_avx512;
-  if (__builtin_cpu_supports("avx2")) return apply_lut_avx2;
+  if (__builtin_cpu_supports("avx2")) variants.push_back({apply_lut_avx2, "avx2"});
+  if (__builtin_cpu_supports("avx512f")) variants.push_back({apply_lut_avx512, "avx512"});
 #endif
-  return apply_lut_portable;
+  if (const char* forced = std::getenv("REBLUR_HISTMATCH_LUT")) {
+    for (const LutVariant& v : variants)
+      if (std::strcmp(v.name, forced) == 0) return v;
+  }
+  constexpr int64_t n = kApplyChunk;
+  constexpr int bins = 8192;
+  std::vector<float> pixels(n), out(n), a(bins), d(bins, 1.0f / bins);
+  uint32_t state = 12345;  // a fixed pseudo-random plane: bins hit in no pattern
+  for (float& x : pixels) {
+    state = state * 1664525u + 1013904223u;
+    x = static_cast<float>(state >> 8) * (1.0f / 16777216.0f);
+  }
+  for (int b = 0; b < bins; ++b) a[b] = static_cast<float>(b) / bins;
+  const Lut lut{a.data(), d.data()};
+  LutVariant best = variants.front();
+  double best_seconds = std::numeric_limits<double>::infinity();
+  for (const LutVariant& v : variants) {
+    v.apply(pixels.data(), out.data(), n, 0.0f, bins, bins, lut);  // warm the caches
+    for (int repeat = 0; repeat < 5; ++repeat) {
+      const auto start = std::chrono::steady_clock::now();
+      v.apply(pixels.data(), out.data(), n, 0.0f, bins, bins, lut);
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (seconds < best_seconds) best_seconds = seconds, best = v;
+    }
+  }
+  return best;
+}
+
+const LutVariant& lut_variant() {
+  static const LutVariant chosen = pick_apply_lut();
+  return chosen;
 }
 
 // Working memory kept from call to call by each calling thread: allocations this large come
@@ -535,7 +582,7 @@ at::Tensor hist_match_impl(const at::Tensor& source, const at::Tensor& reference
   });
 
   // 4. apply
-  static const ApplyLut apply = pick_apply_lut();
+  const ApplyLut apply = lut_variant().apply;
   const int64_t chunks = (ns + kApplyChunk - 1) / kApplyChunk;
   at::parallel_for(0, planes * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -664,12 +711,17 @@ at::Tensor hist_match_cpu(const at::Tensor& source, const at::Tensor& reference,
 }
 
 }  // namespace
+
+// The lookup variant this process measured fastest (or REBLUR_HISTMATCH_LUT forced).
+std::string hist_match_lut() { return lut_variant().name; }
+
 }  // namespace reblur_hm
 
 TORCH_LIBRARY(reblur_ext, m) {
   m.def(
       "hist_match_out(Tensor source, Tensor reference, int bins, Tensor(a!) out, "
       "float? refine_above=None) -> Tensor");
+  m.def("hist_match_lut() -> str", &reblur_hm::hist_match_lut);
 }
 
 TORCH_LIBRARY_IMPL(reblur_ext, CPU, m) { m.impl("hist_match_out", &reblur_hm::hist_match_cpu); }
