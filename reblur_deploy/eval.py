@@ -398,7 +398,7 @@ def evaluate_folders(
     notes: list[str] = []
     dev, reblur = torch.device("cpu"), None
     if weights is not None:
-        model = Deblurrer(weights, device=device)
+        model = Deblurrer(weights, device=device, backend="torch")  # for its MR only
         dev, reblur = model.device, model.reblur
     score = _BlurScore(reblur, notes, weights_given=weights is not None)
     measure_lpips = _Lpips(lpips, lpips_backbone, dev, notes) if with_gt else None
@@ -531,7 +531,9 @@ def evaluate_model(
     steps = parse_tta_sweep(tta_sweep if tta is None else tta)
     pairs = _nonempty(parse_data(data) if isinstance(data, str) else list(data))
     with_gt = all(p.gt is not None for p in pairs)
-    options = {"device": device, "dtype": dtype, **_tile_options(tile, tile_overlap)}
+    # Every row in eager PyTorch: TTA needs it, and the rows then differ by TTA alone.
+    options = {"device": device, "dtype": dtype, "backend": "torch",
+               **_tile_options(tile, tile_overlap)}  # fmt: skip
     runners = _runners(weights, steps, tta_config or TTAConfig(), options)
     first = runners[0]
     notes: list[str] = []

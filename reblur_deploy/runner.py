@@ -259,17 +259,18 @@ def _frame_pixels(job: Job) -> int | None:
 
 def default_backend(device, tta: bool, jobs: list[Job], counts: list[int | None]) -> str:
     """reblur-run's engine when none is named: on a CPU, plain inference of videos of at least
-    ``COMPILE_PIXELS`` pixels in all runs compiled (the fastest path within 1/255 of eager
-    float32 there, docs/BENCHMARKS.md), everything else eager torch."""
+    ``COMPILE_PIXELS`` pixels in all runs compiled (after a first frame that compiles, the
+    fastest path within 1/255 of eager float32 there, docs/BENCHMARKS.md); everything else
+    ``auto`` (ONNX Runtime on a cached graph without TTA, else eager torch)."""
     if device.type != "cpu" or tta or not compile_available(device):
-        return "torch"
+        return "auto"
     if not all(job.kind in ("video", "frames") for job in jobs) or None in counts:
-        return "torch"
+        return "auto"
     sizes = [_frame_pixels(job) for job in jobs]
     if None in sizes:
-        return "torch"
+        return "auto"
     pixels = sum(n * size for n, size in zip(counts, sizes, strict=True))  # type: ignore[operator]
-    return "compile" if pixels >= COMPILE_PIXELS else "torch"
+    return "compile" if pixels >= COMPILE_PIXELS else "auto"
 
 
 def uses_video_mode(deblurrer: Deblurrer, job: Job, options: RunOptions) -> bool:
@@ -333,12 +334,16 @@ class _Runner:
                                       header.itemsize, pending=header.nbytes)  # fmt: skip
         image = read_image(source)
         start = time.perf_counter()
-        (out,) = self.deblur([image])
+        # A frame deblurred in tiles goes into its own array when nothing reads the input
+        # afterwards (a report, side by side, a GPU out-of-memory retry): one frame held, not two.
+        o = self.options
+        in_place = not (o.report or o.side_by_side) and self.deblurrer.device.type == "cpu"
+        (out,) = self.deblur([image], in_place)
         self.record(source, 0, image, out, time.perf_counter() - start)
         result = self.combine(image, out)
-        del image, out  # the encoder copies the frame: hold as few frames as possible
-        write_image(target, result, overwrite=self.options.overwrite,
-                    metadata=read_metadata(source), quality=self.options.quality)  # fmt: skip
+        del image, out  # hold as few frames as possible
+        write_image(target, result, overwrite=o.overwrite, metadata=read_metadata(source),
+                    quality=o.quality, consume=True)  # fmt: skip
         self.progress(1)
         return 1
 
@@ -387,12 +392,13 @@ class _Runner:
         self.progress(len(batch))
         return len(batch)
 
-    def deblur(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Run the Deblurrer; on GPU out-of-memory, retry with (smaller) tiles and say so."""
+    def deblur(self, images: list[np.ndarray], in_place: bool = False) -> list[np.ndarray]:
+        """Run the Deblurrer (``Deblurrer.run_arrays``); on GPU out-of-memory, retry with
+        (smaller) tiles and say so."""
         deblurrer = self.deblurrer
         while True:
             try:
-                return deblurrer(images)
+                return deblurrer.run_arrays(images, in_place)
             except RuntimeError as e:  # the CPU allocator's failure is a plain RuntimeError
                 if not isinstance(e, torch.OutOfMemoryError) and "can't allocate" not in str(e):
                     raise

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
+import warnings
+from pathlib import Path
 
 import onnx
 import pytest
 import torch
 
-from reblur_deploy import ConfigError, InputError, ReblurError
-from reblur_deploy.backends import available_backends, create_backend
+from reblur_deploy import ConfigError, Deblurrer, InputError, ReblurError
+from reblur_deploy.backends import AUTO_TOLERANCE, available_backends, create_backend
 from reblur_deploy.backends.graphs import onnx_model
+from reblur_deploy.device import cpu_name
 from reblur_deploy.models import build
 
 from .conftest import randomized
 
 HAVE_CUDA = torch.cuda.is_available()
+CPU = f"{cpu_name()}, {torch.get_num_threads()} threads"  # how auto's measurements are kept
 SHAPES = [(1, 3, 32, 48), (3, 3, 48, 32)]  # two sizes, two batch sizes
 
 
@@ -41,12 +46,13 @@ def test_cpu_backends_in_auto_order():
     assert names[:2] == ["onnxruntime", "eager"] and "tensorrt" not in names
 
 
-def test_auto_on_cpu_picks_onnxruntime_and_says_it_is_frozen(unet):
-    backend = create_backend("auto", unet, "cpu")
-    assert backend.name == "onnxruntime" and backend.frozen and backend.module is unet
+def test_auto_on_cpu_picks_the_engine_measured_faster_here(unet, cache):
+    backend = create_backend("auto", copy.deepcopy(unet), "cpu")
+    (verdict,) = cache.glob("*.json")
+    faster = json.loads(verdict.read_text())["onnxruntime_faster"][CPU]
+    assert backend.name == ("onnxruntime" if faster else "eager")
     assert backend.device == torch.device("cpu") and backend.dtype == torch.float32
     assert backend.size_divisor == 4 and backend.max_batch is None
-    assert "CPUExecutionProvider" in backend.describe()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -121,12 +127,86 @@ def test_bad_names_options_and_devices(unet):
         create_backend("tensorrt", unet, "cpu")
 
 
-def test_auto_falls_back_to_eager_for_what_onnxruntime_cannot_run(unet):
+def test_auto_runs_eager_for_what_onnxruntime_cannot_run(unet):
     module = copy.deepcopy(unet)  # the eager backend casts its module in place
-    with pytest.warns(UserWarning, match="skipping onnxruntime"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an expected choice, not a fault: no warning
         backend = create_backend("auto", module, "cpu", dtype="bf16")
     assert backend.name == "eager" and backend.dtype == torch.bfloat16
     assert next(module.parameters()).dtype == torch.float32  # autocast; weights stay fp32
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REBLUR_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "graphs"
+
+
+def measured(cache: Path, faster: bool) -> None:
+    """Set the cached verdict of the one graph in ``cache``: whether ONNX Runtime runs faster
+    than eager on this CPU (as if measured so)."""
+    (verdict,) = cache.glob("*.json")
+    found = json.loads(verdict.read_text())
+    verdict.write_text(json.dumps({**found, "onnxruntime_faster": {CPU: faster}}))
+
+
+def test_auto_exports_the_graph_once_and_reuses_it(unet, cache):
+    create_backend("auto", copy.deepcopy(unet), "cpu")
+    (graph,) = cache.glob("*.onnx")
+    checked = json.loads(graph.with_suffix(".json").read_text())["max_abs_difference"]
+    assert 0 <= checked <= AUTO_TOLERANCE
+    stamp = graph.stat().st_mtime_ns
+    measured(cache, True)
+    second = create_backend("auto", unet, "cpu")
+    assert second.name == "onnxruntime" and second.frozen and second.module is unet
+    assert second.source == str(graph) and graph.stat().st_mtime_ns == stamp
+    assert "CPUExecutionProvider" in second.describe()
+    x = torch.rand(1, 3, 32, 48)
+    assert (second.infer(x) - eager_output(unet, x)).abs().max().item() <= 1e-4
+    measured(cache, False)
+    assert create_backend("auto", copy.deepcopy(unet), "cpu").name == "eager"
+    other = randomized(build("unet", widths=(8, 12, 16), n_blocks=2), seed=1)
+    create_backend("auto", other, "cpu")
+    assert len(list(cache.glob("*.onnx"))) == 2  # other weights, another graph
+
+
+def test_auto_without_a_writable_cache_still_runs(unet, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("REBLUR_CACHE_DIR", str(blocker / "cache"))  # cannot become a folder
+    backend = create_backend("auto", copy.deepcopy(unet), "cpu")
+    assert backend.name in ("onnxruntime", "eager")  # measured in memory, nothing written
+    assert blocker.read_text() == ""
+
+
+def test_auto_keeps_eager_when_onnxruntime_differs_from_it(unet, cache):
+    create_backend("auto", copy.deepcopy(unet), "cpu")
+    measured(cache, True)
+    (verdict,) = cache.glob("*.json")
+    found = json.loads(verdict.read_text())
+    verdict.write_text(json.dumps({**found, "max_abs_difference": 2 / 255}))  # as if measured
+    with pytest.warns(UserWarning, match="differs from torch by 2.00/255"):
+        backend = create_backend("auto", copy.deepcopy(unet), "cpu")
+    assert backend.name == "eager"
+
+
+def test_deblurrer_defaults_to_the_fastest_exact_engine(cache):
+    modules = {"deblur": randomized(build("unet", widths=(8, 12, 16), n_blocks=2)),
+               "reblur": randomized(build("reblur", n_blocks=1, width=8))}  # fmt: skip
+    Deblurrer(copy.deepcopy(modules))
+    measured(cache, True)
+    assert Deblurrer(copy.deepcopy(modules)).backend.name == "onnxruntime"
+    assert Deblurrer(copy.deepcopy(modules), tta_steps=1).backend.name == "eager"  # TTA
+    measured(cache, False)
+    assert Deblurrer(copy.deepcopy(modules)).backend.name == "eager"
+
+
+def test_eager_runs_channels_last_on_a_cpu_within_rounding_of_nchw(unet):
+    module = copy.deepcopy(unet)
+    backend = create_backend("eager", module, "cpu")
+    assert module.head.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 32, 48)
+    assert (backend.infer(x) - eager_output(unet, x)).abs().max().item() <= 1e-5
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile

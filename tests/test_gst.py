@@ -138,3 +138,13 @@ def test_the_old_tta_property_still_sets_the_steps_with_a_warning(clip):
     done = launch(pipeline, clip.parent, "-e")  # not -q, which hides warnings
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "tta is deprecated; use tta-steps" in output, output
+
+
+def test_the_element_says_which_engine_runs(clip):
+    """The engine auto picked (or TTA's eager) is posted as an INFO message."""
+    for extra, engine in (("", r"(onnxruntime|eager) on cpu"), ("tta-steps=1", "eager on cpu")):
+        element = f"reblurdeblur weights=unet-lite {extra}"
+        pipeline = f"filesrc location=clip.mp4 ! decodebin ! videoconvert ! {element} ! fakesink"
+        done = launch(pipeline, clip.parent, "-e")
+        output = done.stdout + done.stderr
+        assert done.returncode == 0 and re.search(f"reblurdeblur: engine {engine}", output), output

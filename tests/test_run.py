@@ -120,12 +120,12 @@ def test_several_inputs_and_one_file_name_as_output_are_refused(tmp_path, weight
 
 
 @pytest.mark.slow
-def test_backend_auto_says_which_engine_it_picked(tmp_path, weights, crop):
+def test_run_says_which_engine_runs(tmp_path, weights, crop):
     image = write_image(tmp_path / "a.png", crop)
-    result = run(image, "--weights", weights, "--backend", "auto", "--device", "cpu")
-    picked = [line for line in result.stderr.splitlines() if line.startswith("backend: ")]
-    assert len(picked) == 1 and "(picked by --backend auto)" in picked[0]
-    assert picked[0].split()[1] in ("eager", "onnxruntime", "compile")
+    for extra, engine in (((), "onnxruntime"), (("--tta", "1"), "eager")):
+        result = run(image, "--weights", weights, "--device", "cpu", "--overwrite", *extra)
+        said = [line for line in result.stderr.splitlines() if line.startswith("engine: ")]
+        assert len(said) == 1 and said[0].split()[1] == engine
 
 
 def test_glob_and_shards(tmp_path, weights, crop):
@@ -192,7 +192,8 @@ def test_videos_adapt_in_the_video_mode_unless_told_per_frame(tmp_path, weights,
 
 def test_long_videos_on_a_cpu_run_compiled_by_default(tmp_path, clip, crop):
     """The default engine: compiled for videos of at least COMPILE_PIXELS pixels in all, without
-    TTA, on a CPU (compiling once pays for itself there), eager torch otherwise."""
+    TTA, on a CPU (compiling once pays for itself there), auto otherwise (ONNX Runtime on a
+    cached graph without TTA, eager torch with it)."""
     from reblur_deploy.runner import COMPILE_PIXELS, RunOptions, default_backend, plan_jobs
 
     write_image(tmp_path / "a.png", crop)
@@ -201,10 +202,10 @@ def test_long_videos_on_a_cpu_run_compiled_by_default(tmp_path, clip, crop):
     info = probe_video(clip)
     enough = -(-COMPILE_PIXELS // (info.width * info.height))  # frames of this clip's size
     assert default_backend(cpu, False, videos, [enough]) == "compile"
-    assert default_backend(cpu, False, videos, [enough - 1]) == "torch"
-    assert default_backend(cpu, False, videos, [None]) == "torch"  # length unknown
-    assert default_backend(cpu, True, videos, [enough]) == "torch"  # TTA
-    assert default_backend(cpu, False, videos + images, [enough, 1]) == "torch"
+    assert default_backend(cpu, False, videos, [enough - 1]) == "auto"
+    assert default_backend(cpu, False, videos, [None]) == "auto"  # length unknown
+    assert default_backend(cpu, True, videos, [enough]) == "auto"  # TTA: eager
+    assert default_backend(cpu, False, videos + images, [enough, 1]) == "auto"
 
 
 def test_video_frame_range(tmp_path, weights, clip):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import tomllib
+
+from reblur_deploy.device import cpu_name
 
 from . import checkpoint
 
@@ -44,13 +45,6 @@ LEAD_SHARE = 0.8  # of the minutes: the followers cost a fraction of a joint ite
 # busy core waste it (tests/conftest.py measured 60x on this 2-core machine); waiting threads
 # sleep instead. A value set by the user wins.
 SHARING_ENV = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def iteration(out: Path) -> int:

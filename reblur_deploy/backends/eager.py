@@ -9,25 +9,28 @@ import shutil
 import torch
 from torch import nn
 
-from ..device import autocast
+from ..device import autocast, memory_format
 from .base import Backend
 
 
 class EagerBackend(Backend):
-    """The network as it is, in PyTorch (moved to ``device`` in place). A 16-bit ``dtype`` runs
+    """The network as it is, in PyTorch (moved to ``device`` in place, in the device's memory
+    format: channels-last on CPUs, see ``device.memory_format``). A 16-bit ``dtype`` runs
     under autocast: the weights stay float32, so test-time adaptation's small steps survive."""
 
     name = "eager"
     frozen = False
 
     def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype, **limits):
-        module = module.to(device, torch.float32).eval()
+        self.memory_format = memory_format(device)
+        module = module.to(device, torch.float32).to(memory_format=self.memory_format).eval()
         super().__init__(device, dtype, getattr(module, "size_divisor", 1), module, **limits)
         self.runner = module
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         # No inference_mode here: TTA calls this for its gradient-free passes, and tensors made
         # under inference_mode cannot enter autograd. Callers choose no_grad/inference_mode.
+        batch = batch.contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.dtype):
             return self.runner(batch).float()
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import importlib.metadata
 import io
 import logging
 import math
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -159,6 +162,42 @@ def onnx_model(module: nn.Module, fp16: bool = False, opset: int = DEFAULT_OPSET
             f"failed ({reason}) and so did the TorchScript-based one ({type(e).__name__}: {e})"
         ) from None
     return onnx.load_from_string(buffer.getvalue()), "torchscript (fallback)"
+
+
+def graph_key(module: nn.Module, fp16: bool = False, opset: int = DEFAULT_OPSET) -> str:
+    """What an exported graph depends on, hashed: the network (its class, its configuration as
+    ``repr`` shows it, every weight's bytes) and the exporter's versions and settings."""
+    key = hashlib.sha256()
+    versions = [_version(name) for name in ("reblur-deploy", "torch", "onnx", "onnxscript")]
+    key.update(repr((versions, opset, fp16, type(module).__qualname__, repr(module))).encode())
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        key.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        key.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return key.hexdigest()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def cached_onnx_file(module: nn.Module, fp16: bool = False, opset: int = DEFAULT_OPSET) -> Path:
+    """The ONNX file of ``module`` in the user cache (``reblur_deploy.cache``: graphs/), exported
+    on the first call for these weights and versions (seconds) and read on every later one, in
+    any process. Raises ``OSError`` when the cache cannot be written (callers then export in
+    memory)."""
+    from ..atomic import write_bytes_atomic
+    from ..cache import cache_root
+
+    path = cache_root() / "graphs" / f"{graph_key(module, fp16, opset)[:32]}.onnx"
+    if not path.is_file():
+        proto, _ = onnx_model(module, fp16=fp16, opset=opset)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, proto.SerializeToString())
+    return path
 
 
 @contextlib.contextmanager

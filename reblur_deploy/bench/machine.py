@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import importlib
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
-from ..device import cpu_flags
+from ..device import cpu_flags, cpu_name
 from .timing import sync
 
 
@@ -21,14 +19,6 @@ def _version(module: str) -> str | None:
         return getattr(importlib.import_module(module), "__version__", "installed")
     except Exception:
         return None
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def bf16_units() -> list[str]:

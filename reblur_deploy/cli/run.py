@@ -155,8 +155,7 @@ def _terminate(signum, frame):
 @device_option
 @dtype_option()
 @backend_option(
-    "compile for videos of 150 720p frames' worth of pixels or more on a CPU without TTA, "
-    "else torch"
+    "compile for videos of 150 720p frames' worth of pixels or more on a CPU without TTA, else auto"
 )
 @_exported_file_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -165,8 +164,9 @@ def _terminate(signum, frame):
 @click.option(
     "--tta-video/--tta-per-frame",
     default=None,
-    help="TTA of videos: the video mode (carry-over, one step a frame on three 256² crops, "
-    "about 2× plain inference) or per-frame Algorithm A (--tta steps on every frame). "
+    help="TTA of videos: the video mode (carry-over, one step a frame on 256² crops covering "
+    "21 % of the frame, 1.2–2× plain inference) or per-frame Algorithm A (--tta steps on "
+    "every frame). "
     "[default: the video mode for videos unless --tta-carry or --tta-crop is given]",
 )
 @tile_options
@@ -250,8 +250,7 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         max_memory=max_memory,
         backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
-    if backend == "auto":
-        say(f"backend: {deblurrer.backend.name} (picked by --backend auto)")
+    say(f"engine: {deblurrer.backend.describe()}")
     if tta_video is None and any(uses_video_mode(deblurrer, job, options) for job in jobs):
         say("TTA of videos: the video mode (--tta-per-frame for Algorithm A on every frame)")
     with progress_bar(None if None in counts else sum(counts), quiet) as bar:

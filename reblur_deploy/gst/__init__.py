@@ -30,6 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..cache import cache_root
+
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugin"
 # GStreamer 1.22's core warns about every element made by PyGObject 3.42 ("The created element
 # should be floating, this is probably caused by faulty bindings"): a known mismatch of the two
@@ -45,8 +47,7 @@ def _registry(python_paths: list[str]) -> Path:
     for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
         key.update(f"{path}:{path.stat().st_mtime_ns}".encode())
     key.update(os.pathsep.join(python_paths).encode())
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "reblur-deploy" / f"gstreamer-registry-{key.hexdigest()[:16]}.bin"
+    return cache_root() / f"gstreamer-registry-{key.hexdigest()[:16]}.bin"
 
 
 def plugin_env(environ: dict[str, str] | None = None) -> dict[str, str]:

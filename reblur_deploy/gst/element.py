@@ -7,8 +7,8 @@ GStreamer reports as ``not-negotiated``). Buffers keep their time stamps, durati
 (GstBaseTransform copies them to the output buffer).
 
 Properties, named as ``Deblurrer``'s keywords and ``reblur-run``'s options: ``weights``
-(bundled name or file; default: the device's bundled model), ``device``, ``backend`` (torch,
-compile, onnxruntime, or an exported ``.onnx`` file), ``dtype``, ``tile``, ``tta-steps`` (0 =
+(bundled name or file; default: the device's bundled model), ``device``, ``backend`` (auto,
+torch, compile, onnxruntime, or an exported ``.onnx`` file), ``dtype``, ``tile``, ``tta-steps`` (0 =
 none; ``Deblurrer(tta_steps=)``, ``--tta``), ``tta-video`` (the video mode, default on:
 carry-over, one step a frame on crops), ``tta-lr``. ``tta`` is the old name of ``tta-steps``,
 kept for one release with a GStreamer warning. The networks load when the pipeline starts; a
@@ -65,7 +65,10 @@ class ReblurDeblur(GstBase.BaseTransform):
     )
     device = GObject.Property(type=str, default="auto", blurb="auto, cpu, cuda, cuda:1, ...")
     backend = GObject.Property(
-        type=str, default="torch", blurb="torch, compile, onnxruntime, or an exported .onnx file"
+        type=str,
+        default="auto",
+        blurb="auto (ONNX Runtime without TTA where it can run, else torch), torch, compile, "
+        "onnxruntime, or an exported .onnx file",
     )
     dtype = GObject.Property(type=str, default="fp32", blurb="fp32, fp16 or bf16")
     tile = GObject.Property(
@@ -132,6 +135,9 @@ class ReblurDeblur(GstBase.BaseTransform):
         except (ReblurError, OSError) as e:
             self._fail(f"reblurdeblur: {e}")
             return False
+        engine = f"reblurdeblur: engine {self.deblurrer.backend.describe()}"
+        info = GLib.Error.new_literal(Gst.CoreError.quark(), engine, Gst.CoreError.FAILED)
+        self.post_message(Gst.Message.new_info(self, info, engine))  # says which engine runs
         return True
 
     def do_stop(self) -> bool:

@@ -1,8 +1,8 @@
 """Build and load the C++/CUDA extension in csrc/ on first use (never required).
 
 ``torch.utils.cpp_extension.load`` compiles the sources with ninja into a build folder under
-the user cache, ``~/.cache/reblur-deploy/ext/<key>`` (``$REBLUR_EXT_CACHE`` or
-``$XDG_CACHE_HOME/reblur-deploy/ext`` override it), where ``key`` hashes the sources, the
+the user cache (``reblur_deploy.cache``), ``~/.cache/reblur-deploy/ext/<key>``
+(``$REBLUR_EXT_CACHE`` overrides it), where ``key`` hashes the sources, the
 compiler flags, the torch and Python versions and the CPU's instruction-set flags: a second
 process, or a second test run, loads the built library in milliseconds. The library registers
 the ``torch.ops.reblur_ext`` operators (no Python module of its own).
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .. import cache
 from ..device import cpu_flags
 
 LOG = logging.getLogger("reblur_deploy.kernels")
@@ -57,8 +58,7 @@ def cache_root() -> Path:
     env = os.environ.get("REBLUR_EXT_CACHE")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "reblur-deploy" / "ext"
+    return cache.cache_root() / "ext"
 
 
 def cuda_buildable() -> tuple[bool, str]:
