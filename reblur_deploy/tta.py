@@ -15,7 +15,9 @@ Variants (all off by default, so the defaults are Algorithm A):
 * ``crop``/``crops``: each step adapts on ``crops`` random crops instead of the whole
   frame; the whole frame is inferred without gradient for LN, and for L0 where LN is matched
   to it. The backward pass, the expensive and memory-hungry part, then scales with the crops,
-  not the frame.
+  not the frame. ``crop_area`` instead sets the number of crops per frame: as many as cover
+  that share of it (at least one, at most ``MAX_CROPS``), so that the steps cost the same share
+  of an inference at every frame size (``TTAConfig.crops_for``).
 * ``tol``: early stop when the loss improves by less than this relative amount in a step.
 * ``carry`` (video): keep the adapted weights from frame to frame; after a reset (the
   first frame or a scene cut) a frame gets ``steps`` steps, every other frame ``carry``.
@@ -66,19 +68,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .device import autocast, frozen
+from .device import autocast, frozen, memory_format
 from .errors import ConfigError, InputError
 from .histmatch import match_histograms
 from .losses import self_supervised_loss
 from .padding import pad_to_multiple
 
 SCENE_CUT_BINS = 32
-# The video mode (``TTAConfig.for_video``): one step per frame on VIDEO_CROPS random crops of
-# VIDEO_CROP². Measured on real 720p frames (docs/TTA.md): one crop kept 28 % of per-frame
-# Algorithm A's NIQE gain, two 60 %, three 84 %, four 97 %, at 1.9, 3.0, 2.2-2.6 and 2.7-3.1x
-# plain inference; three keep the gain with room under a 3x budget.
+# The video mode (``TTAConfig.for_video``): one step per frame on random VIDEO_CROP² crops
+# covering VIDEO_AREA of the frame. Measured on real 720p frames (docs/TTA.md): one crop kept
+# 28 % of per-frame Algorithm A's NIQE gain, two 60 %, three 84 %, four 97 %, at 1.9, 3.0,
+# 2.2-2.6 and 2.7-3.1x plain inference; three (21 % of a 720p frame) keep the gain with room
+# under a 3x budget. A fixed count would cost 3.7x inference at 640x360 (three crops cover most
+# of it) and cover 9 % of a 1080p frame; a fixed share keeps the cost ratio and the coverage.
 VIDEO_CROP = 256
-VIDEO_CROPS = 3
+VIDEO_AREA = 0.21
+MAX_CROPS = 8  # bounds the step's memory on 4K and larger frames
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class TTAConfig:
     lr: float = 3e-6
     crop: int | None = None
     crops: int = 4
+    crop_area: float | None = None
     tol: float | None = None
     carry: int | None = None
     scene_cut: float = 0.3
@@ -111,6 +117,8 @@ class TTAConfig:
             raise ConfigError("TTA needs steps ≥ 0, lr > 0 and crops ≥ 1")
         if self.crop is not None and self.crop < 1:
             raise ConfigError(f"TTA crop size must be ≥ 1, got {self.crop}")
+        if self.crop_area is not None and not 0 < self.crop_area <= 1:
+            raise ConfigError(f"TTA crop area must be in (0, 1], got {self.crop_area}")
         if self.carry is not None and self.carry < 0:
             raise ConfigError(f"TTA carry steps must be ≥ 0, got {self.carry}")
         if self.tol is not None and self.tol < 0:
@@ -118,20 +126,29 @@ class TTAConfig:
 
     def for_video(self) -> TTAConfig:
         """The video mode of this configuration: carry-over (1 step a frame unless ``carry``
-        is set) and, unless ``crop`` is set, that step on ``VIDEO_CROPS`` random
-        ``VIDEO_CROP``² crops, with carried frames not matched to their own L0 unless
-        ``match_carried`` is set. The first frame of each shot still gets ``steps`` steps
-        (matched) and the carried weights stay within ``steps`` steps' worth of the original
-        ones (``TestTimeAdapter._decay``). A carried frame then costs one whole-frame pass (LN)
-        plus one small step: about 2× plain inference at 720p, where per-frame Algorithm A
-        costs ``steps`` whole-frame training steps (35× there)."""
-        if self.crop is not None:
-            crop, crops = self.crop, self.crops
-        else:
-            crop, crops = VIDEO_CROP, VIDEO_CROPS
+        is set) and, unless ``crop`` is set, that step on random ``VIDEO_CROP``² crops covering
+        ``VIDEO_AREA`` of the frame (three at 720p, one at 640×360, seven at 1080p), with
+        carried frames not matched to their own L0 unless ``match_carried`` is set. The first
+        frame of each shot still gets ``steps`` steps (matched) and the carried weights stay
+        within ``steps`` steps' worth of the original ones (``TestTimeAdapter._decay``). A
+        carried frame then costs one whole-frame pass (LN) plus one small step: 1.2–2× plain
+        inference at every size from 360p to 1080p, where per-frame Algorithm A costs
+        ``steps`` whole-frame training steps (35× at 720p)."""
+        crop, area = self.crop, self.crop_area
+        if crop is None:
+            crop, area = VIDEO_CROP, VIDEO_AREA if area is None else area
         carry = 1 if self.carry is None else self.carry
         match = False if self.match_carried is None else self.match_carried
-        return dataclasses.replace(self, carry=carry, crop=crop, crops=crops, match_carried=match)
+        return dataclasses.replace(self, carry=carry, crop=crop, crop_area=area,
+                                   match_carried=match)  # fmt: skip
+
+    def crops_for(self, height: int, width: int, crop: int) -> int:
+        """How many ``crop``² crops a step on an H×W frame adapts on: ``crops``, or with
+        ``crop_area`` as many as cover that share of the frame (1 to ``MAX_CROPS``)."""
+        if self.crop_area is None:
+            return self.crops
+        side = min(crop, height) * min(crop, width)
+        return max(1, min(MAX_CROPS, round(self.crop_area * height * width / side)))
 
 
 @dataclass(frozen=True)
@@ -207,6 +224,10 @@ class TestTimeAdapter:
         # The gradient-free whole-frame passes (L0 in crop mode, LN); the pipeline tiles them.
         self._full_forward = full_forward or self._forward
         self.config = config or TTAConfig()
+        # The steps run in the device's memory format (channels-last on CPUs: 2× a step there)
+        self._format = memory_format(next(md.parameters()).device)
+        md.to(memory_format=self._format)
+        mr.to(memory_format=self._format)
         self._original = {k: v.detach().clone() for k, v in md.state_dict().items()}
         self._optimizer: torch.optim.Optimizer | None = None
         self._compiled: _CompiledStep | None = None
@@ -280,13 +301,14 @@ class TestTimeAdapter:
             return self.md(x).float()
 
     def _random_crops(self, x: torch.Tensor, crop: int) -> torch.Tensor:
-        """``crops`` random ``crop``² crops per image, at multiples of MD's size_divisor."""
+        """Random ``crop``² crops per image (``TTAConfig.crops_for``), at multiples of MD's
+        size_divisor."""
         divisor = getattr(self.md, "size_divisor", 1)
         h, w = x.shape[-2:]
         ch = max(divisor, min(h, crop) // divisor * divisor)
         cw = max(divisor, min(w, crop) // divisor * divisor)
         crops = []
-        for _ in range(self.config.crops):
+        for _ in range(self.config.crops_for(h, w, crop)):
             top = int(torch.randint(0, h - ch + 1, (1,), generator=self._generator))
             left = int(torch.randint(0, w - cw + 1, (1,), generator=self._generator))
             crops.append(x[..., top : top + ch, left : left + cw])
@@ -349,6 +371,7 @@ class TestTimeAdapter:
         latest = initial  # the newest full-frame output of the current weights
         for _ in range(steps):
             x = blurry if crop is None else self._random_crops(blurry, crop)
+            x = x.contiguous(memory_format=self._format)
             if step is not None:
                 output, loss = step.forward_loss(x)
             else:

@@ -35,7 +35,8 @@ def report():
 @pytest.mark.slow
 def test_every_section_reports_its_rows(report):
     sections = report["sections"]
-    assert set(sections) == {"peak", "histmatch", "resblock", "tta", "video", "drift", "infer"}
+    assert set(sections) == {"peak", "histmatch", "resblock", "tta", "video", "drift", "infer",
+                             "profile"}  # fmt: skip
     assert sections["video"]["notes"] == ["not measured: no clip given (--video)"]
     assert sections["drift"]["notes"] == ["not measured: no paired sequence given (--drift)"]
     assert sections["peak"]["peak_tflops"]["float32"] > 0
@@ -57,17 +58,32 @@ def test_every_section_reports_its_rows(report):
     assert measured >= {("eager", "fp32", 1), ("eager", "fp32", 2), ("eager", "bf16", 1)}
     assert all(r["fps"] > 0 and r["gflops_per_frame"] > 0 for r in infer["rows"])
     assert any(n.startswith("tensorrt: not measured") for n in infer["notes"])
+    auto = [r for r in infer["rows"] if r["backend"].startswith("auto (")]
+    assert auto and all(r["backend"] in ("auto (eager)", "auto (onnxruntime)") for r in auto)
+    assert all(r["speedup"] > 0 for r in infer["rows"])
+    profile = sections["profile"]
+    for precision in ("fp32", "bf16"):
+        layers = [r for r in profile["layers"] if r["precision"] == precision]
+        whole = layers[-1]
+        assert whole["layer"] == "whole network" and whole["share"] == 1
+        assert sum(r["share"] for r in layers[:-1]) == pytest.approx(1)
+        assert whole["gflop"] == pytest.approx(sum(r["gflop"] for r in layers[:-1]))
+        assert 0 < whole["fraction_of_peak" if precision == "fp32" else "gflops_per_s"]
+    settings = {r["setting"]: r for r in profile["settings"]}
+    assert settings["eager fp32, contiguous (NCHW)"]["speedup"] == 1
+    assert "eager fp32, channels-last (NHWC)" in settings
+    assert "**Where inference goes**" in to_markdown(report)
 
 
 @pytest.mark.slow
 def test_video_section_runs_each_setting_over_a_real_clip(data_dir):
     """REDS 027 frames (real blur, 320×180) through the bundled CPU model: per-frame
     Algorithm A takes its steps on every frame, the carried settings one after the first.
-    (Which costs less is not asserted: at this size the video mode's three 256² crops cover
-    more than the frame, and timings are not tests.)"""
+    The video mode's cost is also measured with the frames scaled to other sizes. (Which
+    costs less is not asserted: timings are not tests.)"""
     clip = data_dir / "train" / "reds027_x4" / "blur"
     config = BenchConfig(device="cpu", sections=("video",), steps=2, video=str(clip),
-                         video_frames=4)  # fmt: skip
+                         video_frames=4, video_sizes=((90, 160), (360, 640)))  # fmt: skip
     report = run(config)
     section = report["sections"]["video"]
     rows = {r["setting"]: r for r in section["rows"]}
@@ -91,7 +107,12 @@ def test_video_section_runs_each_setting_over_a_real_clip(data_dir):
     assert rows["no TTA"]["niqe_tones_matched"] == pytest.approx(rows["no TTA"]["niqe"])
     assert len(section["notes"]) == sum(gain <= 0 for gain in gains.values())
     assert all(r["niqe"] > 0 and abs(r["flicker"]) < 0.1 for r in rows.values())
-    assert "**Video TTA**" in to_markdown(report)
+    by_size = section["by_size"]
+    assert [(r["size"], r["crops"]) for r in by_size] == [("160×90", 1), ("640×360", 1)]
+    assert by_size[1]["adapted_share"] == pytest.approx(256 * 256 / (640 * 360))
+    assert all(r["s_per_frame"] > 0 and r["cost_vs_plain"] > 0 for r in by_size)
+    markdown = to_markdown(report)
+    assert "**Video TTA**" in markdown and "video mode's cost per frame size" in markdown
 
 
 def test_drift_section_plays_a_real_sequence_as_one_shot(data_dir, tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from reblur_deploy import ConfigError, Deblurrer, blur_score, losses
 from reblur_deploy.bench.drift import play_order
+from reblur_deploy.device import memory_format
 from reblur_deploy.histmatch import TOLERANCE, match_histograms
 from reblur_deploy.io import read_image
 from reblur_deploy.metrics import psnr
@@ -34,7 +35,10 @@ def frame(data_dir):
 
 @pytest.fixture
 def md():
-    return randomized(build("unet", widths=(8, 12, 16), n_blocks=1))
+    """In the CPU's memory format, as the adapter runs it: outputs made here then match the
+    adapter's bit for bit."""
+    module = randomized(build("unet", widths=(8, 12, 16), n_blocks=1))
+    return module.to(memory_format=memory_format(torch.device("cpu")))
 
 
 @pytest.fixture
@@ -327,15 +331,30 @@ def test_carried_weights_do_not_drift_on_a_long_real_clip(data_dir, mode):
     assert drifted >= reference - 0.1, (drifted, reference)
 
 
+def test_the_video_mode_adapts_on_the_same_share_of_every_frame_size(md, mr):
+    """A fixed count of 256² crops cost 3.7× plain inference at 640×360 and covered 9 % of a
+    1080p frame; the video mode covers 21 % of every frame (three crops at 720p, as measured
+    in docs/TTA.md), with at least one crop and at most eight."""
+    video = TTAConfig(steps=3).for_video()
+    sizes = [(180, 320), (360, 640), (720, 1280), (1080, 1920), (2160, 3840)]
+    assert [video.crops_for(h, w, 256) for h, w in sizes] == [1, 1, 3, 7, 8]
+    assert TTAConfig(crop=128, crops=2).for_video().crops_for(1080, 1920, 128) == 2  # as given
+    adapter = TestTimeAdapter(md, mr, dataclasses.replace(video, crop=32))
+    assert adapter._random_crops(torch.rand(1, 3, 96, 160), 32).shape == (3, 3, 32, 32)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="crop area"):
+            TTAConfig(crop_area=bad)
+
+
 @pytest.mark.slow
 def test_video_mode_crop_steps_take_bf16_where_the_cpu_has_it_within_one_level(data_dir):
-    """The video mode (carry-over, one step on three crops a frame); its crop steps run under bf16
+    """The video mode (carry-over, one step on crops a frame); its crop steps run under bf16
     autocast on CPUs with native bf16 (the whole-frame passes stay float32), which moves
     the output of real frames by at most one 8-bit level against float32 steps."""
     from reblur_deploy.device import native_bf16
 
     video = TTAConfig(steps=3).for_video()
-    assert (video.carry, video.crop, video.crops, video.match_carried) == (1, 256, 3, False)
+    assert (video.carry, video.crop, video.crop_area, video.match_carried) == (1, 256, 0.21, False)
     assert TTAConfig(steps=3, carry=2, crop=128).for_video() == TTAConfig(
         steps=3, carry=2, crop=128, match_carried=False
     )

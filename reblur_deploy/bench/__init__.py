@@ -2,8 +2,8 @@
 
 Sections (``--only`` picks some):
 
-* ``peak``: the device's measured peak (a large matmul, fp32 and, on CUDA, bf16), the
-  denominator of the "fraction of peak" columns.
+* ``peak``: the device's measured peak (a large matmul, fp32 and bf16 where the device has
+  native bf16), the denominator of the "fraction of peak" columns.
 * ``histmatch``: histogram matching of a 1280×720 RGB frame: ours (C++ on the CPU, CUDA on a
   GPU, and the pure-torch fallback) against scikit-image (float and uint8 paths) and the exact
   torch reference, with each result's error against the exact reference.
@@ -24,7 +24,11 @@ Sections (``--only`` picks some):
   per-frame Algorithm A: PSNR per block, so that drift over the shot shows.
 * ``infer``: inference of MD per backend (torch eager in fp32 and bf16 autocast, compiled, ONNX
   Runtime, TensorRT when present) per size and batch: frames per second, peak memory, FLOPs per
-  frame (``torch.utils.flop_counter``) and the achieved fraction of the measured fp32 peak.
+  frame (``torch.utils.flop_counter``) and the achieved fraction of the measured peak of the
+  precision; which engine ``auto`` (the default) picks, and its speed-up over eager fp32.
+* ``profile``: where eager inference spends its time, layer by layer (milliseconds, share,
+  FLOPs, fraction of peak, fp32 and bf16), and what cheap settings buy (channels-last, ONNX
+  Runtime's threads).
 
 The networks are the paper's U-Net and MR with random output layers, or with
 ``BenchConfig(weights=...)`` a trained file's (a bundled name works too).
@@ -46,7 +50,7 @@ import time
 
 from ..device import resolve_device
 from ..errors import ConfigError
-from . import drift, histmatch, infer, peak, resblock, tta, video
+from . import drift, histmatch, infer, peak, profile, resblock, tta, video
 from .config import SECTIONS, SIZES, BenchConfig, parse_sizes, size_name
 from .machine import machine_info
 from .report import header
@@ -60,6 +64,7 @@ MODULES = {
     "video": video,
     "drift": drift,
     "infer": infer,
+    "profile": profile,
 }
 
 

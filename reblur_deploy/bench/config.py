@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 
 SIZES = {"256": (256, 256), "512": (512, 512), "720p": (720, 1280), "1080p": (1080, 1920)}
-SECTIONS = ("peak", "histmatch", "resblock", "tta", "video", "drift", "infer")
+SECTIONS = ("peak", "histmatch", "resblock", "tta", "video", "drift", "infer", "profile")
 HIST_SIZE = (720, 1280)
+# the video section's cost of the video mode per frame size: from 360p to 1080p
+VIDEO_SIZES = ((360, 640), (720, 1280), (1080, 1920))
 
 
 @dataclass
@@ -29,6 +31,7 @@ class BenchConfig:
     weights: str | None = None  # a weight file or bundled name: its MD (and MR) instead of model
     video: str | None = None  # the clip of the video section (a video or a folder of frames)
     video_frames: int = 8
+    video_sizes: tuple[tuple[int, int], ...] = VIDEO_SIZES
     drift: str | None = None  # the drift section's sequence of frame pairs (DIR/blur, DIR/sharp)
     drift_frames: int = 1000
     log: Callable[[str], None] | None = None
@@ -38,6 +41,7 @@ class BenchConfig:
         """Small sizes, few repeats: a smoke run that still fills every table."""
         values = {
             "sizes": ((256, 256),),
+            "video_sizes": ((180, 320),),
             "batches": (1, 2),
             "steps": 2,
             "repeats": 2,

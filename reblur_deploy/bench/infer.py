@@ -1,6 +1,8 @@
 """``infer``: inference of MD per backend (torch eager in fp32 and bf16 autocast, compiled, ONNX
-Runtime, TensorRT when present) per size and batch: frames per second, peak memory, FLOPs per
-frame (``torch.utils.flop_counter``) and the achieved fraction of the measured fp32 peak."""
+Runtime, TensorRT when present, and ``auto``, the default engine, naming what it picked) per
+size and batch: frames per second and the speed-up over eager fp32, peak memory, FLOPs per
+frame (``torch.utils.flop_counter``) and the achieved fraction of the measured peak of the
+precision."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def flops_per_frame(module: torch.nn.Module, size: tuple[int, int], device) -> f
 
 
 def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
-    peak = done["peak"]["peak_tflops"] if "peak" in done else None
+    peaks = done["peak"]["peak_tflops"] if "peak" in done else {}
     from ..backends import create_backend
     from ..errors import ReblurError
 
@@ -36,11 +38,14 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     variants = [(name, "fp32") for name in config.backends]
     if "eager" in config.backends:
         variants.insert(1, ("eager", "bf16"))
+        variants.append(("auto", "fp32"))  # the default engine, as Deblurrer builds it
     for name, precision in variants:
         if name == "compile" and not config.compile:
             continue
         try:
             backend = create_backend(name, md, device, precision)
+            if name == "auto":
+                name = f"auto ({backend.name})"
         except (ReblurError, ImportError) as e:
             notes.append(f"{name}: not measured ({str(e).splitlines()[0]})")
             continue
@@ -69,11 +74,17 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
                     "peak_mib": memory,
                     "gflops_per_frame": flops / 1e9,
                 }
-                if peak and "float32" in peak and precision == "fp32":
-                    row["fraction_of_fp32_peak"] = flops * fps / (peak["float32"] * 1e12)
+                peak = peaks.get({"fp32": "float32", "bf16": "bfloat16"}[precision])
+                if peak:
+                    row["fraction_of_peak"] = flops * fps / (peak * 1e12)
                 rows.append(row)
         del backend
         gc.collect()
+    eager = {(r["size"], r["batch"]): r["fps"] for r in rows
+             if (r["backend"], r["precision"]) == ("eager", "fp32")}  # fmt: skip
+    for row in rows:
+        if (row["size"], row["batch"]) in eager:
+            row["speedup"] = row["fps"] / eager[row["size"], row["batch"]]
     return {
         "model": networks.model_name(config),
         "rows": rows,
@@ -91,8 +102,9 @@ def markdown(s: dict) -> list[str]:
             ("size", "size"),
             ("batch", "batch"),
             ("fps", "frames/s"),
+            ("speedup", "× eager fp32"),
             ("peak_mib", "peak MiB"),
             ("gflops_per_frame", "GFLOP/frame"),
-            ("fraction_of_fp32_peak", "fraction of fp32 peak"),
+            ("fraction_of_peak", "fraction of peak"),
         ],
     ) + ending(s)

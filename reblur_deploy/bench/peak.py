@@ -14,7 +14,9 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     fraction-of-peak figure."""
     n = 8192 if device.type == "cuda" and not config.quick else 2048
     rows = []
-    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
+    from ..device import native_bf16
+
+    dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16(device.type) else [])
     for dtype in dtypes:
         flops = matmul_peak(device, dtype, n, max(5, config.repeats))
         rows.append({"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": flops / 1e12})

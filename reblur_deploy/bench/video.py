@@ -4,7 +4,8 @@ order: plain inference, per-frame Algorithm A, carry-over on whole frames and th
 (``TTAConfig.for_video``), also with its carried frames matched to their own L0:
 seconds a frame and its ratio to plain inference, NIQE and the share of per-frame
 Algorithm A's NIQE gain kept (also with each output's tones matched to plain inference's),
-blur score, flicker."""
+blur score, flicker; and the video mode's cost against plain inference with the clip's frames
+scaled to each of ``BenchConfig.video_sizes`` (360p to 1080p)."""
 
 from __future__ import annotations
 
@@ -41,16 +42,12 @@ def _timed(deblurrer, frame: np.ndarray, device: torch.device):
     return out, time.perf_counter() - start
 
 
-def _run(deblurrer, frames: list[np.ndarray], device: torch.device, plain=None) -> dict:
-    """One setting's figures over the frames, run in order. With ``plain`` (a Deblurrer without
-    TTA) each frame is also inferred plainly just before, and the cost against plain inference
-    is the median of the per-frame ratios: this VM's speed drifts over the minutes a setting
-    takes, and affects a frame and its plain twin alike."""
-    from ..eval import flicker
-    from ..losses import blur_score
-    from ..metrics import niqe
-
-    outputs, seconds, steps, ratios = [], [], [], []
+def _timed_frames(deblurrer, frames: list[np.ndarray], device: torch.device, plain=None):
+    """Run the frames in order: outputs, and per frame seconds, ratio to plain and TTA steps.
+    With ``plain`` (a Deblurrer without TTA) each frame is also inferred plainly just before,
+    and the ratio is against that: this VM's speed drifts over the minutes a setting takes, and
+    affects a frame and its plain twin alike."""
+    outputs, seconds, ratios, steps = [], [], [], []
     for frame in frames:
         if plain is not None:
             _, base = _timed(plain, frame, device)
@@ -59,6 +56,17 @@ def _run(deblurrer, frames: list[np.ndarray], device: torch.device, plain=None) 
         seconds.append(took)
         ratios.append(took / base if plain is not None else 1.0)
         steps.append(sum(deblurrer.tta_stats.steps) if deblurrer.tta_stats else 0)
+    return outputs, seconds, ratios, steps
+
+
+def _run(deblurrer, frames: list[np.ndarray], device: torch.device, plain=None) -> dict:
+    """One setting's figures over the frames (``_timed_frames``); times and ratios are medians
+    without the first frame."""
+    from ..eval import flicker
+    from ..losses import blur_score
+    from ..metrics import niqe
+
+    outputs, seconds, ratios, steps = _timed_frames(deblurrer, frames, device, plain)
     changes = [
         flicker(outputs[i], outputs[i - 1], frames[i], frames[i - 1]) for i in range(1, len(frames))
     ]
@@ -100,7 +108,9 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
             dataclasses.replace(algorithm_a, match_carried=True).for_video(),
         ),
     ]
-    plain = Deblurrer(weights, device=device, batch_size=1)
+    # Plain inference in eager PyTorch, the engine TTA runs in, so that a ratio is TTA's cost
+    # alone (the default engine's own speed-up is the infer section's).
+    plain = Deblurrer(weights, device=device, batch_size=1, backend="torch")
     plain(frames[0])  # first-call costs (allocator, oneDNN primitives) stay out
     rows = []
     for name, tta in settings:
@@ -115,6 +125,8 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     for row in rows:
         row["niqe_tones_matched"] = _niqe_in_tones_of(row.pop("outputs"), plain_outputs)
     notes = _add_gains_kept(rows)
+    by_size = [_video_mode_cost(weights, algorithm_a.for_video(), frames, size, device)
+               for size in config.video_sizes]  # fmt: skip
     h, w = frames[0].shape[:2]
     return {
         "clip": str(config.video),
@@ -124,7 +136,35 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         "steps": config.steps,
         "lr": config.tta_lr,
         "rows": rows,
+        "by_size": by_size,
         "notes": notes,
+    }
+
+
+def _video_mode_cost(weights, video, frames: list[np.ndarray], size: tuple[int, int],
+                     device: torch.device) -> dict:  # fmt: skip
+    """The video mode's seconds a frame and cost against plain (eager) inference, the clip's
+    first frames scaled to ``size``."""
+    import cv2
+
+    from ..pipeline import Deblurrer
+
+    height, width = size
+    scaled = [cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames[:6]]
+    plain = Deblurrer(weights, device=device, batch_size=1, backend="torch")
+    plain(scaled[0])
+    deblurrer = Deblurrer(weights, device=device, batch_size=1, tta=video)
+    _, seconds, ratios, _ = _timed_frames(deblurrer, scaled, device, plain)
+    crop = deblurrer.tta_config.crop
+    return {
+        "size": f"{width}×{height}",
+        "crops": video.crops_for(height, width, crop),
+        "adapted_share": video.crops_for(height, width, crop)
+        * min(crop, height)
+        * min(crop, width)
+        / (height * width),
+        "s_per_frame": statistics.median(seconds[1:]),
+        "cost_vs_plain": statistics.median(ratios[1:]),
     }
 
 
@@ -192,4 +232,16 @@ def markdown(s: dict) -> list[str]:
         "inference's output of the frame, so that a change of tone counts for nothing; "
         "flicker: the mean change between consecutive outputs minus that of the inputs):"
     )
-    return section(caption, s["rows"], columns, digits) + ending(s)
+    sizes = (
+        "The **video mode's cost per frame size** (the clip's first frames scaled; a carried "
+        "frame against plain eager inference of the same frame, median):"
+    )
+    size_columns = [
+        ("size", "size"),
+        ("crops", "crops"),
+        ("adapted_share", "share of the frame adapted"),
+        ("s_per_frame", "s/frame"),
+        ("cost_vs_plain", "× plain inference"),
+    ]
+    by_size = ["", *section(sizes, s["by_size"], size_columns)] if s.get("by_size") else []
+    return section(caption, s["rows"], columns, digits) + by_size + ending(s)

@@ -208,7 +208,12 @@ _TTA_DEFAULTS = TTAConfig()
 _TTA_OPTIONS = {
     "lr": (POSITIVE, "Adam learning rate of the TTA steps."),
     "crop": (click.IntRange(min=1), "Adapt on random crops of this size, not the whole frame."),
-    "crops": (click.IntRange(min=1), "Crops per step with --tta-crop."),
+    "crops": (click.IntRange(min=1), "Crops per step with --tta-crop (unless --tta-crop-area)."),
+    "crop_area": (
+        click.FloatRange(0, 1, min_open=True),
+        "Share of the frame the crops of a step cover (sets their number per frame, 1 to 8; "
+        "the video mode: 0.21).",
+    ),
     "tol": (NON_NEGATIVE, "Stop early when a step improves the loss by less than this fraction."),
     "carry": (click.IntRange(min=0), "Video: keep the adapted weights, this many steps a frame."),
     "scene_cut": (NON_NEGATIVE, "Video: colour-histogram distance that resets carried weights."),
