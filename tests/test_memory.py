@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from reblur_deploy import save_weights
+from reblur_deploy import Deblurrer, save_weights
 from reblur_deploy.errors import ConfigError, InputError
 from reblur_deploy.io import read_image, write_image
 from reblur_deploy.memory import (
@@ -25,24 +25,24 @@ from reblur_deploy.models import build
 
 from .conftest import randomized
 
-# Runs reblur-run in this process and prints its peak memory (KiB) last: VmHWM, the high-water
-# mark of this process's own resident memory (not getrusage's ru_maxrss: Linux carries that
-# across execve, so a child started by vfork reported the pytest process's higher peak), less
-# RssFile, the pages of torch's and OpenCV's shared libraries mapped at the end. Those are a
-# third of a tiled run's VmHWM here (240 MB, more with CUDA builds), and how many of them are
-# mapped depends on the page cache and readahead (what earlier tests and processes loaded), not
-# on this run's allocations: the cause of the once-failed peaks (a tiled run at 1.49 GB instead
-# of 0.61 GB; tens of MB of spread between runs here). Library pages only grow in a run, so
-# this is the anonymous memory at the peak.
+# Runs reblur-run in this process and prints its peak memory (KiB) last: the largest increase
+# of its anonymous resident memory while the command runs (bench.timing.PeakMemory, sampled every
+# 2 ms), which is what the run allocates. Not the resident set's high-water mark (VmHWM): that
+# counts the pages of torch's and OpenCV's libraries too, a third of a tiled run's (240 MB), and
+# on these VMs how many of those are resident changes at any moment (the kernel's DAMON
+# ``pageout`` scheme evicts cold pages, and the page cache holds what earlier processes loaded):
+# the cause of the once-failed peak (a tiled run at 1.49 GB instead of 0.61 GB). Subtracting
+# RssFile at the end was not enough: pages evicted after the peak made it read high.
 PEAK = """
 import sys
+import torch
+from reblur_deploy.bench.timing import PeakMemory
 from reblur_deploy.cli.run import main
 try:
-    main(sys.argv[1:], standalone_mode=False)
+    with PeakMemory(torch.device("cpu")) as memory:
+        main(sys.argv[1:], standalone_mode=False)
 finally:
-    with open("/proc/self/status") as status:
-        kib = {line.split(":")[0]: int(line.split()[1]) for line in status if "kB" in line}
-    print(kib["VmHWM"] - kib["RssFile"], file=sys.stderr)
+    print(round(memory.peak_mib * 1024), file=sys.stderr)
 """
 
 
@@ -123,6 +123,37 @@ def test_a_frame_too_large_for_the_budget_is_tiled_and_stays_within_it(tmp_path,
         read_image(tmp_path / "auto.png").astype(int) - read_image(tmp_path / "whole.png")
     )
     assert np.percentile(difference, 99.9) <= 2  # tiles blend into the untiled result
+
+
+def test_tiles_written_into_the_input_array_give_the_same_frame(weights, large):
+    """In place, each row of output lands where no later tile reads: the same bits."""
+    image = read_image(large)[:300, :400]
+    deblurrer = Deblurrer(weights, device="cpu", tile=128, tile_overlap=32, backend="torch")
+    expected = deblurrer.run_arrays([image.copy()])[0]
+    given = image.copy()
+    (out,) = deblurrer.run_arrays([given], in_place=True)
+    assert out is given and np.array_equal(out, expected)
+    assert not np.array_equal(image, expected)  # the network changed it
+
+
+@pytest.mark.slow
+def test_a_tiled_frame_peaks_within_the_budget_plus_the_frame(tmp_path, weights, large):
+    """A real 4000×3000 frame (36 MB decoded) under --max-memory 96M, with the default engine:
+    beyond what the same run on a small image holds, the peak stays within the budget plus the
+    decoded frame. The frame is deblurred tile by tile into its own array and turned into the
+    encoder's BGR order in place; a second output array and the encoder's copy made it budget
+    plus three frames."""
+    frame = cv2.resize(read_image(large), (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    big = write_image(tmp_path / "big.png", frame)
+    small = write_image(tmp_path / "small.png", frame[:96, :128])
+    base, base_peak = peak_run(small, "--weights", weights, "-o", tmp_path / "s.png")
+    assert base.returncode == 0, base.stderr
+    budget = 96 * 2**20
+    tiled, tiled_peak = peak_run(big, "--weights", weights, "-o", tmp_path / "b.png",
+                                 "--max-memory", str(budget))  # fmt: skip
+    assert tiled.returncode == 0 and "px tiles" in tiled.stderr, tiled.stderr
+    assert tiled_peak - base_peak <= budget + frame.nbytes, (tiled_peak, base_peak)
+    assert read_image(tmp_path / "b.png").shape == frame.shape
 
 
 def test_a_small_tile_gets_a_fitting_overlap(tmp_path, weights, large):

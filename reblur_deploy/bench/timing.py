@@ -1,12 +1,21 @@
 """Timing and peak memory of a block of work, as every section measures them: medians of
 repeated calls after a warm-up (CUDA timings synchronise the device); peak memory is
 ``torch.cuda.max_memory_allocated`` on CUDA and, on the CPU, the largest increase of the
-process's resident set (sampled every 2 ms), both from before the warm-up: an engine allocates
-its buffers and arenas in its first call and reuses them after, so memory measured from after
-the warm-up would show almost nothing."""
+process's anonymous resident memory (sampled every 2 ms), both from before the warm-up: an
+engine allocates its buffers and arenas in its first call and reuses them after, so memory
+measured from after the warm-up would show almost nothing.
+
+Anonymous memory, not the whole resident set: the pages of mapped files (torch's and
+OpenCV's libraries) come and go with the page cache, and on these VMs the kernel's DAMON
+``pageout`` scheme evicts cold ones at any moment, so a 64 MiB allocation once read as a peak of
+nothing. And before a CPU measurement the C heap gives its free pages back (``malloc_trim``):
+freed memory still resident from earlier work would otherwise be reused without raising it."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import os
 import statistics
@@ -22,8 +31,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere a
+    no-op)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or the CPU resident set's largest increase."""
+    """Peak memory of a block: CUDA allocator peak, or the largest increase of the anonymous
+    resident memory on the CPU."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -31,10 +56,12 @@ class PeakMemory:
 
     @staticmethod
     def _rss() -> int | None:
+        """Anonymous resident bytes: statm's resident less its shared (file-backed) pages."""
         try:
             with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError):
+                fields = f.read().split()
+            return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
             return None
 
     def __enter__(self):
@@ -43,6 +70,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
+        release_free_memory()
         self._base = self._rss()
         self._max = self._base
         self._stop = threading.Event()

@@ -270,11 +270,13 @@ def write_image(
     *,
     metadata: ImageMetadata | None = None,
     quality: int = 95,
+    consume: bool = False,
 ) -> Path:
     """Write an RGB(A) or gray array; the format follows the file suffix.
 
     ``metadata`` (from ``read_metadata``) goes into JPEG and PNG files; ``quality`` (1–100) is
-    the JPEG and WebP quality.
+    the JPEG and WebP quality. ``consume=True``: the caller gives the array up, and it is
+    turned into the encoder's BGR order in place (a large frame is not held twice).
     """
     if not 1 <= quality <= 100:
         raise InputError(f"image quality must be in 1–100, got {quality}")
@@ -285,10 +287,10 @@ def write_image(
         raise InputError(
             f"{path}: unsupported image suffix (use one of {', '.join(IMAGE_SUFFIXES)})"
         )
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        code = cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
+        in_place = consume and image.flags.c_contiguous and image.flags.writeable
+        image = cv2.cvtColor(image, code, dst=image) if in_place else cv2.cvtColor(image, code)
     # Only the format's own option: OpenCV warns on stderr about any other one.
     option = QUALITY_OPTION.get(path.suffix.lower())
     ok, encoded = cv2.imencode(path.suffix, image, [] if option is None else [option, quality])
