@@ -15,9 +15,9 @@ Variants (all off by default, so the defaults are Algorithm A):
 * ``crop``/``crops``: each step adapts on ``crops`` random crops instead of the whole
   frame; the whole frame is inferred without gradient for LN, and for L0 where LN is matched
   to it. The backward pass, the expensive and memory-hungry part, then scales with the crops,
-  not the frame. ``crop_area`` instead sets the number of crops per frame: as many as cover
-  that share of it (at least one, at most ``MAX_CROPS``), so that the steps cost the same share
-  of an inference at every frame size (``TTAConfig.crops_for``).
+  not the frame. ``crop_area`` instead plans the crops per frame: as few crops of at most
+  ``crop``² as cover that share of it (at least one, at most ``MAX_CROPS``), so that the steps
+  cost the same share of an inference at every frame size (``TTAConfig.crop_plan``).
 * ``tol``: early stop when the loss improves by less than this relative amount in a step.
 * ``carry`` (video): keep the adapted weights from frame to frame; after a reset (the
   first frame or a scene cut) a frame gets ``steps`` steps, every other frame ``carry``.
@@ -25,7 +25,10 @@ Variants (all off by default, so the defaults are Algorithm A):
   1 − carry/steps of their change), so the adaptation a frame sees settles at about ``steps``
   steps' worth instead of growing with the length of the shot.
   A scene cut is detected when the colour-histogram distance between consecutive frames exceeds
-  ``scene_cut`` (see ``histogram_distance``).
+  ``scene_cut`` (see ``histogram_distance``). ``interval`` N: only every N-th carried frame
+  takes its ``carry`` steps (and the pull back), the frames between run on the carried weights
+  as they are (one inference each): N× less adaptation for a camera that cannot afford a step
+  a frame.
 * ``match_carried`` (video): whether a carried frame's LN is matched to its own L0. The first
   frame of a shot always is. With crops L0 costs a whole-frame pass, and on a carried frame the
   matching undoes only that frame's one step (the carried change is in L0 too), so the video
@@ -61,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +106,7 @@ class TTAConfig:
     tol: float | None = None
     carry: int | None = None
     scene_cut: float = 0.3
+    interval: int = 1
     joint: bool = False
     amp_dtype: torch.dtype | None = None
     seed: int = 0
@@ -121,13 +126,16 @@ class TTAConfig:
             raise ConfigError(f"TTA crop area must be in (0, 1], got {self.crop_area}")
         if self.carry is not None and self.carry < 0:
             raise ConfigError(f"TTA carry steps must be ≥ 0, got {self.carry}")
+        if self.interval < 1:
+            raise ConfigError(f"TTA interval must be ≥ 1, got {self.interval}")
         if self.tol is not None and self.tol < 0:
             raise ConfigError(f"TTA tolerance must be ≥ 0, got {self.tol}")
 
     def for_video(self) -> TTAConfig:
         """The video mode of this configuration: carry-over (1 step a frame unless ``carry``
-        is set) and, unless ``crop`` is set, that step on random ``VIDEO_CROP``² crops covering
-        ``VIDEO_AREA`` of the frame (three at 720p, one at 640×360, seven at 1080p), with
+        is set) and, unless ``crop`` is set, that step on random crops of at most
+        ``VIDEO_CROP``² covering ``VIDEO_AREA`` of the frame (three at 720p, one at 640×360,
+        seven at 1080p), with
         carried frames not matched to their own L0 unless ``match_carried`` is set. The first
         frame of each shot still gets ``steps`` steps (matched) and the carried weights stay
         within ``steps`` steps' worth of the original ones (``TestTimeAdapter._decay``). A
@@ -142,13 +150,17 @@ class TTAConfig:
         return dataclasses.replace(self, carry=carry, crop=crop, crop_area=area,
                                    match_carried=match)  # fmt: skip
 
-    def crops_for(self, height: int, width: int, crop: int) -> int:
-        """How many ``crop``² crops a step on an H×W frame adapts on: ``crops``, or with
-        ``crop_area`` as many as cover that share of the frame (1 to ``MAX_CROPS``)."""
+    def crop_plan(self, height: int, width: int, crop: int) -> tuple[int, int]:
+        """How many crops a step on an H×W frame adapts on, and their side: ``crops`` of
+        ``crop``², or with ``crop_area`` as few crops of at most ``crop``² as cover that share
+        of the frame (1 to ``MAX_CROPS``), each as large as the share asks: at 640×360 one of
+        220², where a 256² one would cover 28 % (at that size each step's fixed costs weigh
+        more, and the mode cost 2.4× plain inference)."""
         if self.crop_area is None:
-            return self.crops
-        side = min(crop, height) * min(crop, width)
-        return max(1, min(MAX_CROPS, round(self.crop_area * height * width / side)))
+            return self.crops, crop
+        target = self.crop_area * height * width
+        count = max(1, min(MAX_CROPS, math.ceil(target / crop**2)))
+        return count, min(crop, round(math.sqrt(target / count)))
 
 
 @dataclass(frozen=True)
@@ -232,6 +244,7 @@ class TestTimeAdapter:
         self._optimizer: torch.optim.Optimizer | None = None
         self._compiled: _CompiledStep | None = None
         self._previous_frame: torch.Tensor | None = None
+        self._carried = 0  # carried frames since the last reset (for ``interval``)
         self._generator = torch.Generator().manual_seed(self.config.seed)
 
     def reset(self) -> None:
@@ -241,6 +254,7 @@ class TestTimeAdapter:
                 value.copy_(self._original[key])
         self._optimizer = None
         self._previous_frame = None
+        self._carried = 0
 
     def __call__(
         self, blurry: torch.Tensor, *, steps: int | None = None, crop: int | None = None
@@ -277,6 +291,10 @@ class TestTimeAdapter:
             self._previous_frame = frame
             adapted = self._adapt(frame, steps, crop, restore=False)
         else:
+            self._carried += 1
+            if self._carried % self.config.interval:  # between adaptations: the carried weights
+                adapted = self._adapt(frame, 0, crop, restore=False, match=False)
+                return dataclasses.replace(adapted, scene_cut=False)
             match = self.config.match_carried is not False
             carry = self.config.carry or 0
             adapted = self._adapt(frame, carry, crop, restore=False, match=match)
@@ -301,14 +319,15 @@ class TestTimeAdapter:
             return self.md(x).float()
 
     def _random_crops(self, x: torch.Tensor, crop: int) -> torch.Tensor:
-        """Random ``crop``² crops per image (``TTAConfig.crops_for``), at multiples of MD's
+        """Random crops per image as ``TTAConfig.crop_plan`` plans them, at multiples of MD's
         size_divisor."""
         divisor = getattr(self.md, "size_divisor", 1)
         h, w = x.shape[-2:]
+        count, crop = self.config.crop_plan(h, w, crop)
         ch = max(divisor, min(h, crop) // divisor * divisor)
         cw = max(divisor, min(w, crop) // divisor * divisor)
         crops = []
-        for _ in range(self.config.crops_for(h, w, crop)):
+        for _ in range(count):
             top = int(torch.randint(0, h - ch + 1, (1,), generator=self._generator))
             left = int(torch.randint(0, w - cw + 1, (1,), generator=self._generator))
             crops.append(x[..., top : top + ch, left : left + cw])

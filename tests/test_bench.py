@@ -68,7 +68,7 @@ def test_every_section_reports_its_rows(report):
         assert whole["layer"] == "whole network" and whole["share"] == 1
         assert sum(r["share"] for r in layers[:-1]) == pytest.approx(1)
         assert whole["gflop"] == pytest.approx(sum(r["gflop"] for r in layers[:-1]))
-        assert 0 < whole["fraction_of_peak" if precision == "fp32" else "gflops_per_s"]
+        assert whole["fraction_of_peak" if precision == "fp32" else "gflops_per_s"] > 0
     settings = {r["setting"]: r for r in profile["settings"]}
     assert settings["eager fp32, contiguous (NCHW)"]["speedup"] == 1
     assert "eager fp32, channels-last (NHWC)" in settings
@@ -108,8 +108,9 @@ def test_video_section_runs_each_setting_over_a_real_clip(data_dir):
     assert len(section["notes"]) == sum(gain <= 0 for gain in gains.values())
     assert all(r["niqe"] > 0 and abs(r["flicker"]) < 0.1 for r in rows.values())
     by_size = section["by_size"]
-    assert [(r["size"], r["crops"]) for r in by_size] == [("160×90", 1), ("640×360", 1)]
-    assert by_size[1]["adapted_share"] == pytest.approx(256 * 256 / (640 * 360))
+    assert [(r["size"], r["crops"]) for r in by_size] == [("160×90", "1 × 55×55"),
+                                                          ("640×360", "1 × 220×220")]  # fmt: skip
+    assert by_size[1]["adapted_share"] == pytest.approx(0.21, rel=0.01)
     assert all(r["s_per_frame"] > 0 and r["cost_vs_plain"] > 0 for r in by_size)
     markdown = to_markdown(report)
     assert "**Video TTA**" in markdown and "video mode's cost per frame size" in markdown

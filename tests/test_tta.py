@@ -334,13 +334,16 @@ def test_carried_weights_do_not_drift_on_a_long_real_clip(data_dir, mode):
 def test_the_video_mode_adapts_on_the_same_share_of_every_frame_size(md, mr):
     """A fixed count of 256² crops cost 3.7× plain inference at 640×360 and covered 9 % of a
     1080p frame; the video mode covers 21 % of every frame (three crops at 720p, as measured
-    in docs/TTA.md), with at least one crop and at most eight."""
+    in docs/TTA.md) with crops of at most 256², at least one and at most eight."""
     video = TTAConfig(steps=3).for_video()
     sizes = [(180, 320), (360, 640), (720, 1280), (1080, 1920), (2160, 3840)]
-    assert [video.crops_for(h, w, 256) for h, w in sizes] == [1, 1, 3, 7, 8]
-    assert TTAConfig(crop=128, crops=2).for_video().crops_for(1080, 1920, 128) == 2  # as given
+    plans = [video.crop_plan(h, w, 256) for h, w in sizes]
+    assert plans == [(1, 110), (1, 220), (3, 254), (7, 249), (8, 256)]
+    for (h, w), (count, side) in zip(sizes[:4], plans, strict=False):
+        assert count * side**2 / (h * w) == pytest.approx(0.21, rel=0.01)
+    assert TTAConfig(crop=128, crops=2).for_video().crop_plan(1080, 1920, 128) == (2, 128)
     adapter = TestTimeAdapter(md, mr, dataclasses.replace(video, crop=32))
-    assert adapter._random_crops(torch.rand(1, 3, 96, 160), 32).shape == (3, 3, 32, 32)
+    assert adapter._random_crops(torch.rand(1, 3, 96, 160), 32).shape == (4, 3, 28, 28)
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ConfigError, match="crop area"):
             TTAConfig(crop_area=bad)
@@ -371,3 +374,20 @@ def test_video_mode_crop_steps_take_bf16_where_the_cpu_has_it_within_one_level(d
         a, b = auto(frame).astype(np.int16), reference(frame).astype(np.int16)
         assert np.abs(a - b).max() <= 1
     assert auto.tta_stats.steps == reference.tta_stats.steps == [1]
+
+
+def test_an_interval_adapts_every_nth_carried_frame_and_runs_the_rest_as_carried(frame, md, mr):
+    """interval=3: the shot's first frame takes its steps, then only every third carried frame
+    takes its step; a frame between runs on the carried weights unchanged (the same output as
+    plain inference with them)."""
+    config = TTAConfig(steps=2, carry=1, crop=32, crops=1, lr=1e-3, interval=3)
+    adapter = TestTimeAdapter(md, mr, config)
+    steps = [adapter(frame).stats.steps[0] for _ in range(7)]
+    assert steps == [2, 0, 0, 1, 0, 0, 1]
+    carried = snapshot(md)
+    out = adapter(frame)  # the 8th frame: between adaptations
+    assert out.stats.steps == [0] and same_weights(md, carried)
+    with torch.no_grad():
+        assert torch.equal(out.image, md(frame).clamp(0, 1))
+    with pytest.raises(ConfigError, match="interval"):
+        TTAConfig(interval=0)

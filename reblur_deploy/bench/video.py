@@ -155,14 +155,12 @@ def _video_mode_cost(weights, video, frames: list[np.ndarray], size: tuple[int, 
     plain(scaled[0])
     deblurrer = Deblurrer(weights, device=device, batch_size=1, tta=video)
     _, seconds, ratios, _ = _timed_frames(deblurrer, scaled, device, plain)
-    crop = deblurrer.tta_config.crop
+    count, side = video.crop_plan(height, width, deblurrer.tta_config.crop)
+    crop_h, crop_w = min(side, height), min(side, width)
     return {
         "size": f"{width}×{height}",
-        "crops": video.crops_for(height, width, crop),
-        "adapted_share": video.crops_for(height, width, crop)
-        * min(crop, height)
-        * min(crop, width)
-        / (height * width),
+        "crops": f"{count} × {crop_h}×{crop_w}",
+        "adapted_share": count * crop_h * crop_w / (height * width),
         "s_per_frame": statistics.median(seconds[1:]),
         "cost_vs_plain": statistics.median(ratios[1:]),
     }
