@@ -97,7 +97,8 @@ class Deblurrer:
     it can run, else eager), ``"torch"`` (eager), ``"compile"``, ``"onnxruntime"`` or
     ``"tensorrt"``; ``backend_options`` are passed to it (e.g. ``{"model": "model.onnx"}``,
     ``{"engine": "model.engine"}``). TTA needs gradients, so it runs only with the torch
-    backends (``auto`` then picks eager). ``backend.describe()`` says which engine runs.
+    backends (``auto`` then picks eager, as it does with ``max_memory``, whose estimates are
+    eager PyTorch's). ``backend.describe()`` says which engine runs.
 
     Thread-safe: calls are serialised by a lock (TTA changes the module's weights while it
     runs). For parallelism use one Deblurrer per device or thread.
@@ -137,7 +138,11 @@ class Deblurrer:
             raise ConfigError("give tta_steps (the shorthand) or tta (a TTAConfig), not both")
         if tta is None and tta_steps:
             tta = TTAConfig(steps=tta_steps)
-        if tta is not None and backend == "auto":
+        if backend == "auto" and (tta is not None or max_memory is not None):
+            # TTA needs gradients; and under a memory budget the planner's estimates are those
+            # of eager PyTorch, which frees as it goes, while ONNX Runtime's CPU arena keeps the
+            # largest working set it saw (350 MB after a 720p unet-lite frame; giving it back
+            # after every call cost 30 % of its speed).
             backend = "torch"
         self.backend = create_backend(backend, self.deblur, self.device, self.dtype,
                                       **(backend_options or {}))  # fmt: skip

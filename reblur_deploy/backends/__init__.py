@@ -162,11 +162,10 @@ def _onnxruntime_on_cached_graph(deblur, dev: torch.device, dt: torch.dtype, opt
         path = None  # an unwritable cache: export in memory, as the onnxruntime backend does
     backend = OnnxRuntimeBackend(deblur, dev, dt, model=path, **options)
     verdict = path.with_suffix(".json") if path is not None else None
-    known = json.loads(verdict.read_text()) if verdict is not None and verdict.is_file() else {}
+    known = _read_verdict(verdict)
     found = dict(known)
-    frame = _test_frame(int(getattr(deblur, "size_divisor", 1)), dev)
     if "max_abs_difference" not in found:
-        found["max_abs_difference"] = _difference_from_eager(backend, deblur, frame)
+        found["max_abs_difference"] = _difference_from_eager(backend, deblur, dev)
     if found["max_abs_difference"] > AUTO_TOLERANCE:
         difference = found["max_abs_difference"] * 255
         warnings.warn(f"backend auto: onnxruntime differs from torch by {difference:.2f}/255 "
@@ -183,6 +182,15 @@ def _onnxruntime_on_cached_graph(deblur, dev: torch.device, dt: torch.dtype, opt
         with contextlib.suppress(OSError, ReblurError):
             write_bytes_atomic(verdict, json.dumps(found, indent=1).encode())
     return backend if faster else None
+
+
+def _read_verdict(path) -> dict:
+    """What was measured of a cached graph (empty when nothing was, or the file is damaged)."""
+    try:
+        found = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _test_frame(divisor: int, dev: torch.device) -> torch.Tensor:
@@ -213,8 +221,9 @@ def _faster_than_eager(backend: Backend, deblur: nn.Module, dev, dt) -> bool:
     return best["engine"] < best["eager"]
 
 
-def _difference_from_eager(backend: Backend, deblur: nn.Module, frame: torch.Tensor) -> float:
-    """The largest |engine − eager float32| of the clamped outputs on ``frame``."""
+def _difference_from_eager(backend: Backend, deblur: nn.Module, dev: torch.device) -> float:
+    """The largest |engine − eager float32| of the clamped outputs on the test frame."""
+    frame = _test_frame(int(getattr(deblur, "size_divisor", 1)), dev)
     with torch.inference_mode():
         reference = deblur(frame).float().clamp_(0, 1)
         output = backend.infer(frame).to(frame.device, torch.float32).clamp_(0, 1)

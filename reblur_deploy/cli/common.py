@@ -217,6 +217,10 @@ _TTA_OPTIONS = {
     "tol": (NON_NEGATIVE, "Stop early when a step improves the loss by less than this fraction."),
     "carry": (click.IntRange(min=0), "Video: keep the adapted weights, this many steps a frame."),
     "scene_cut": (NON_NEGATIVE, "Video: colour-histogram distance that resets carried weights."),
+    "interval": (
+        click.IntRange(min=1),
+        "Video: adapt every N-th carried frame; those between run on the carried weights.",
+    ),
     "joint": (bool, "Adapt once per batch instead of once per image."),
     "seed": (int, "Seed of the random crops."),
     "compile": (bool, "Run each step as a torch.compile graph (first frame compiles)."),

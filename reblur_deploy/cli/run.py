@@ -155,7 +155,8 @@ def _terminate(signum, frame):
 @device_option
 @dtype_option()
 @backend_option(
-    "compile for videos of 150 720p frames' worth of pixels or more on a CPU without TTA, else auto"
+    "compile for videos of 1,500 720p frames' worth of pixels or more on a CPU without TTA, "
+    "else auto"
 )
 @_exported_file_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -250,14 +251,13 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
         max_memory=max_memory,
         backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
-    say(f"engine: {deblurrer.backend.describe()}")
     if tta_video is None and any(uses_video_mode(deblurrer, job, options) for job in jobs):
         say("TTA of videos: the video mode (--tta-per-frame for Algorithm A on every frame)")
     with progress_bar(None if None in counts else sum(counts), quiet) as bar:
         summary = run_jobs(
             deblurrer, jobs, options, bar.update, lambda m: bar.write(m, file=sys.stderr)
         )
-    _finish(summary, jobs, output, quiet)
+    _finish(summary, jobs, output, quiet, deblurrer.backend.describe())
 
 
 def _stop_cleanly_on_signals() -> None:
@@ -287,13 +287,14 @@ def _where(written: list) -> str:
     return os.path.join(os.path.commonpath(folders), "") if folders else "nowhere"
 
 
-def _finish(summary, jobs: list, output: str | None, quiet: bool) -> None:
-    """The closing line (items, frames, rate, where they went); exit status 1 if any failed."""
+def _finish(summary, jobs: list, output: str | None, quiet: bool, engine: str) -> None:
+    """The closing line (items, frames, rate, the engine that ran, where they went); exit
+    status 1 if any failed."""
     if not quiet and summary.items:
         fps_done = summary.frames / summary.seconds if summary.seconds else 0.0
         written = [job for job in jobs if str(job.sources[0]) not in dict(summary.failed)]
         click.echo(f"{summary.items} item(s), {summary.frames} frame(s) in {summary.seconds:.1f} s "
-                   f"({fps_done:.2f} fps) → {output or _where(written)}")  # fmt: skip
+                   f"({fps_done:.2f} fps, {engine}) → {output or _where(written)}")  # fmt: skip
     if summary.failed:
         if len(jobs) > 1:  # with one input, its error line said it all
             click.echo(f"{len(summary.failed)} of {len(jobs)} inputs failed", err=True)
