@@ -108,19 +108,10 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.provider = self.session.get_providers()[0]
-        # On the CPU the arena gives back what a call used when it ends: otherwise it keeps the
-        # largest working set seen (350 MB after a 720p unet-lite frame), outside any memory
-        # budget, for the rest of the process. Measured free of cost at 720p.
-        self._run_options = None
-        if device.type != "cuda":
-            self._run_options = ort.RunOptions()
-            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage",
-                                                   "cpu:0")  # fmt: skip
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
-            inputs = {self.input_name: batch.detach().numpy()}
-            (out,) = self.session.run([self.output_name], inputs, self._run_options)
+            (out,) = self.session.run([self.output_name], {self.input_name: batch.detach().numpy()})
             return torch.from_numpy(out)
         # IO binding: ONNX Runtime reads and writes torch's CUDA memory directly. Every
         # network here returns an output of its input's shape.
