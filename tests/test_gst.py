@@ -17,6 +17,8 @@ from reblur_deploy import Deblurrer
 from reblur_deploy.gst import plugin_env
 from reblur_deploy.io import probe_video, read_frames, read_image
 
+from .conftest import REPO
+
 BIN = Path(sys.executable).parent
 W, H, N = 320, 180, 6
 # CI installs GStreamer (make system-deps) and sets this: there a missing one fails.
@@ -148,3 +150,171 @@ def test_the_element_says_which_engine_runs(clip):
         done = launch(pipeline, clip.parent, "-e")
         output = done.stdout + done.stderr
         assert done.returncode == 0 and re.search(f"reblurdeblur: engine {engine}", output), output
+
+
+def messages(output: str, name: str) -> list[dict[str, str]]:
+    """The fields of every element message ``name`` that gst-launch-1.0 -m printed."""
+    found = []
+    for line in output.splitlines():
+        if f": {name}, " in line:
+            fields = line.split(f": {name}, ", 1)[1].rstrip(";")
+            found.append(dict(re.findall(r"([\w-]+)=\(\w+\)([^,]+)", fields)))
+    return found
+
+
+LIVE = ("videotestsrc is-live=true num-buffers={n} ! video/x-raw,width=320,height=180,"
+        "framerate={rate}/1 ! videoconvert ! reblurdeblur weights=unet-lite {props} ! "
+        "fakesink sync=true qos=true")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_live_source_faster_than_the_element_drops_late_frames(clip):
+    """A live 120 fps source (8 ms a frame, far less than a frame's inference here): QoS drops
+    the frames that are late before they are deblurred (in the element, or already in the
+    video filter before it: QoS events travel upstream), each with a QoS message, so the
+    pipeline keeps up with the source; the element says how many it deblurred."""
+    done = launch(LIVE.format(n=60, rate=120, props=""), clip.parent, "-m")
+    output = done.stdout + done.stderr
+    counts = re.search(r"reblurdeblur: (\d+) frame\(s\) deblurred, (\d+) dropped as late", output)
+    assert done.returncode == 0 and counts, output
+    deblurred, dropped = map(int, counts.groups())
+    late = len(re.findall(r"Got message #\d+ from element \S+ \(qos\)", output))
+    assert deblurred + late == 60 and late >= dropped and late > 0 and deblurred > 0
+
+
+LATENCY = """
+import sys, time
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+pipeline = Gst.parse_launch(sys.argv[1])
+bus = pipeline.get_bus()
+pipeline.set_state(Gst.State.PLAYING)
+seconds = [0.0]  # what the element's stats messages say each frame took
+deadline = time.monotonic() + 2.0
+while time.monotonic() < deadline:
+    kinds = Gst.MessageType.ELEMENT | Gst.MessageType.ERROR
+    message = bus.timed_pop_filtered(50 * Gst.MSECOND, kinds)
+    if message is not None and message.type == Gst.MessageType.ERROR:
+        sys.exit(str(message.parse_error()[0]))
+    if message is not None and message.get_structure().get_name() == "reblurdeblur-frame":
+        seconds.append(message.get_structure().get_value("seconds"))
+query = Gst.Query.new_latency()
+assert pipeline.query(query)
+live, low, high = query.parse_latency()
+pipeline.set_state(Gst.State.NULL)
+print(live, low, max(seconds))
+"""
+
+
+@pytest.mark.slow
+def test_the_element_adds_its_processing_time_to_the_pipeline_latency(clip):  # clip: GStreamer
+    """In a live pipeline the LATENCY query's minimum grows by at least the longest time the
+    element took for a frame so far (its stats messages, in the same run): the element
+    reports its processing time and raises it when a frame takes longer."""
+    source = "videotestsrc is-live=true ! video/x-raw,width=320,height=180,framerate=10/1"
+    answers = {}
+    for name, middle in (("without", "identity"),
+                         ("with", "reblurdeblur weights=unet-lite stats=true")):  # fmt: skip
+        pipeline = f"{source} ! videoconvert ! {middle} ! fakesink sync=true"
+        # Debian's Python, which has GStreamer's bindings (python3-gst-1.0), as the loader's
+        done = subprocess.run(["/usr/bin/python3", "-c", LATENCY, pipeline], env=plugin_env(),
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        live, low, slowest = done.stdout.split()
+        answers[name] = (live, int(low), float(slowest))
+    assert answers["with"][0] == answers["without"][0] == "True"
+    added = (answers["with"][1] - answers["without"][1]) / 1e9
+    assert added >= answers["with"][2] > 0, answers
+
+
+@pytest.mark.slow
+def test_an_interval_and_per_frame_stats_as_element_messages(clip):
+    """tta-interval=3 in the video mode: the first frame takes its steps, then every third
+    frame one; each frame's message says so, with its time stamp, seconds and blur score."""
+    element = "reblurdeblur weights=unet-lite tta-steps=2 tta-interval=3 stats=true"
+    done = launch(f"{DECODE.format(fmt='RGB')} ! {element} ! fakesink", clip.parent, "-m")
+    frames = messages(done.stdout, "reblurdeblur-frame")
+    assert done.returncode == 0 and len(frames) == N, done.stdout[-2000:] + done.stderr
+    assert [int(f["tta-steps"]) for f in frames] == [2, 0, 0, 1, 0, 0]
+    assert all(float(f["seconds"]) > 0 and float(f["blur-score"]) > 0 for f in frames)
+    times = [float(f["time"]) for f in frames]
+    assert times == sorted(times) and len(set(times)) == N
+
+
+@pytest.mark.slow
+def test_two_streams_share_one_network_and_stay_independent(clip):
+    """Two decoded streams (RGB and BGR) through two elements of the same model in one
+    pipeline: one network, and each output equals Deblurrer on its own frames."""
+    cwd = clip.parent
+    rgb = f"{DECODE.format(fmt='RGB')} ! reblurdeblur weights=unet-lite ! filesink location=a.rgb"
+    bgr = (f"{DECODE.format(fmt='BGR')} ! reblurdeblur weights=unet-lite ! "
+           "filesink location=b.bgr")  # fmt: skip
+    done = launch(f"{rgb} {bgr}", cwd, "-e")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    engines = re.findall(r"reblurdeblur: engine [^\n]*", output)
+    assert len(engines) == 2 and sum(e.endswith("(shared)") for e in engines) == 1, engines
+    decoded = launch(f"{DECODE.format(fmt='RGB')} ! filesink location=in.rgb", cwd)
+    assert decoded.returncode == 0, decoded.stderr
+    frames = raw_frames(cwd / "in.rgb")  # GStreamer's decoding, as the elements got it
+    deblurrer = Deblurrer("unet-lite", device="cpu")
+    for name, order in (("a.rgb", slice(None)), ("b.bgr", slice(None, None, -1))):
+        outputs = raw_frames(cwd / name)[..., order]
+        assert len(outputs) == N
+        for frame, out in zip(frames, outputs, strict=True):
+            assert np.abs(out.astype(np.int16) - deblurrer(frame).astype(np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("element", "expected"),
+    [
+        ("reblurdeblur weights=nope", "reblurdeblur: no weight file 'nope'"),
+        ("reblurdeblur weights=unet-lite tta-steps=-3", "reblurdeblur: tta-steps must be ≥ 0"),
+        ("reblurdeblur weights=unet-lite tta-steps=1 tta-interval=0", "tta-interval must be ≥ 1"),
+    ],
+    ids=["bad weights", "negative steps", "zero interval"],
+)
+def test_a_refused_element_leaves_no_output_file(clip, tmp_path, element, expected):
+    """Checked when the pipeline starts, before the sink opens its file."""
+    shutil.copy(clip, tmp_path / "clip.mp4")
+    encode = "videoconvert ! x264enc ! mp4mux ! filesink location=out.mp4"
+    done = launch(f"{DECODE.format(fmt='RGB')} ! {element} ! {encode}", tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and expected in output, output
+    assert "Traceback" not in output and len(re.findall("ERROR", output)) <= 2
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def readme_pipeline(first: str) -> str:
+    """The README's reblur-gst-launch command that starts with ``first``, as one line."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"reblur-gst-launch {first}")
+    lines = []
+    for line in text[start:].splitlines():
+        lines.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            break
+    return " ".join(lines).removeprefix("reblur-gst-launch ")
+
+
+@pytest.mark.slow
+def test_the_readme_file_pipeline_keeps_the_audio_and_writes_yuv420p(tmp_path):
+    """README's file-in, file-out pipeline as it is written, on a clip with AAC audio: H.264
+    in yuv420p with every frame, the audio stream copied, progress lines on the way."""
+    if gstreamer_missing() and not REQUIRED:
+        pytest.skip(gstreamer_missing())
+    from .test_video import audio_packets, make_video
+
+    make_video(tmp_path / "in.mp4", n=12)
+    done = launch(readme_pipeline("filesrc location=in.mp4"), tmp_path, "-e")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "progressreport0" in done.stdout
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        video = out.streams.video[0]
+        assert (video.codec_context.name, video.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert out.streams.audio[0].codec_context.name == "aac"
+    assert probe_video(tmp_path / "out.mp4").frames == 12
+    (_, kept), (_, given) = (audio_packets(tmp_path / name) for name in ("out.mp4", "in.mp4"))
+    assert len(kept) >= len(given) - 2  # mp4mux leaves out the encoder's priming packets

@@ -50,6 +50,64 @@ def _registry(python_paths: list[str]) -> Path:
     return cache_root() / f"gstreamer-registry-{key.hexdigest()[:16]}.bin"
 
 
+# The element's properties that must be checked before the pipeline runs, by their gst-launch
+# names. GObject's own range check only warns and keeps the old value, so the element checks
+# them (and loads its model) when it goes to READY; but sinks open their files at NULL → READY
+# before it, so reblur-gst-launch checks the same properties before it starts the pipeline:
+# a refused value then leaves no empty output file behind.
+_NUMBERS = {  # name → (type, lowest allowed value, what the rule says)
+    "tile": (int, 0, "≥ 0"),
+    "tta-steps": (int, 0, "≥ 0"),
+    "tta": (int, 0, "≥ 0"),
+    "tta-interval": (int, 1, "≥ 1"),
+    "tta-lr": (float, None, "a positive number"),
+}
+
+
+def check_properties(values: dict[str, object]) -> None:
+    """Raise ``ConfigError`` (or ``WeightsError``) for a property value the element refuses.
+    ``values``: gst-launch names → values (strings, as on a command line, or numbers);
+    properties not given keep their defaults, which are valid."""
+    import math
+
+    from ..device import resolve_dtype
+    from ..errors import ConfigError
+    from ..weights import resolve
+
+    for name, (kind, lowest, rule) in _NUMBERS.items():
+        if name not in values:
+            continue
+        try:
+            value = kind(values[name])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be {rule}, got {values[name]!r}") from None
+        bad = not (math.isfinite(value) and value > 0) if lowest is None else value < lowest
+        if bad:
+            raise ConfigError(f"{name} must be {rule}, got {values[name]}")
+    if values.get("weights"):
+        resolve(str(values["weights"]))
+    if "dtype" in values:
+        resolve_dtype(str(values["dtype"]))
+    backend = str(values.get("backend", "auto"))
+    if backend.endswith((".onnx", ".engine", ".plan")) and not Path(backend).is_file():
+        raise ConfigError(f"no exported file {backend!r} (backend)")
+
+
+def launch_properties(args: list[str]) -> list[dict[str, str]]:
+    """The properties given to each ``reblurdeblur`` of a gst-launch command line."""
+    elements, current = [], None
+    for token in args:
+        if token == "reblurdeblur":
+            current = {}
+            elements.append(current)
+        elif current is not None and "=" in token and not token.startswith(("!", "-")):
+            name, value = token.split("=", 1)
+            current[name] = value.strip("'\"")
+        else:
+            current = None  # "!", a new element, caps
+    return elements
+
+
 def plugin_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """``environ`` (default: this process's) made ready for the element: GST_PLUGIN_PATH and
     PYTHONPATH (this package and its site-packages) prepended, GST_REGISTRY set, and the bin
@@ -100,6 +158,13 @@ def launch() -> None:
 
         print(f"reblur-gst-launch, version {__version__}")
         return
+    from ..errors import ReblurError
+
+    try:
+        for values in launch_properties(sys.argv[1:]):
+            check_properties(values)
+    except ReblurError as e:  # as the element would say it, before any sink opens a file
+        sys.exit(f"ERROR: reblurdeblur: {e}")
     program = shutil.which("gst-launch-1.0")
     if program is None:
         sys.exit(

@@ -8,22 +8,29 @@ GStreamer reports as ``not-negotiated``). Buffers keep their time stamps, durati
 
 Properties, named as ``Deblurrer``'s keywords and ``reblur-run``'s options: ``weights``
 (bundled name or file; default: the device's bundled model), ``device``, ``backend`` (auto,
-torch, compile, onnxruntime, or an exported ``.onnx`` file), ``dtype``, ``tile``, ``tta-steps`` (0 =
-none; ``Deblurrer(tta_steps=)``, ``--tta``), ``tta-video`` (the video mode, default on:
-carry-over, one step a frame on crops), ``tta-lr``. ``tta`` is the old name of ``tta-steps``,
-kept for one release with a GStreamer warning. The networks load when the pipeline starts; a
-bad property is a GStreamer error with one line of text, not a traceback.
+torch, compile, onnxruntime, or an exported ``.onnx`` file or TensorRT ``.engine``), ``dtype``,
+``tile``, ``tta-steps`` (0 = none; ``Deblurrer(tta_steps=)``, ``--tta``), ``tta-video`` (the
+video mode, default on: carry-over, one step a frame on crops), ``tta-lr``, ``tta-interval``
+(adapt every N-th frame, the frames between run on the carried weights), ``stats`` (an element
+message per frame), ``share`` (one network for every element of the same model). ``tta`` is
+the old name of ``tta-steps``, kept for one release with a GStreamer warning. Properties are
+checked and the networks loaded when the element goes to READY, before any element opens a
+file: a bad property or model is one GStreamer error line and leaves nothing behind.
 
-Flushing (a seek) and a new stream forget what TTA carried over. Latency: each frame is
-processed in the streaming thread as it arrives, and the element reports no latency of its own
-(GstBaseTransform passes the latency query through): its processing time makes frames late,
-which a synchronising sink handles by its own rule (``sync=true`` drops late frames and sends
-QoS upstream). For a live source that must not fall behind, put a leaky queue in front
-(``queue leaky=downstream max-size-buffers=1``): frames that arrive while one is being
-deblurred are then dropped instead of queued, so the output shows the newest frame.
+Live pipelines (docs/DEPLOY.md): QoS is on (GstBaseTransform's ``qos`` property): a buffer that
+the sink's QoS events say is already late is dropped before it is deblurred, and GStreamer
+posts a QoS message for it; at end of stream the element posts one line with the frames
+deblurred and dropped. The element answers the LATENCY query with its processing time (measured
+on a warm-up frame when the caps are set, and raised, with a latency message, when frames take
+longer). With TTA carry-over, a dropped frame is simply not seen: the carried weights continue
+from the last frame deblurred (a scene cut is still detected against it).
+
+Flushing (a seek) and a new stream forget what TTA carried over.
 """
 
 from __future__ import annotations
+
+import threading
 
 import gi
 
@@ -43,6 +50,15 @@ CAPS = Gst.Caps.from_string(
 
 def _template(name: str, direction: Gst.PadDirection) -> Gst.PadTemplate:
     return Gst.PadTemplate.new(name, direction, Gst.PadPresence.ALWAYS, CAPS)
+
+
+# Networks shared between elements of one process (``share``): (weights, device, dtype, backend,
+# tile) → the Deblurrer, alive while an element uses it. Plain inference only: TTA changes its
+# network's weights per stream.
+_SHARED: dict[tuple, object] = {}
+_USERS: dict[tuple, int] = {}
+_SHARED_LOCK = threading.Lock()
+LATENCY_MARGIN = 1.25  # the reported latency: the processing time seen, with this margin
 
 
 class ReblurDeblur(GstBase.BaseTransform):
@@ -67,33 +83,48 @@ class ReblurDeblur(GstBase.BaseTransform):
     backend = GObject.Property(
         type=str,
         default="auto",
-        blurb="auto (ONNX Runtime without TTA where it can run, else torch), torch, compile, "
-        "onnxruntime, or an exported .onnx file",
+        blurb="auto (the fastest engine within 1/255 of torch; torch with TTA), torch, compile, "
+        "onnxruntime, an exported .onnx file or a TensorRT .engine",
     )
     dtype = GObject.Property(type=str, default="fp32", blurb="fp32, fp16 or bf16")
+    # Integer and float properties take any value here and are checked when the element goes
+    # to READY: GObject's own range check only warns and keeps the old value.
     tile = GObject.Property(
-        type=int,
-        default=0,
-        minimum=0,
-        maximum=65536,
-        blurb="Tile size (0: whole frames, tiled only when memory is short)",
+        type=int, default=0, blurb="Tile size (0: whole frames, tiled only when memory is short)"
     )
-    tta_steps = GObject.Property(
-        type=int, default=0, minimum=0, maximum=1000, blurb="Test-time adaptation steps (0: none)"
-    )
-    tta = GObject.Property(  # the old name of tta-steps: goes in the next release
-        type=int, default=0, minimum=0, maximum=1000, blurb="Deprecated: use tta-steps"
-    )
+    tta_steps = GObject.Property(type=int, default=0, blurb="TTA steps per frame (0: none)")
+    tta = GObject.Property(type=int, default=0, blurb="Deprecated: use tta-steps")
     tta_video = GObject.Property(
         type=bool, default=True, blurb="TTA in the video mode (carry-over, a step a frame on crops)"
     )
-    tta_lr = GObject.Property(type=float, default=3e-6, minimum=1e-12, maximum=1.0,
-                              blurb="Adam learning rate of the TTA steps")  # fmt: skip
+    tta_lr = GObject.Property(type=float, default=3e-6, blurb="Adam learning rate of TTA steps")
+    tta_interval = GObject.Property(
+        type=int, default=1, blurb="Video mode: adapt every N-th frame, carry the weights between"
+    )
+    stats = GObject.Property(
+        type=bool,
+        default=False,
+        blurb="Post a 'reblurdeblur-frame' element message per frame (time stamp, seconds, TTA "
+        "steps and loss, and the blur score when the weights hold MR: one more MR pass)",
+    )
+    share = GObject.Property(
+        type=bool,
+        default=True,
+        blurb="Without TTA, share one network with the other elements of the same model",
+    )
 
     def __init__(self):
         super().__init__()
+        self.set_qos_enabled(True)  # late buffers are dropped before they are deblurred
         self.deblurrer = None
+        self._key: tuple | None = None
         self.info: GstVideo.VideoInfo | None = None
+        self._bgr = False  # the caps' channel order (the Deblurrer, maybe shared, takes RGB)
+        self._latency = 0  # nanoseconds, what the LATENCY query is told
+        self._slowest = 0.0  # the longest processing time seen since the last report, seconds
+        self._counts = {"in": 0, "deblurred": 0}
+        probe = Gst.PadProbeType.QUERY_UPSTREAM | Gst.PadProbeType.PULL  # once answered
+        self.get_static_pad("src").add_probe(probe, self._answer_latency)
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -107,54 +138,126 @@ class ReblurDeblur(GstBase.BaseTransform):
         error = GLib.Error.new_literal(Gst.CoreError.quark(), text, Gst.CoreError.FAILED)
         self.post_message(Gst.Message.new_warning(self, error, text))
 
-    def do_start(self) -> bool:
-        from reblur_deploy import Deblurrer, ReblurError, TTAConfig
+    def _inform(self, text: str) -> None:
+        """Post one GStreamer info message (gst-launch-1.0 prints it after INFO)."""
+        info = GLib.Error.new_literal(Gst.CoreError.quark(), text, Gst.CoreError.FAILED)
+        self.post_message(Gst.Message.new_info(self, info, text))
 
+    def _tta_config(self):
+        """The TTAConfig of the properties (None: no TTA), after checking every property."""
+        from reblur_deploy import TTAConfig
+        from reblur_deploy.gst import check_properties
+
+        names = ("weights", "dtype", "backend", "tile", "tta-steps", "tta", "tta-interval",
+                 "tta-lr")  # fmt: skip
+        check_properties({name: self.get_property(name) for name in names})
         steps = self.tta_steps
         if self.tta:
             self._warn("reblurdeblur: tta is deprecated; use tta-steps")
             steps = steps or self.tta
-        tta = None
-        if steps:
-            tta = TTAConfig(steps=steps, lr=self.tta_lr)
-            tta = tta.for_video() if self.tta_video else tta
+        if not steps:
+            return None
+        tta = TTAConfig(steps=steps, lr=self.tta_lr, interval=self.tta_interval)
+        return tta.for_video() if self.tta_video else tta
+
+    def _load(self) -> bool:
+        """Check the properties and load the networks (shared where they can be)."""
+        from reblur_deploy import Deblurrer, ReblurError
+
         backend, options = self.backend, {}
         if backend.endswith(".onnx"):
             backend, options = "onnxruntime", {"model": backend}
+        elif backend.endswith((".engine", ".plan")):  # as reblur-run --engine
+            backend, options = "tensorrt", {"engine": backend}
         try:
-            self.deblurrer = Deblurrer(
-                self.weights or None,
-                device=self.device,
-                dtype=self.dtype,
-                tta=tta,
-                batch_size=1,
-                tile=self.tile or None,
-                backend=backend,
-                backend_options=options,
-            )
+            tta = self._tta_config()
+            key = (self.weights, self.device, self.dtype, self.backend, self.tile)
+            with _SHARED_LOCK:
+                shared = _SHARED.get(key) if self.share and tta is None else None
+                self.deblurrer = shared or Deblurrer(
+                    self.weights or None, device=self.device, dtype=self.dtype, tta=tta,
+                    batch_size=1, tile=self.tile or None, backend=backend,
+                    backend_options=options,
+                )  # fmt: skip
+                if self.share and tta is None:
+                    _SHARED[key] = self.deblurrer
+                    _USERS[key] = _USERS.get(key, 0) + 1
+                    self._key = key
         except (ReblurError, OSError) as e:
             self._fail(f"reblurdeblur: {e}")
             return False
-        engine = f"reblurdeblur: engine {self.deblurrer.backend.describe()}"
-        info = GLib.Error.new_literal(Gst.CoreError.quark(), engine, Gst.CoreError.FAILED)
-        self.post_message(Gst.Message.new_info(self, info, engine))  # says which engine runs
+        engine = self.deblurrer.backend.describe()
+        self._inform(f"reblurdeblur: engine {engine}" + (" (shared)" if shared else ""))
         return True
 
-    def do_stop(self) -> bool:
+    def _unload(self) -> None:
+        with _SHARED_LOCK:
+            if self._key is not None:
+                _USERS[self._key] -= 1
+                if not _USERS[self._key]:
+                    del _SHARED[self._key], _USERS[self._key]
+            self._key = None
         self.deblurrer = None
-        return True
+
+    def do_change_state(self, transition: Gst.StateChange) -> Gst.StateChangeReturn:
+        # Load at NULL → READY: a pipeline takes every element to READY before any to PAUSED,
+        # where sinks open their files, so a bad model leaves no empty output behind.
+        if transition == Gst.StateChange.NULL_TO_READY and not self._load():
+            return Gst.StateChangeReturn.FAILURE
+        result = Gst.Element.do_change_state(self, transition)
+        if transition == Gst.StateChange.READY_TO_NULL:
+            self._unload()
+        return result
 
     def do_set_caps(self, incaps: Gst.Caps, outcaps: Gst.Caps) -> bool:
         self.info = GstVideo.VideoInfo.new_from_caps(incaps)
-        bgr = self.info.finfo.format == GstVideo.VideoFormat.BGR
-        self.deblurrer.color = "bgr" if bgr else "rgb"
+        self._bgr = self.info.finfo.format == GstVideo.VideoFormat.BGR
+        self._warm_up()
         return True
+
+    def _warm_up(self) -> None:
+        """Run two frames of the negotiated size (the first sets up kernels; with TTA the second
+        is a carried frame) and report the second's time as the latency; TTA then starts
+        afresh."""
+        import time
+
+        blank = np.full((self.info.height, self.info.width, 3), 128, np.uint8)
+        self.deblurrer(blank)
+        start = time.perf_counter()
+        self.deblurrer(blank)
+        self._report_latency(time.perf_counter() - start)
+        self.deblurrer.reset()
+
+    def _report_latency(self, seconds: float) -> None:
+        self._latency = int(seconds * LATENCY_MARGIN * Gst.SECOND)
+        self._slowest = 0.0
+        self.post_message(Gst.Message.new_latency(self))  # the pipeline asks again
+
+    def _answer_latency(self, pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        """After upstream answered a LATENCY query at the source pad, add the element's own.
+        (A pad probe: PyGObject cannot override ``query``, which both GstElement and
+        GstBaseTransform declare.)"""
+        query = info.get_query()
+        if query.type == Gst.QueryType.LATENCY:
+            live, low, high = query.parse_latency()
+            high = high if high == Gst.CLOCK_TIME_NONE else high + self._latency
+            query.set_latency(live, low + self._latency, high)
+        return Gst.PadProbeReturn.OK
 
     def do_sink_event(self, event: Gst.Event) -> bool:
         restart = event.type in (Gst.EventType.FLUSH_STOP, Gst.EventType.STREAM_START)
         if restart and self.deblurrer is not None:
             self.deblurrer.reset()  # a seek or a new stream: no carry-over across it
+        if event.type == Gst.EventType.EOS and self._counts["in"]:
+            counts = self._counts
+            dropped = counts["in"] - counts["deblurred"]
+            self._inform(f"reblurdeblur: {counts['deblurred']} frame(s) deblurred, {dropped} "
+                         "dropped as late (QoS)")  # fmt: skip
         return GstBase.BaseTransform.do_sink_event(self, event)
+
+    def do_submit_input_buffer(self, is_discont: bool, buffer: Gst.Buffer) -> Gst.FlowReturn:
+        self._counts["in"] += 1  # every buffer offered, dropped later by QoS or not
+        return GstBase.BaseTransform.do_submit_input_buffer(self, is_discont, buffer)
 
     # -- frames -------------------------------------------------------------------------------
 
@@ -167,23 +270,53 @@ class ReblurDeblur(GstBase.BaseTransform):
         try:
             rows = np.frombuffer(mapped.data, np.uint8, count=info.stride[0] * info.height)
             rows = rows.reshape(info.height, info.stride[0])
-            return rows[:, : info.width * 3].reshape(info.height, info.width, 3).copy()
+            frame = rows[:, : info.width * 3].reshape(info.height, info.width, 3)
+            return np.ascontiguousarray(frame[..., ::-1] if self._bgr else frame)
         finally:
             buffer.unmap(mapped)
 
     def do_transform(self, inbuf: Gst.Buffer, outbuf: Gst.Buffer) -> Gst.FlowReturn:
+        import time
+
         from reblur_deploy import ReblurError
 
         info = self.info
+        start = time.perf_counter()
         try:
-            sharp = self.deblurrer(self._frame(inbuf))
+            frame = self._frame(inbuf)
+            sharp = self.deblurrer(frame)
         except (ReblurError, RuntimeError) as e:
             self._fail(f"reblurdeblur: {e}")
             return Gst.FlowReturn.ERROR
         rows = np.zeros((info.height, info.stride[0]), np.uint8)
-        rows[:, : info.width * 3] = sharp.reshape(info.height, -1)
+        out = sharp[..., ::-1] if self._bgr else sharp
+        rows[:, : info.width * 3] = out.reshape(info.height, -1)
         outbuf.fill(0, rows.tobytes())
+        seconds = time.perf_counter() - start
+        self._counts["deblurred"] += 1
+        self._slowest = max(self._slowest, seconds)
+        if self._slowest * Gst.SECOND > self._latency:  # slower than reported: tell the sinks
+            self._report_latency(self._slowest)
+        if self.stats:
+            self._post_stats(inbuf, sharp, seconds)
         return Gst.FlowReturn.OK
+
+    def _post_stats(self, buffer: Gst.Buffer, sharp: np.ndarray, seconds: float) -> None:
+        """One element message per frame: what an application reads without parsing logs."""
+        from reblur_deploy import blur_score
+
+        fields = Gst.Structure.new_empty("reblurdeblur-frame")
+        pts = -1.0 if buffer.pts == Gst.CLOCK_TIME_NONE else buffer.pts / Gst.SECOND
+        fields.set_value("time", float(pts))  # the frame's time stamp in seconds (-1: none)
+        fields.set_value("seconds", float(seconds))
+        stats = self.deblurrer.tta_stats
+        steps = stats.steps[0] if stats is not None and stats.steps else 0
+        fields.set_value("tta-steps", int(steps))
+        if stats is not None and stats.losses and stats.losses[0]:
+            fields.set_value("tta-loss", float(stats.losses[0][-1]))
+        if self.deblurrer.reblur is not None:
+            fields.set_value("blur-score", float(blur_score(sharp, self.deblurrer.reblur)))
+        self.post_message(Gst.Message.new_element(self, fields))
 
 
 GObject.type_register(ReblurDeblur)
