@@ -2,6 +2,7 @@
 // exported by `reblur-export --to torchscript`, without Python (LibTorch + OpenCV).
 //
 //   reblur_deblur MODEL.ts INPUT OUTPUT [--device cpu|cuda] [--frames N] [--threads N]
+//                 [--allow-truncated]
 //
 // INPUT: a folder of images, a video file, or a camera index (0, 1, ...).
 // OUTPUT: a folder (one PNG per frame: the input's file names for a folder of images,
@@ -13,21 +14,31 @@
 // clamp to [0, 1], × 255 and round, RGB → BGR. The model's size_divisor and role come from the
 // reblur_deploy.json metadata that reblur-export writes into the TorchScript archive.
 //
-// Errors (missing or wrong model, unreadable input) are one line on stderr, exit status 1.
+// Errors (missing or wrong model, unreadable input, a truncated or corrupt video) are one line
+// on stderr, exit status 1 (2 for a bad option). A folder run goes on past an image it cannot
+// read and lists those at the end (exit status 1). A video that stops before the frame count
+// its container gives is refused, and nothing is written; --allow-truncated keeps the frames
+// before the damage, with a warning.
 
 #include <ATen/Parallel.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <opencv2/videoio.hpp>
+#include <opencv2/videoio/registry.hpp>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <limits>
 #include <regex>
 #include <stdexcept>
 #include <string>
@@ -39,7 +50,8 @@ namespace fs = std::filesystem;
 namespace {
 
 const char* const kUsage =
-    "usage: reblur_deblur MODEL.ts INPUT OUTPUT [--device cpu|cuda] [--frames N] [--threads N]";
+    "usage: reblur_deblur MODEL.ts INPUT OUTPUT [--device cpu|cuda] [--frames N] [--threads N] "
+    "[--allow-truncated]";
 const char* const kMetadata = "reblur_deploy.json";  // written by reblur-export into the archive
 const std::vector<std::string> kImageSuffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif",
                                                  ".tiff", ".webp"};
@@ -51,8 +63,9 @@ struct Failure : std::runtime_error {
 
 struct Options {
   std::string model, input, output, device = "cpu";
-  long frames = -1;  // at most this many frames (a camera runs until then); -1: all
-  int threads = 0;   // 0: LibTorch's default (all cores)
+  long frames = -1;              // at most this many frames (a camera runs until then); -1: all
+  int threads = 0;               // 0: LibTorch's default (all cores)
+  bool allow_truncated = false;  // a damaged video: keep the frames before the damage
 };
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
@@ -79,6 +92,51 @@ struct Model {
   int size_divisor = 1;
 };
 
+// What a file that is not TorchScript holds, when it is one of the files users hand over by
+// mistake (the other exports of reblur-export, the weight files); "" otherwise.
+std::string other_format(const std::string& path) {
+  unsigned char head[9] = {};
+  std::ifstream(path, std::ios::binary).read(reinterpret_cast<char*>(head), sizeof head);
+  // ONNX: a protobuf ModelProto starts with ir_version (field 1, a small number), then the next
+  // field's tag (producer_name, producer_version, domain, model_version, doc_string, graph or
+  // opset_import).
+  const std::string next_tags = "\x12\x1a\x22\x28\x32\x3a\x42";
+  if (head[0] == 0x08 && head[1] >= 1 && head[1] < 0x80 &&
+      next_tags.find(static_cast<char>(head[2])) != std::string::npos) {
+    return "an ONNX model";
+  }
+  // safetensors: the length of its JSON header (8 bytes, little-endian), then the header.
+  std::uint64_t header = 0;
+  for (int i = 7; i >= 0; --i) header = header << 8 | head[i];
+  if (head[8] == '{' && header <= fs::file_size(path) - 8) return "a safetensors weight file";
+  // Damaged files of these formats, and those recognisable by their suffix only.
+  const std::unordered_map<std::string, std::string> by_suffix{
+      {".onnx", "an ONNX model"},
+      {".safetensors", "a safetensors weight file"},
+      {".pt2", "an ExportedProgram or AOTInductor package (.pt2)"},
+      {".ep", "a Torch-TensorRT program (.ep)"},
+      {".engine", "a TensorRT engine"}};
+  const auto found = by_suffix.find(lower_suffix(path));
+  return found == by_suffix.end() ? "" : found->second;
+}
+
+// Why torch::jit::load refused a file, in a few words. TorchScript files are zip archives;
+// PyTorch's own message goes on with advice about checkpoints, so only its first sentence
+// is kept.
+std::string not_torchscript_reason(const std::string& path, const c10::Error& error) {
+  char magic[4] = {};
+  std::ifstream(path, std::ios::binary).read(magic, sizeof magic);
+  if (fs::file_size(path) == 0) return "the file is empty";
+  if (std::string(magic, 4) != std::string("PK\x03\x04", 4)) {
+    return "not a zip archive, as TorchScript files are";
+  }
+  std::string reason = first_line(error.what_without_backtrace());
+  reason = reason.substr(0, reason.find(". "));
+  const std::string prefix = "PytorchStreamReader ";
+  if (reason.rfind(prefix, 0) == 0) reason = reason.substr(prefix.size());
+  return reason;
+}
+
 Model load_model(const std::string& path, const torch::Device& device) {
   if (!fs::is_regular_file(path)) throw Failure("cannot read the model " + path + ": no such file");
   std::unordered_map<std::string, std::string> extra{{kMetadata, ""}};
@@ -87,8 +145,13 @@ Model load_model(const std::string& path, const torch::Device& device) {
   try {
     model.module = torch::jit::load(path, device, extra);
   } catch (const c10::Error& e) {
-    throw Failure(path + " is not a TorchScript model from reblur-export --to torchscript (" +
-                  first_line(e.what_without_backtrace()) + ")");
+    const std::string format = other_format(path);
+    if (!format.empty()) {
+      throw Failure(path + " is " + format + "; the C++ program runs TorchScript files from "
+                    "`reblur-export --to torchscript`");
+    }
+    throw Failure(path + " is not a TorchScript model (" + not_torchscript_reason(path, e) +
+                  "); export one with `reblur-export --to torchscript`");
   }
   const std::string& meta = extra[kMetadata];
   if (meta.empty()) {
@@ -144,21 +207,28 @@ cv::Mat deblur(Model& model, const cv::Mat& bgr) {
 // ----------------------------------------------------------------------------------- outputs
 
 // Frames go to a folder of PNGs or to one video file; nothing appears under a final name
-// before it is complete.
+// before it is complete. The frames of one video are one result: when the run fails before
+// finish(), the PNGs it wrote go too (all_or_nothing), as the video file would.
 class Output {
  public:
-  explicit Output(const fs::path& path) : path_(path) {
+  Output(const fs::path& path, bool all_or_nothing) : path_(path), all_or_nothing_(all_or_nothing) {
     const std::string suffix = lower_suffix(path);
     video_ = suffix == ".avi" || suffix == ".mp4" || suffix == ".mov" || suffix == ".mkv";
     if (!video_) {
-      fs::create_directories(path);
+      created_ = fs::create_directories(path);
     } else if (!path.parent_path().empty()) {
       fs::create_directories(path.parent_path());
     }
   }
   ~Output() {
     if (writer_.isOpened()) writer_.release();
-    if (!finished_ && !temporary_.empty()) fs::remove(temporary_);
+    if (finished_) return;
+    std::error_code ignored;  // a destructor must not throw
+    if (!temporary_.empty()) fs::remove(temporary_, ignored);
+    if (all_or_nothing_) {
+      for (const fs::path& png : written_) fs::remove(png, ignored);
+      if (created_) fs::remove(path_, ignored);  // only if empty
+    }
   }
 
   void write(const cv::Mat& frame, const std::string& name, double fps) {
@@ -167,6 +237,7 @@ class Output {
       const fs::path part = path_ / ("." + target.filename().string() + ".part.png");
       if (!cv::imwrite(part.string(), frame)) throw Failure("cannot write " + target.string());
       fs::rename(part, target);
+      written_.push_back(target);
       return;
     }
     if (!writer_.isOpened()) {
@@ -191,7 +262,8 @@ class Output {
 
  private:
   fs::path path_, temporary_;
-  bool video_ = false, finished_ = false;
+  bool all_or_nothing_, video_ = false, created_ = false, finished_ = false;
+  std::vector<fs::path> written_;  // the PNGs of this run
   cv::VideoWriter writer_;
 };
 
@@ -216,42 +288,103 @@ bool is_camera(const std::string& input) {
   return !input.empty() && std::all_of(input.begin(), input.end(), ::isdigit);
 }
 
-// Calls fn(frame, name, fps) for every frame of the input; returns the number of frames.
+bool is_folder(const std::string& input) { return !is_camera(input) && fs::is_directory(input); }
+
+// What for_each_frame went through.
+struct Tally {
+  long frames = 0;                    // frames deblurred
+  long inputs = 0;                    // images taken from a folder
+  std::vector<std::string> failures;  // why some of them could not be read, one line each
+};
+
+// OpenCV does not tell a read error from the end of a video, so a video file that stops before
+// the frame count its container gives is taken as truncated or corrupt. The count is exact
+// where the container indexes its frames (MP4, MOV, AVI); elsewhere (MKV, WebM, ...) OpenCV
+// estimates it from the container's duration, which covers the audio too, and audio often
+// ends a little after the video: there up to 0.2 s short counts as complete. The error says
+// that nothing was written: the caller's Output removes what it wrote.
+void check_complete(const Options& options, long frames, double promised, double fps) {
+  if (options.frames >= 0 && frames >= options.frames) return;  // stopped by --frames
+  const long count = std::lround(promised);
+  const std::string suffix = lower_suffix(options.input);
+  const bool indexed = suffix == ".mp4" || suffix == ".mov" || suffix == ".m4v" || suffix == ".avi";
+  const long slack = indexed ? 0 : std::lround(0.2 * fps);
+  if (count <= 0 || frames >= count - slack) return;  // count <= 0: unknown
+  const std::string of = std::to_string(count);
+  if (frames == 0) {
+    throw Failure(options.input + ": the video is truncated or corrupt: none of its " + of +
+                  " frames could be read");
+  }
+  const std::string damage = options.input + ": the video is truncated or corrupt after frame " +
+                             std::to_string(frames) + " of " + of;
+  if (!options.allow_truncated) {
+    throw Failure(damage + "; nothing was written (--allow-truncated keeps the frames before "
+                  "the damage)");
+  }
+  std::cerr << "warning: " << damage << "; kept the " << frames << " frames before it\n";
+}
+
+// Calls fn(frame, name, fps) for every frame of the input.
 template <typename Fn>
-long for_each_frame(const Options& options, Fn fn) {
-  long count = 0;
-  if (!is_camera(options.input) && fs::is_directory(options.input)) {
+Tally for_each_frame(const Options& options, Fn fn) {
+  Tally tally;
+  if (is_folder(options.input)) {
     for (const fs::path& path : images_in(options.input)) {
-      if (options.frames >= 0 && count >= options.frames) break;
+      if (options.frames >= 0 && tally.inputs >= options.frames) break;
+      ++tally.inputs;
       const cv::Mat frame = cv::imread(path.string(), cv::IMREAD_COLOR);
-      if (frame.empty()) throw Failure("cannot read the image " + path.string());
+      if (frame.empty()) {  // one bad file must not cost the others: listed at the end
+        tally.failures.push_back("cannot read the image " + path.string());
+        continue;
+      }
       fn(frame, path.filename().string(), 0.0);
-      ++count;
+      ++tally.frames;
     }
-    return count;
+    return tally;
   }
   cv::VideoCapture capture;
   if (is_camera(options.input)) {
     capture.open(std::stoi(options.input));
   } else if (fs::is_regular_file(options.input)) {
-    capture.open(options.input);
+    // FFmpeg alone when OpenCV has it: a file FFmpeg refuses would go on to GStreamer, which
+    // waits forever on a truncated MP4.
+    const bool ffmpeg = cv::videoio_registry::hasBackend(cv::CAP_FFMPEG);
+    capture.open(options.input, ffmpeg ? cv::CAP_FFMPEG : cv::CAP_ANY);
   } else {
     throw Failure("no such input " + options.input + " (a folder, a video or a camera index)");
   }
   if (!capture.isOpened()) throw Failure("cannot open " + options.input);
   const double fps = capture.get(cv::CAP_PROP_FPS);
+  const double promised = capture.get(cv::CAP_PROP_FRAME_COUNT);
   cv::Mat frame;
-  while ((options.frames < 0 || count < options.frames) && capture.read(frame)) {
+  while ((options.frames < 0 || tally.frames < options.frames) && capture.read(frame)) {
     char name[32];
-    std::snprintf(name, sizeof name, "frame_%06ld", count);
+    std::snprintf(name, sizeof name, "frame_%06ld", tally.frames);
     fn(frame, name, fps);
-    ++count;
+    ++tally.frames;
   }
-  if (count == 0) throw Failure("no frames in " + options.input);
-  return count;
+  if (!is_camera(options.input)) check_complete(options, tally.frames, promised, fps);
+  if (tally.frames == 0) throw Failure("no frames in " + options.input);
+  return tally;
 }
 
 // ------------------------------------------------------------------------------------- main
+
+// The value of a numeric option: all of the text a whole number, at least min (std::stoi
+// alone takes "-3" and "5x").
+int number(const std::string& option, const std::string& text, int min) {
+  std::size_t used = 0;
+  long n = min - 1;
+  try {
+    n = std::stol(text, &used);
+  } catch (const std::exception&) {  // not a number, or out of range
+  }
+  if (used != text.size() || n < min || n > std::numeric_limits<int>::max()) {
+    throw std::invalid_argument(option + " needs a whole number >= " + std::to_string(min) +
+                                ", got '" + text + "'");
+  }
+  return static_cast<int>(n);
+}
 
 Options parse(int argc, char** argv) {
   Options options;
@@ -268,9 +401,11 @@ Options parse(int argc, char** argv) {
     } else if (arg == "--device") {
       options.device = value();
     } else if (arg == "--frames") {
-      options.frames = std::stol(value());
+      options.frames = number(arg, value(), 1);
     } else if (arg == "--threads") {
-      options.threads = std::stoi(value());
+      options.threads = number(arg, value(), 0);  // 0: LibTorch's default
+    } else if (arg == "--allow-truncated") {
+      options.allow_truncated = true;
     } else if (!arg.empty() && arg[0] == '-' && !is_camera(arg)) {
       throw std::invalid_argument("unknown option " + arg);
     } else {
@@ -290,9 +425,10 @@ int run(const Options& options) {
     throw Failure("--device " + options.device + ": this LibTorch sees no CUDA GPU");
   }
   Model model = load_model(options.model, torch::Device(options.device));
-  Output output(options.output);
+  // A folder's images are results of their own; a video's frames are one.
+  Output output(options.output, /*all_or_nothing=*/!is_folder(options.input));
   double seconds = 0.0;
-  const long frames = for_each_frame(options, [&](const cv::Mat& frame, const std::string& name,
+  const Tally tally = for_each_frame(options, [&](const cv::Mat& frame, const std::string& name,
                                                   double fps) {
     const auto start = std::chrono::steady_clock::now();
     const cv::Mat sharp = deblur(model, frame);
@@ -301,14 +437,20 @@ int run(const Options& options) {
   });
   output.finish();
   std::fprintf(stderr, "%ld frame(s), %.3f s in the network and its pre/post-processing "
-               "(%.2f frames/s) -> %s\n", frames, seconds, frames / std::max(seconds, 1e-9),
-               options.output.c_str());
-  return 0;
+               "(%.2f frames/s) -> %s\n", tally.frames, seconds,
+               tally.frames / std::max(seconds, 1e-9), options.output.c_str());
+  if (tally.failures.empty()) return 0;
+  std::cerr << "error: " << tally.failures.size() << " of " << tally.inputs << " inputs failed\n";
+  for (const std::string& failure : tally.failures) std::cerr << "error: " << failure << "\n";
+  return 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // FFmpeg's own messages about a damaged video would come before the line that says so (a
+  // user's OPENCV_FFMPEG_LOGLEVEL still wins).
+  setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", /*overwrite=*/0);  // -8: AV_LOG_QUIET
   Options options;
   try {
     options = parse(argc, argv);
