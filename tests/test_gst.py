@@ -233,7 +233,8 @@ def test_the_element_adds_its_processing_time_to_the_pipeline_latency(clip):  # 
 def test_an_interval_and_per_frame_stats_as_element_messages(clip):
     """tta-interval=3 in the video mode: the first frame takes its steps, then every third
     frame one; each frame's message says so, with its time stamp, seconds and blur score."""
-    element = "reblurdeblur weights=unet-lite tta-steps=2 tta-interval=3 stats=true"
+    element = ("reblurdeblur weights=unet-lite tta-steps=2 tta-interval=3 stats=true "
+               "stats-blur-score=true")  # fmt: skip
     done = launch(f"{DECODE.format(fmt='RGB')} ! {element} ! fakesink", clip.parent, "-m")
     frames = messages(done.stdout, "reblurdeblur-frame")
     assert done.returncode == 0 and len(frames) == N, done.stdout[-2000:] + done.stderr

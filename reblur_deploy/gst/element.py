@@ -12,10 +12,12 @@ torch, compile, onnxruntime, or an exported ``.onnx`` file or TensorRT ``.engine
 ``tile``, ``tta-steps`` (0 = none; ``Deblurrer(tta_steps=)``, ``--tta``), ``tta-video`` (the
 video mode, default on: carry-over, one step a frame on crops), ``tta-lr``, ``tta-interval``
 (adapt every N-th frame, the frames between run on the carried weights), ``stats`` (an element
-message per frame), ``share`` (one network for every element of the same model). ``tta`` is
-the old name of ``tta-steps``, kept for one release with a GStreamer warning. Properties are
-checked and the networks loaded when the element goes to READY, before any element opens a
-file: a bad property or model is one GStreamer error line and leaves nothing behind.
+message per frame; ``stats-blur-score`` adds MR's blur score), ``share`` (one network for
+every element of the same model). ``tta`` is the old name of ``tta-steps``, kept for one
+release with a GStreamer warning. Properties are checked and the networks loaded when the
+element goes to READY; ``reblur-gst-launch`` checks the same properties before the pipeline
+starts (sinks open their files at READY too): a bad property or model is one error line and
+leaves nothing behind.
 
 Live pipelines (docs/DEPLOY.md): QoS is on (GstBaseTransform's ``qos`` property): a buffer that
 the sink's QoS events say is already late is dropped before it is deblurred, and GStreamer
@@ -105,7 +107,13 @@ class ReblurDeblur(GstBase.BaseTransform):
         type=bool,
         default=False,
         blurb="Post a 'reblurdeblur-frame' element message per frame (time stamp, seconds, TTA "
-        "steps and loss, and the blur score when the weights hold MR: one more MR pass)",
+        "steps and loss)",
+    )
+    stats_blur_score = GObject.Property(
+        type=bool,
+        default=False,
+        blurb="Add MR's blur score of each output to the stats messages (one MR pass a frame: "
+        "about 3x unet-lite's inference)",
     )
     share = GObject.Property(
         type=bool,
@@ -314,7 +322,7 @@ class ReblurDeblur(GstBase.BaseTransform):
         fields.set_value("tta-steps", int(steps))
         if stats is not None and stats.losses and stats.losses[0]:
             fields.set_value("tta-loss", float(stats.losses[0][-1]))
-        if self.deblurrer.reblur is not None:
+        if self.stats_blur_score and self.deblurrer.reblur is not None:
             fields.set_value("blur-score", float(blur_score(sharp, self.deblurrer.reblur)))
         self.post_message(Gst.Message.new_element(self, fields))
 
