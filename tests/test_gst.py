@@ -274,8 +274,20 @@ def test_two_streams_share_one_network_and_stay_independent(clip):
         ("reblurdeblur weights=nope", "reblurdeblur: no weight file 'nope'"),
         ("reblurdeblur weights=unet-lite tta-steps=-3", "reblurdeblur: tta-steps must be ≥ 0"),
         ("reblurdeblur weights=unet-lite tta-steps=1 tta-interval=0", "tta-interval must be ≥ 1"),
+        ("reblurdeblur weights=unet-lite backend=fastest", "unknown backend 'fastest'"),
+        ("reblurdeblur weights=unet-lite backend=md.engine", "no exported file 'md.engine'"),
+        ("reblurdeblur weights=unet-lite device=gpu", "invalid device 'gpu'"),
+        ("reblurdeblur weights=unet-lite tta-steps=1 tta-lr=nan", "tta-lr must be a positive"),
     ],
-    ids=["bad weights", "negative steps", "zero interval"],
+    ids=[
+        "bad weights",
+        "negative steps",
+        "zero interval",
+        "unknown backend",
+        "missing engine",
+        "bad device",
+        "nan learning rate",
+    ],
 )
 def test_a_refused_element_leaves_no_output_file(clip, tmp_path, element, expected):
     """Checked when the pipeline starts, before the sink opens its file."""

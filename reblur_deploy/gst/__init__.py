@@ -70,7 +70,8 @@ def check_properties(values: dict[str, object]) -> None:
     properties not given keep their defaults, which are valid."""
     import math
 
-    from ..device import resolve_dtype
+    from ..backends import ALIASES, NAMES
+    from ..device import resolve_device, resolve_dtype
     from ..errors import ConfigError
     from ..weights import resolve
 
@@ -88,9 +89,15 @@ def check_properties(values: dict[str, object]) -> None:
         resolve(str(values["weights"]))
     if "dtype" in values:
         resolve_dtype(str(values["dtype"]))
+    if "device" in values:
+        resolve_device(str(values["device"]))
     backend = str(values.get("backend", "auto"))
-    if backend.endswith((".onnx", ".engine", ".plan")) and not Path(backend).is_file():
-        raise ConfigError(f"no exported file {backend!r} (backend)")
+    if backend.endswith((".onnx", ".engine", ".plan")):
+        if not Path(backend).is_file():
+            raise ConfigError(f"no exported file {backend!r} (backend)")
+    elif backend not in ("auto", *NAMES, *ALIASES):
+        raise ConfigError(f"unknown backend {backend!r}; choose auto, {', '.join(NAMES)}, or "
+                          "an exported .onnx file or TensorRT .engine")  # fmt: skip
 
 
 def launch_properties(args: list[str]) -> list[dict[str, str]]:

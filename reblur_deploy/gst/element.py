@@ -156,8 +156,8 @@ class ReblurDeblur(GstBase.BaseTransform):
         from reblur_deploy import TTAConfig
         from reblur_deploy.gst import check_properties
 
-        names = ("weights", "dtype", "backend", "tile", "tta-steps", "tta", "tta-interval",
-                 "tta-lr")  # fmt: skip
+        names = ("weights", "device", "dtype", "backend", "tile", "tta-steps", "tta",
+                 "tta-interval", "tta-lr")  # fmt: skip
         check_properties({name: self.get_property(name) for name in names})
         steps = self.tta_steps
         if self.tta:
