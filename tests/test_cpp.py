@@ -46,12 +46,17 @@ def program(tmp_path_factory):
     return build / "reblur_deblur"
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "unet-lite.ts"
-    command = [BIN / "reblur-export", "--to", "torchscript", "--weights", "unet-lite", "-o", path]
+def export(tmp_path_factory, target: str, name: str) -> Path:
+    """unet-lite exported with reblur-export --to ``target`` as ``name``."""
+    path = tmp_path_factory.mktemp(target) / name
+    command = [BIN / "reblur-export", "--to", target, "--weights", "unet-lite", "-o", path]
     subprocess.run(command, check=True, capture_output=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return export(tmp_path_factory, "torchscript", "unet-lite.ts")
 
 
 def run(program, *args):
@@ -137,10 +142,7 @@ def test_deploy_md_quotes_the_programs_frame_function():
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "unet-lite.onnx"
-    command = [BIN / "reblur-export", "--to", "onnx", "--weights", "unet-lite", "-o", path]
-    subprocess.run(command, check=True, capture_output=True)
-    return path
+    return export(tmp_path_factory, "onnx", "unet-lite.onnx")
 
 
 def one_error_line(result) -> str:
