@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,onnx,plot]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,onnx,plot,ray]"
 	touch $@
 
 demo: $(STAMP)

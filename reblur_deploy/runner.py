@@ -225,17 +225,10 @@ def run_jobs(
     runner = _Runner(deblurrer, options, progress, log)
     start = time.perf_counter()
     for job in jobs:
-        deblurrer.reset()  # TTA carry-over never crosses from one input to the next
-        deblurrer.video_mode(uses_video_mode(deblurrer, job, options))
-        try:
-            runner.summary.frames += runner.run(job)
-            runner.summary.items += 1
-        except ReblurError as e:
-            runner.summary.failed.append((str(job.sources[0]), str(e)))
-            log(f"error: {e}")
+        runner.run_one(job)
     runner.summary.seconds = time.perf_counter() - start
     if options.report:
-        _write_report(Path(options.report), runner.summary)
+        write_report(Path(options.report), runner.summary)
     return runner.summary
 
 
@@ -288,6 +281,18 @@ class _Runner:
         self.deblurrer, self.options = deblurrer, options
         self.progress, self.log = progress, log
         self.summary = Summary()
+
+    def run_one(self, job: Job) -> None:
+        """One job into the summary; its failure is logged and collected, not raised."""
+        deblurrer = self.deblurrer
+        deblurrer.reset()  # TTA carry-over never crosses from one input to the next
+        deblurrer.video_mode(uses_video_mode(deblurrer, job, self.options))
+        try:
+            self.summary.frames += self.run(job)
+            self.summary.items += 1
+        except ReblurError as e:
+            self.summary.failed.append((str(job.sources[0]), str(e)))
+            self.log(f"error: {e}")
 
     def run(self, job: Job) -> int:
         source, options = job.sources[0], self.options
@@ -435,7 +440,7 @@ class _Runner:
         self.summary.report.append(entry)
 
 
-def _write_report(path: Path, summary: Summary) -> None:
+def write_report(path: Path, summary: Summary) -> None:
     data = {
         "items": summary.items,
         "frames": summary.frames,

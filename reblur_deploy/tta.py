@@ -248,13 +248,16 @@ class TestTimeAdapter:
         self._generator = torch.Generator().manual_seed(self.config.seed)
 
     def reset(self) -> None:
-        """Restore MD's original weights (bit-exactly) and forget the optimizer state."""
+        """Restore MD's original weights (bit-exactly), forget the optimizer state, and start
+        the crops' random sequence again: an input's result must not depend on which inputs
+        came before it (the order differs between a local run and workers of a cluster)."""
         with torch.no_grad():
             for key, value in self.md.state_dict().items():
                 value.copy_(self._original[key])
         self._optimizer = None
         self._previous_frame = None
         self._carried = 0
+        self._generator.manual_seed(self.config.seed)
 
     def __call__(
         self, blurry: torch.Tensor, *, steps: int | None = None, crop: int | None = None

@@ -391,3 +391,14 @@ def test_an_interval_adapts_every_nth_carried_frame_and_runs_the_rest_as_carried
         assert torch.equal(out.image, md(frame).clamp(0, 1))
     with pytest.raises(ConfigError, match="interval"):
         TTAConfig(interval=0)
+
+
+def test_an_input_adapts_the_same_whatever_came_before_it(frame, md, mr):
+    """Crop TTA's random crops start again at every reset (a new input): a local run and the
+    workers of a cluster, which see the inputs in other orders, give the same results."""
+    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=2, crop=32, crops=2, lr=1e-3))
+    first = adapter(frame).image
+    adapter.reset()
+    adapter(frame.flip(-1))  # another input first
+    adapter.reset()
+    assert torch.equal(adapter(frame).image, first)

@@ -202,6 +202,17 @@ def _terminate(signum, frame):
 )
 @click.option("--shard", default=None, help="I/N: process every N-th input starting at I.")
 @click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    help="Run on a Ray cluster: the one at ADDRESS (e.g. ray://head:10001 or auto), or without "
+    "one a local cluster started for the run (pip install 'reblur-deploy[ray]').",
+)
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="Ray actors, each holding one model [default: one per CPU of the cluster].")
+@click.option(
     "--report",
     type=click.Path(dir_okay=False),
     default=None,
@@ -213,7 +224,7 @@ def _terminate(signum, frame):
 def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backend, onnx_file,
          engine_file, batch_size, tta_steps, tta_video, tile, tile_overlap, max_memory,
          side_by_side, start, end, allow_truncated, fps, codec, crf, preset, quality,
-         pix_fmt, shard, report, quiet, verbose, **tta):  # fmt: skip
+         pix_fmt, shard, ray_address, ray_workers, report, quiet, verbose, **tta):  # fmt: skip
     """Deblur images, folders, globs and videos.
 
     \b
@@ -237,7 +248,8 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
     if not jobs:  # --skip-existing found every output
         click.echo("nothing to do: every output exists (--skip-existing)", err=True)
         return
-    device = resolve_device(_device(device))
+    device_name = _device(device)  # as given: each Ray worker resolves its own
+    device = resolve_device(device_name)
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     tta_setting = tta_config(tta_steps, tta)
     if tta_video and tta_setting is None:
@@ -245,12 +257,16 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
     weights = _weights(weights, device, onnx_file, engine_file, say)
     counts = [count_frames(job, options) for job in jobs]
     backend = backend or _default_backend(device, tta_setting, jobs, counts, say)
-    deblurrer = Deblurrer(
-        weights, device=device, dtype=dtype, tta=tta_setting,
-        batch_size=batch_size, tile=tile, tile_overlap=tile_overlap,
-        max_memory=max_memory,
-        backend=backend, backend_options=_backend_options(backend, onnx_file, engine_file),
+    settings = dict(
+        weights=weights, dtype=dtype, tta=tta_setting, batch_size=batch_size, tile=tile,
+        tile_overlap=tile_overlap, max_memory=max_memory, backend=backend,
+        backend_options=_backend_options(backend, onnx_file, engine_file),
     )  # fmt: skip
+    if ray_address is not None:
+        settings["device"] = device_name
+        _run_on_ray(jobs, options, settings, ray_address, ray_workers, counts, output, quiet)
+        return
+    deblurrer = Deblurrer(device=device, **settings)
     if tta_video is None and any(uses_video_mode(deblurrer, job, options) for job in jobs):
         say("TTA of videos: the video mode (--tta-per-frame for Algorithm A on every frame)")
     with progress_bar(None if None in counts else sum(counts), quiet) as bar:
@@ -258,6 +274,19 @@ def main(inputs, output, overwrite, skip_existing, weights, device, dtype, backe
             deblurrer, jobs, options, bar.update, lambda m: bar.write(m, file=sys.stderr)
         )
     _finish(summary, jobs, output, quiet, deblurrer.backend.describe())
+
+
+def _run_on_ray(jobs, options, settings: dict, address: str, workers, counts, output,
+                quiet: bool) -> None:  # fmt: skip
+    """--ray: the planned jobs on a Ray cluster (reblur_deploy.cluster), one progress bar."""
+    from ..cluster import run_on_ray
+    from ..weights import resolve
+
+    resolve(settings["weights"])  # a bad name fails here, not on every worker
+    with progress_bar(None if None in counts else sum(counts), quiet) as bar:
+        summary = run_on_ray(jobs, options, settings, address or None, workers, bar.update,
+                             lambda m: bar.write(m, file=sys.stderr))  # fmt: skip
+    _finish(summary, jobs, output, quiet, "on Ray")
 
 
 def _stop_cleanly_on_signals() -> None:
