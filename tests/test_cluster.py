@@ -166,3 +166,27 @@ def test_without_ray_the_option_says_what_to_install(tmp_path, data_dir):
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --ray needs Ray Data: pip install 'reblur-deploy[ray]' (Ray Data)"
     )
+
+
+@pytest.mark.slow
+def test_a_ray_dataset_of_images_is_deblurred_by_a_pool_of_models(cluster, inputs, monkeypatch):
+    """deblur_dataset: a program's own Ray Dataset, its image column deblurred by actors that
+    each hold a Deblurrer, equal to the Deblurrer run here."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # before Ray reads its settings
+    import ray
+
+    from reblur_deploy import Deblurrer
+    from reblur_deploy.cluster import deblur_dataset
+
+    images = [read_image(p) for p in sorted(inputs.glob("*.png"))]
+    ray.init(address=cluster, logging_level="ERROR", log_to_driver=False)
+    try:
+        dataset = ray.data.from_items([{"image": image, "n": i} for i, image in enumerate(images)])
+        rows = sorted(deblur_dataset(dataset, workers=2, weights="unet-lite").take_all(),
+                      key=lambda row: row["n"])  # fmt: skip
+    finally:
+        ray.shutdown()
+    expected = Deblurrer("unet-lite", device="cpu", batch_size=4).run_arrays(images)
+    assert [row["n"] for row in rows] == list(range(len(images)))
+    for row, image in zip(rows, expected, strict=True):
+        assert np.abs(row["image"].astype(int) - image.astype(int)).max() <= 1
