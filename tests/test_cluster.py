@@ -130,8 +130,11 @@ def test_a_killed_worker_loses_nothing_and_writes_nothing_twice(cluster, inputs,
         found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
         if found.split():
             time.sleep(0.5)  # in its first job (the model loads, then TTA's steps)
-            killed = int(found.split()[0])
-            os.kill(killed, signal.SIGKILL)
+            try:
+                os.kill(int(found.split()[0]), signal.SIGKILL)
+                killed = int(found.split()[0])
+            except ProcessLookupError:  # it ended meanwhile: look again
+                pass
         time.sleep(0.2)
     _, err = child.communicate(timeout=600)
     assert killed is not None and child.returncode == 0, err
