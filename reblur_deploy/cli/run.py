@@ -210,8 +210,12 @@ def _terminate(signum, frame):
     help="Run on a Ray cluster: the one at ADDRESS (e.g. ray://head:10001 or auto), or without "
     "one a local cluster started for the run (pip install 'reblur-deploy[ray]').",
 )
-@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
-              help="Ray actors, each holding one model [default: one per CPU of the cluster].")
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ray actors, each holding one model [default: one per CPU of the cluster].",
+)
 @click.option(
     "--report",
     type=click.Path(dir_okay=False),
