@@ -76,7 +76,8 @@ class JobWorker:
         self.deblurrer = Deblurrer(**deblurrer)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows: dict[str, list] = {"job": [], "items": [], "frames": [], "failed": [], "report": []}
+        rows: dict[str, list] = {"job": [], "items": [], "frames": [], "failed": [], "report": [],
+                                 "said": []}  # fmt: skip
         for text in batch["job"]:
             job = _decode(str(text))
             said: list[str] = []
@@ -91,6 +92,7 @@ class JobWorker:
             rows["frames"].append(summary.frames)
             rows["failed"].append(json.dumps(summary.failed))
             rows["report"].append(json.dumps(summary.report))
+            rows["said"].append(json.dumps(said))  # its warnings and error line, for the driver
         return rows
 
 
@@ -134,10 +136,10 @@ def run_on_ray(
         for row in results.iter_rows():
             summary.items += row["items"]
             summary.frames += row["frames"]
-            for source, reason in json.loads(row["failed"]):
-                summary.failed.append((source, reason))
-                log(f"error: {reason}")
+            summary.failed += [tuple(failure) for failure in json.loads(row["failed"])]
             summary.report += json.loads(row["report"])
+            for line in json.loads(row["said"]):
+                log(line)
             progress(row["frames"])
         summary.seconds = time.perf_counter() - start
     finally:
