@@ -172,6 +172,7 @@ def test_without_ray_the_option_says_what_to_install(tmp_path, data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside Ray Data's context
 def test_a_ray_dataset_of_images_is_deblurred_by_a_pool_of_models(cluster, inputs, monkeypatch):
     """deblur_dataset: a program's own Ray Dataset, its image column deblurred by actors that
     each hold a Deblurrer, equal to the Deblurrer run here."""
