@@ -204,6 +204,7 @@ def _terminate(signum, frame):
 @click.option(
     "--ray",
     "ray_address",
+    metavar="[ADDRESS]",
     is_flag=False,
     flag_value="",
     default=None,
