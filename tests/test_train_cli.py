@@ -217,7 +217,8 @@ def test_package_stores_float16_checks_the_outputs_and_keeps_provenance(tmp_path
 def test_a_campaign_session_trains_the_leader_then_brings_the_twin_to_its_iteration(
     tmp_path, pairs
 ):
-    """python -m train.campaign: two members, one session, then a second with nothing left."""
+    """python -m train.campaign: a stage, then two members from its weights in one session;
+    a second session with nothing left."""
     campaign = tmp_path / "tiny.toml"
     campaign.write_text(
         f"""[common]
@@ -231,10 +232,15 @@ batch_size = 2
 checkpoint_every = 2
 device = "cpu"
 tensorboard = "off"
+[stages.base]
+mode = "baseline"
+iters = 2
 [members.joint]
 mode = "joint"
+init = "@base"
 [members.l1]
 mode = "baseline"
+init = "@base"
 """
     )
     tool = (sys.executable, "-m", "train.campaign")
@@ -243,10 +249,12 @@ mode = "baseline"
         assert result.returncode == 0, result.stderr
     folder = tmp_path / "tiny"
     ledger = [json.loads(line) for line in (folder / "ledger.jsonl").read_text().splitlines()]
-    assert [sorted(s["members"]) for s in ledger] == [["joint", "l1"], ["joint"]]
+    assert [sorted(s["members"]) for s in ledger] == [["joint", "l1", "stages/base"], ["joint"]]
+    assert ledger[0]["members"]["stages/base"]["to"] == 2
     first = ledger[0]["members"]
     assert first["joint"]["to"] == first["l1"]["to"] == 4 and first["joint"]["cpu_s"] > 0
     assert ledger[1]["members"]["joint"] == {**ledger[1]["members"]["joint"], "from": 4, "to": 4}
     for member, mode in (("joint", "joint"), ("l1", "baseline")):
         provenance = load_weights(folder / member / "last.safetensors").metadata["provenance"]
         assert provenance["config"]["mode"] == mode
+        assert provenance["init"]["weights"] == str(folder / "stages" / "base" / "last.safetensors")

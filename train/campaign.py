@@ -14,8 +14,14 @@ from there. The campaign file (TOML) holds the options every member shares and e
     [members.l1]              # the others follow it to the same iteration
     mode = "baseline"
     init = "unet-lite-l1"
+    [score]                   # optional: where the held-out pairs are (quality_bar.py --data)
+    data = ["runs/x4/gopro", "runs/x4/gopro_more"]
 
-Member NAME's run folder is ``<FILE without .toml>/NAME``. After training,
+A campaign may begin with stages (``[stages.NAME]``, e.g. an L1 model, then MR alone): each is
+trained to its last iteration, in order, before any member starts, and ``init = "@NAME"`` (in a
+stage or a member) starts from that stage's final weights, which are committed with the
+campaign. Member NAME's run folder is ``<FILE without .toml>/NAME``, a stage's
+``<FILE without .toml>/stages/NAME``. After training,
 ``scripts/quality_bar.py`` scores the leader against the second member on the held-out frames
 and one JSON line (iteration, CPU-hours so far, the figures) is appended to
 ``<folder>/curve.jsonl``: the learning curve of docs/TRAINING.md. ``<folder>/ledger.jsonl``
@@ -79,6 +85,28 @@ def run_member(out: Path, options: dict, stop: list[str], log) -> dict:
     }
 
 
+def with_init(options: dict, folder: Path) -> dict:
+    """``init = "@NAME"`` → the final weights of stage NAME."""
+    init = options.get("init")
+    if isinstance(init, str) and init.startswith("@"):
+        return {**options, "init": str(folder / "stages" / init[1:] / "last.safetensors")}
+    return options
+
+
+def run_stages(folder: Path, spec: dict, deadline: float, log, record: dict) -> bool:
+    """Trains the stages in order, each to its end, within the budget; True when all are done."""
+    for name, own in spec.get("stages", {}).items():
+        out = folder / "stages" / name
+        options = with_init({**spec.get("common", {}), **own}, folder)
+        left = (deadline - time.time()) / 60
+        if iteration(out) < options["iters"] and left >= 1:
+            stop = ["--stop-after", f"{left:.1f}"]
+            record["members"][f"stages/{name}"] = run_member(out, options, stop, log)
+        if iteration(out) < options["iters"]:
+            return False
+    return True
+
+
 def cpu_hours(folder: Path) -> float:
     ledger = folder / "ledger.jsonl"
     if not ledger.exists():
@@ -87,14 +115,15 @@ def cpu_hours(folder: Path) -> float:
     return sum(m["cpu_s"] for s in sessions for m in s["members"].values()) / 3600
 
 
-def score(folder: Path, lead: str, twin: str, log) -> dict:
+def score(folder: Path, lead: str, twin: str, data: list[str], log) -> dict:
     """The quality bar of the leader against its twin, as a dict."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bar.json"
         weights = [str(folder / name / "last.safetensors") for name in (lead, twin)]
+        where = [arg for d in data for arg in ("--data", d)]
         subprocess.run(
             [sys.executable, "scripts/quality_bar.py", "--weights", weights[0],
-             "--baseline", weights[1], "--json", str(out)],
+             "--baseline", weights[1], "--json", str(out), *where],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
         return json.loads(out.read_text()) if out.exists() else {}
@@ -116,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.time() + args.minutes * 60
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(), "members": {}}
     with open(args.log or folder / "session.log", "a") as log:
-        for rank, name in enumerate(members):
-            options = {**spec.get("common", {}), **spec["members"][name]}
+        ready = run_stages(folder, spec, deadline, log, record)
+        for rank, name in enumerate(members if ready else []):
+            options = with_init({**spec.get("common", {}), **spec["members"][name]}, folder)
             left = (deadline - time.time()) / 60
             if rank == 0:
                 stop = ["--stop-after", f"{max(1.0, left * LEAD_SHARE):.1f}"]
@@ -130,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             log.flush()
         with open(folder / "ledger.jsonl", "a") as ledger:
             ledger.write(json.dumps(record) + "\n")
-        if not args.no_score and len(members) > 1:
+        if ready and not args.no_score and len(members) > 1:
             lead, twin = members[:2]
-            figures = score(folder, lead, twin, log)
+            figures = score(folder, lead, twin, spec.get("score", {}).get("data", []), log)
             point = {"iteration": iteration(folder / lead),
                      "twin_iteration": iteration(folder / twin),
                      "cpu_hours": round(cpu_hours(folder), 3), "date": record["date"],
