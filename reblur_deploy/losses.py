@@ -13,6 +13,21 @@ from torch import nn
 
 from .io.arrays import array_to_tensor
 
+# The scale at which MR judges an image (the blur score and TTA's loss): a copy shrunk ×2 by
+# area averaging. MR's receptive field is 25 pixels (n = 2) and GOPRO's blur at 720p is often
+# longer; at full resolution such a blurry frame looks smooth, not blurred, to MR, and what a
+# TTA step sharpens raises MR's change. Halved, the blur fits: the bundled MR ranks blurry >
+# deblurred > sharp on 7 of 7 GOPRO frames (2 of 7 at full resolution), and TTA's steps lower
+# the loss they minimise (docs/TTA.md, "The scale MR judges at").
+BLUR_SCALE = 2
+
+
+def shrink(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """``image`` (N×C×H×W) shrunk by the integer ``scale`` by area averaging (edge rows and
+    columns that do not fill a block are left out); unchanged at scale 1."""
+    scale = min(scale, *image.shape[-2:])
+    return F.avg_pool2d(image, scale) if scale > 1 else image
+
 
 def l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(prediction, target)
@@ -36,28 +51,34 @@ def reblur_loss(mr: nn.Module, deblurred: torch.Tensor, sharp: torch.Tensor) -> 
 
 
 def self_supervised_loss(
-    mr: nn.Module, deblurred: torch.Tensor, per_image: bool = False
+    mr: nn.Module, deblurred: torch.Tensor, per_image: bool = False, scale: int = BLUR_SCALE
 ) -> torch.Tensor:
-    """|MR(L) − L*| with L* = L without gradient: the test-time loss (lower = sharper).
+    """|MR(L) − L*| with L* = L without gradient: the test-time loss (lower = sharper), on L
+    shrunk by ``scale`` (``BLUR_SCALE``; 1 = the paper's full resolution).
 
     ``per_image=True`` returns one value per image (N,) instead of the batch mean.
     """
+    deblurred = shrink(deblurred, scale)
     error = (mr(deblurred) - deblurred.detach()).abs()
     return error.flatten(1).mean(1) if per_image else error.mean()
 
 
-def blur_score(image: torch.Tensor | np.ndarray, mr: nn.Module) -> torch.Tensor | float:
-    """A no-reference blurriness figure: the self-supervised reblurring loss per image.
+def blur_score(
+    image: torch.Tensor | np.ndarray, mr: nn.Module, scale: int = BLUR_SCALE
+) -> torch.Tensor | float:
+    """A no-reference blurriness figure: the self-supervised reblurring loss per image, MR
+    judging a copy shrunk by ``scale`` (``BLUR_SCALE``).
 
     ``image`` is an N×3×H×W tensor in [0, 1] (returns N values) or one uint8/uint16 image array
     (returns a float). Lower = sharper, 0 = MR leaves the image unchanged; comparable only
-    between images scored by the same MR.
+    between images scored by the same MR at the same scale.
     """
     if isinstance(image, np.ndarray):
-        return blur_score(array_to_tensor(image)[0], mr).item()
+        return blur_score(array_to_tensor(image)[0], mr, scale).item()
     param = next(mr.parameters())
     with torch.no_grad():
-        return self_supervised_loss(mr, image.to(param.device, param.dtype), per_image=True).float()
+        image = image.to(param.device, param.dtype)
+        return self_supervised_loss(mr, image, per_image=True, scale=scale).float()
 
 
 def reblur_module_losses(

@@ -10,7 +10,11 @@ Algorithm A, for one blurry image B, deblurring module MD and frozen reblurring 
 MD is then restored, so one image never influences the next. The step-1 forward pass is MD(B)
 with the initial weights, so L0 costs nothing extra.
 
-Variants (all off by default, so the defaults are Algorithm A):
+One departure by default, ``scale``: MR judges MD(B) shrunk ×2 by area averaging
+(``losses.BLUR_SCALE``; ``scale=1`` is the paper's full resolution), where the blur of a 720p
+camera frame fits MR's receptive field; see ``losses.BLUR_SCALE`` and docs/TTA.md.
+
+Variants (all off by default, so the defaults are otherwise Algorithm A):
 
 * ``crop``/``crops``: each step adapts on ``crops`` random crops instead of the whole
   frame; the whole frame is inferred without gradient for LN, and for L0 where LN is matched
@@ -75,7 +79,7 @@ from torch import nn
 from .device import autocast, frozen, memory_format
 from .errors import ConfigError, InputError
 from .histmatch import match_histograms
-from .losses import self_supervised_loss
+from .losses import BLUR_SCALE, self_supervised_loss
 from .padding import pad_to_multiple
 
 SCENE_CUT_BINS = 32
@@ -100,6 +104,7 @@ class TTAConfig:
 
     steps: int = 5
     lr: float = 3e-6
+    scale: int = BLUR_SCALE
     crop: int | None = None
     crops: int = 4
     crop_area: float | None = None
@@ -118,8 +123,8 @@ class TTAConfig:
     def __post_init__(self):
         if self.histmatch not in ("exact", "fast"):
             raise ConfigError(f"TTA histmatch must be 'exact' or 'fast', got {self.histmatch!r}")
-        if self.steps < 0 or self.lr <= 0 or self.crops < 1:
-            raise ConfigError("TTA needs steps ≥ 0, lr > 0 and crops ≥ 1")
+        if self.steps < 0 or self.lr <= 0 or self.crops < 1 or self.scale < 1:
+            raise ConfigError("TTA needs steps ≥ 0, lr > 0, crops ≥ 1 and scale ≥ 1")
         if self.crop is not None and self.crop < 1:
             raise ConfigError(f"TTA crop size must be ≥ 1, got {self.crop}")
         if self.crop_area is not None and not 0 < self.crop_area <= 1:
@@ -398,7 +403,7 @@ class TestTimeAdapter:
                 output, loss = step.forward_loss(x)
             else:
                 output = self._forward(x)
-                loss = self_supervised_loss(self.mr, output)
+                loss = self_supervised_loss(self.mr, output, scale=self.config.scale)
             if crop is None:
                 latest = output.detach()
                 initial = latest if initial is None else initial  # one tensor: not matched
@@ -453,7 +458,7 @@ class TestTimeAdapter:
 
     def _compiled_step(self) -> _CompiledStep:
         if self._compiled is None:
-            self._compiled = _CompiledStep(self.md, self.mr, self.config.lr, self.config.amp_dtype)
+            self._compiled = _CompiledStep(self.md, self.mr, self.config)
         return self._compiled
 
     def _mr_kernels(self, blurry: torch.Tensor):
@@ -480,15 +485,15 @@ class _CompiledStep:
     sees a new optimizer (which would recompile).
     """
 
-    def __init__(self, md: nn.Module, mr: nn.Module, lr: float, amp_dtype: torch.dtype | None):
-        self.md, self.mr, self.amp_dtype = md, mr, amp_dtype
+    def __init__(self, md: nn.Module, mr: nn.Module, config: TTAConfig):
+        self.md, self.mr, self.amp_dtype, self.scale = md, mr, config.amp_dtype, config.scale
         self.device = next(self.md.parameters()).device
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             self.md.to(memory_format=torch.channels_last)
             self.mr.to(memory_format=torch.channels_last)
         params = [p for p in self.md.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=lr, capturable=self.cuda)
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, capturable=self.cuda)
         for p in params:  # the state Adam would create at its first step, created now
             self.optimizer.state[p] = {
                 "step": torch.zeros((), device=p.device if self.cuda else "cpu"),
@@ -508,7 +513,7 @@ class _CompiledStep:
     def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(x.device, self.amp_dtype):
             output = self.md(x).float()
-        return output, self_supervised_loss(self.mr, output)
+        return output, self_supervised_loss(self.mr, output, scale=self.scale)
 
     def _step(self) -> None:
         self.optimizer.step()

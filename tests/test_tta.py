@@ -57,14 +57,16 @@ def same_weights(module, saved):
 def test_algorithm_a_lowers_the_self_supervised_loss(frame, md, mr):
     """Five steps lower |MR(MD(B)) − L*| with the target L* = L0 held, the objective Algorithm A
     descends. (Recomputing L* from the adapted output moves the target too; with a random MR,
-    which has not learnt to leave sharp images alone, that loss may go either way.)"""
+    which has not learnt to leave sharp images alone, that loss may go either way.) MR judges
+    the outputs shrunk by the config's scale."""
+    config = TTAConfig(steps=5, carry=0)  # carry: the adapter keeps the adapted weights
+    assert config.scale == losses.BLUR_SCALE == 2
     with torch.no_grad():
-        initial = md(frame)
+        initial = losses.shrink(md(frame), config.scale)
         before = losses.l1(mr(initial), initial).item()
-    adapter = TestTimeAdapter(md, mr, TTAConfig(steps=5, carry=0))  # keeps the weights
-    stats = adapter(frame).stats
+    stats = TestTimeAdapter(md, mr, config)(frame).stats
     with torch.no_grad():
-        after = losses.l1(mr(md(frame)), initial).item()
+        after = losses.l1(mr(losses.shrink(md(frame), config.scale)), initial).item()
     assert stats.steps == [5]
     assert stats.losses[0][0] == pytest.approx(before, rel=1e-5)
     assert after < (1 - 1e-3) * before  # far beyond float32 noise

@@ -207,6 +207,10 @@ _TTA_DEFAULTS = TTAConfig()
 # --tta-NAME → TTAConfig(NAME=...): (click type, help). --tta itself is tta_steps_option.
 _TTA_OPTIONS = {
     "lr": (POSITIVE, "Adam learning rate of the TTA steps."),
+    "scale": (
+        click.IntRange(min=1),
+        "MR judges the output shrunk by this factor (1 = full resolution, the paper's).",
+    ),
     "crop": (click.IntRange(min=1), "Adapt on random crops of this size, not the whole frame."),
     "crops": (click.IntRange(min=1), "Crops per step with --tta-crop (unless --tta-crop-area)."),
     "crop_area": (
