@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reblur_deploy import Deblurrer, blur_score, load_weights
+from reblur_deploy import Deblurrer, TTAConfig, blur_score, load_weights
 from reblur_deploy.eval import measure
 from reblur_deploy.io import array_to_tensor, read_image, write_image
 from reblur_deploy.io.pairs import list_images, paired_data
@@ -51,11 +51,12 @@ def held_out(weights: str, folders: list[Path]) -> list:
     return found
 
 
-def measure_row(images: list[np.ndarray], sharp: list[np.ndarray], mr) -> dict[str, np.ndarray]:
+def measure_row(images: list[np.ndarray], sharp: list[np.ndarray], mr, scale: int
+                ) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-image PSNR, SSIM, NIQE (as reblur-eval measures them) and blur score under ``mr``."""
     values = [measure(x, s) for x, s in zip(images, sharp, strict=True)]
     row = {key: np.array([v[key] for v in values]) for key in ("psnr", "ssim", "niqe")}
-    row["blur"] = np.array([blur_score(x, mr) for x in images])
+    row["blur"] = np.array([blur_score(x, mr, scale) for x in images])
     return row
 
 
@@ -111,12 +112,13 @@ def judge(table, figures, min_gain: float, steps: int) -> list[tuple[str, bool, 
     ]  # fmt: skip
 
 
-def real_photos_line(folder: Path, label: str, model, adapted, steps: int) -> str:
+def real_photos_line(folder: Path, label: str, model, adapted, steps: int, scale: int) -> str:
     """TTA's effect on photos without ground truth: NIQE and blur score before → after."""
     photos = [read_image(path) for path in list_images(folder).values()]
     before, after = [model(x) for x in photos], [adapted(x) for x in photos]
     n_b, n_a = (np.array([measure(x, None)["niqe"] for x in xs]) for xs in (before, after))
-    s_b, s_a = (np.array([blur_score(x, model.reblur) for x in xs]) for xs in (before, after))
+    s_b, s_a = (np.array([blur_score(x, model.reblur, scale) for x in xs])
+                for xs in (before, after))  # fmt: skip
     return (
         f"Real photos without ground truth ({len(photos)}, {folder.name}), {label} before → "
         f"after TTA {steps}: NIQE {n_b.mean():.3f} → {n_a.mean():.3f} (lower on "
@@ -154,6 +156,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline", default="unet-lite-l1", help="its L1-only twin")
     parser.add_argument("--min-gain", type=float, default=1.5, help="bar 1, dB over the input")
     parser.add_argument("--tta", type=int, default=5, help="TTA steps of the last row")
+    parser.add_argument("--tta-lr", type=float, default=TTAConfig.lr, help="their learning rate")
+    parser.add_argument("--scale", type=int, default=TTAConfig.scale,
+                        help="MR judges images shrunk by this (blur score, TTA)")  # fmt: skip
     parser.add_argument("--real", type=Path, help="also TTA on these photos without ground truth")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     parser.add_argument("--json", type=Path, help="also write the figures and bars as JSON here")
@@ -169,7 +174,8 @@ def main() -> int:
     blurry = [read_image(pair.source) for pair in pairs]
     sharp = [read_image(pair.gt) for pair in pairs]
     model = Deblurrer(args.weights, device="cpu")
-    adapted = Deblurrer(args.weights, device="cpu", tta_steps=args.tta)
+    tta = TTAConfig(steps=args.tta, lr=args.tta_lr, scale=args.scale)
+    adapted = Deblurrer(args.weights, device="cpu", tta=tta)
     label = Path(args.weights).stem  # a bundled name stays as it is
     model_label = f"L1 + L_Reblur ({label})"
     baseline_label = f"L1 baseline ({Path(args.baseline).stem})"
@@ -177,15 +183,17 @@ def main() -> int:
     labels = dict(zip(ROWS, ("blurry input", baseline_label, model_label, tta_label), strict=True))
     outputs = {"input": blurry, "baseline": Deblurrer(args.baseline, device="cpu")(blurry),
                "model": model(blurry), "tta": [adapted(x) for x in blurry]}  # fmt: skip
-    table = {key: measure_row(images, sharp, model.reblur) for key, images in outputs.items()}
+    table = {key: measure_row(images, sharp, model.reblur, args.scale)
+             for key, images in outputs.items()}  # fmt: skip
     tensors = [[array_to_tensor(x)[0] for x in xs] for xs in (outputs["model"], sharp, blurry)]
-    figures = summarize([mr_figures(model.reblur, *t) for t in zip(*tensors, strict=True)])
+    figures = summarize([mr_figures(model.reblur, *t, scale=args.scale)
+                         for t in zip(*tensors, strict=True)])  # fmt: skip
     bars = judge(table, figures, args.min_gain, args.tta)
     lines = table_lines(names, label, labels, table, figures)
     lines += ["", "| bar | result | numbers |", "|---|---|---|"]
     lines += [f"| {name} | {'PASS' if ok else 'FAIL'} | {numbers} |" for name, ok, numbers in bars]
     if args.real:
-        lines += ["", real_photos_line(args.real, label, model, adapted, args.tta)]
+        lines += ["", real_photos_line(args.real, label, model, adapted, args.tta, args.scale)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

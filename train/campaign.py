@@ -14,8 +14,8 @@ from there. The campaign file (TOML) holds the options every member shares and e
     [members.l1]              # the others follow it to the same iteration
     mode = "baseline"
     init = "unet-lite-l1"
-    [score]                   # optional: where the held-out pairs are (quality_bar.py --data)
-    data = ["runs/x4/gopro", "runs/x4/gopro_more"]
+    [score]                   # optional: more arguments of scripts/quality_bar.py
+    args = ["--data", "runs/x4/gopro", "--scale", "1"]
 
 A campaign may begin with stages (``[stages.NAME]``, e.g. an L1 model, then MR alone): each is
 trained to its last iteration, in order, before any member starts, and ``init = "@NAME"`` (in a
@@ -115,15 +115,14 @@ def cpu_hours(folder: Path) -> float:
     return sum(m["cpu_s"] for s in sessions for m in s["members"].values()) / 3600
 
 
-def score(folder: Path, lead: str, twin: str, data: list[str], log) -> dict:
+def score(folder: Path, lead: str, twin: str, extra: list[str], log) -> dict:
     """The quality bar of the leader against its twin, as a dict."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bar.json"
         weights = [str(folder / name / "last.safetensors") for name in (lead, twin)]
-        where = [arg for d in data for arg in ("--data", d)]
         subprocess.run(
             [sys.executable, "scripts/quality_bar.py", "--weights", weights[0],
-             "--baseline", weights[1], "--json", str(out), *where],
+             "--baseline", weights[1], "--json", str(out), *extra],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
         return json.loads(out.read_text()) if out.exists() else {}
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             ledger.write(json.dumps(record) + "\n")
         if ready and not args.no_score and len(members) > 1:
             lead, twin = members[:2]
-            figures = score(folder, lead, twin, spec.get("score", {}).get("data", []), log)
+            figures = score(folder, lead, twin, spec.get("score", {}).get("args", []), log)
             point = {"iteration": iteration(folder / lead),
                      "twin_iteration": iteration(folder / twin),
                      "cpu_hours": round(cpu_hours(folder), 3), "date": record["date"],

@@ -35,13 +35,18 @@ def mr_report(metrics: dict[str, float]) -> str | None:
 
 
 def mr_figures(
-    mr: nn.Module, output: torch.Tensor, sharp: torch.Tensor, blurry: torch.Tensor
+    mr: nn.Module,
+    output: torch.Tensor,
+    sharp: torch.Tensor,
+    blurry: torch.Tensor,
+    scale: int = losses.BLUR_SCALE,
 ) -> dict[str, float]:
-    """One image's MR figures (see ``mr_report``) and its three blur scores, from 1×3×H×W
-    tensors in [0, 1]: the deblurred ``output`` L, the ``sharp`` S and the ``blurry`` B."""
+    """One image's MR figures (see ``mr_report``) and its three blur scores (MR judging at
+    ``scale``), from 1×3×H×W tensors in [0, 1]: the deblurred ``output`` L, the ``sharp`` S and
+    the ``blurry`` B."""
     batch = torch.cat([output, sharp, blurry])
     scores = dict(zip(("blur_output", "blur_sharp", "blur_input"),
-                      losses.blur_score(batch, mr).tolist(), strict=True))  # fmt: skip
+                      losses.blur_score(batch, mr, scale).tolist(), strict=True))  # fmt: skip
     with torch.no_grad():
         reblurred = mr(torch.cat([output, sharp])).float().clamp(0, 1)
     out8, gt8, in8 = to_u8(output), to_u8(sharp), to_u8(blurry)
