@@ -94,16 +94,21 @@ VIDEO_AREA = 0.21
 MAX_CROPS = 8  # bounds the step's memory on 4K and larger frames
 
 
+PAPER_LR = 3e-6  # Algorithm A's Adam rate, chosen for the paper's U-Net
+
+
 @dataclass(frozen=True)
 class TTAConfig:
     """Every TTA option, by the name it has everywhere: ``reblur-run --tta-NAME`` (``--tta``
     for ``steps``), ``TTAConfig(NAME=...)``, ``Deblurrer(tta=TTAConfig(...))``. The defaults are
     the paper's Algorithm A; see the module docstring for each variant. Frozen: a changed
     setting is a new config (``dataclasses.replace``), and a per-call value (the crop of a frame
-    too large to adapt whole) an argument of ``TestTimeAdapter.__call__``."""
+    too large to adapt whole) an argument of ``TestTimeAdapter.__call__``. ``lr`` unset: the
+    rate the weight file recommends (``tta_lr`` in its metadata, measured for each bundled
+    model: docs/MODEL_CARD.md), else the paper's ``PAPER_LR``."""
 
     steps: int = 5
-    lr: float = 3e-6
+    lr: float | None = None
     scale: int = BLUR_SCALE
     crop: int | None = None
     crops: int = 4
@@ -123,7 +128,8 @@ class TTAConfig:
     def __post_init__(self):
         if self.histmatch not in ("exact", "fast"):
             raise ConfigError(f"TTA histmatch must be 'exact' or 'fast', got {self.histmatch!r}")
-        if self.steps < 0 or self.lr <= 0 or self.crops < 1 or self.scale < 1:
+        if self.steps < 0 or (self.lr is not None and not self.lr > 0) or self.crops < 1 \
+                or self.scale < 1:  # fmt: skip
             raise ConfigError("TTA needs steps ≥ 0, lr > 0, crops ≥ 1 and scale ≥ 1")
         if self.crop is not None and self.crop < 1:
             raise ConfigError(f"TTA crop size must be ≥ 1, got {self.crop}")
@@ -240,7 +246,8 @@ class TestTimeAdapter:
         self.md, self.mr = md, mr
         # The gradient-free whole-frame passes (L0 in crop mode, LN); the pipeline tiles them.
         self._full_forward = full_forward or self._forward
-        self.config = config or TTAConfig()
+        config = config or TTAConfig()
+        self.config = config if config.lr else dataclasses.replace(config, lr=PAPER_LR)
         # The steps run in the device's memory format (channels-last on CPUs: 2× a step there)
         self._format = memory_format(next(md.parameters()).device)
         md.to(memory_format=self._format)
@@ -541,7 +548,7 @@ def adapt(
     md: nn.Module,
     mr: nn.Module,
     steps: int = 5,
-    lr: float = 3e-6,
+    lr: float = PAPER_LR,
     **options,
 ) -> torch.Tensor:
     """Algorithm A on an N×3×H×W batch in [0, 1]; returns the adapted, histogram-matched images.

@@ -277,7 +277,7 @@ def test_two_streams_share_one_network_and_stay_independent(clip):
         ("reblurdeblur weights=unet-lite backend=fastest", "unknown backend 'fastest'"),
         ("reblurdeblur weights=unet-lite backend=md.engine", "no exported file 'md.engine'"),
         ("reblurdeblur weights=unet-lite device=gpu", "invalid device 'gpu'"),
-        ("reblurdeblur weights=unet-lite tta-steps=1 tta-lr=nan", "tta-lr must be a positive"),
+        ("reblurdeblur weights=unet-lite tta-steps=1 tta-lr=nan", "tta-lr must be ≥ 0"),
     ],
     ids=[
         "bad weights",

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from reblur_deploy import WeightsError, load_weights, save_weights
+from reblur_deploy import Deblurrer, TTAConfig, WeightsError, load_weights, save_weights
 from reblur_deploy.io import read_image, write_image
 from reblur_deploy.models import build
 from reblur_deploy.train import checkpoint as ckpt
 from reblur_deploy.train.config import TrainConfig
 from reblur_deploy.train.loop import train
 from reblur_deploy.train.package import package
+from reblur_deploy.tta import PAPER_LR
 
 from .conftest import randomized
 from .test_train_data import write_gopro_crops
@@ -211,6 +212,22 @@ def test_package_stores_float16_checks_the_outputs_and_keeps_provenance(tmp_path
     assert packaged["storage"] == "float16" and 0 < packaged["sample_max_abs_diff"] <= 2e-3
     with pytest.raises(WeightsError, match="not a bundled model name"):
         package(str(source), "my-model", fp16=False, tolerance=1e-3, assets=assets)
+
+
+def test_a_packaged_tta_rate_is_the_default_of_tta_and_an_explicit_one_wins(tmp_path):
+    md = randomized(build("unet", widths=[8, 12, 16], n_blocks=1))
+    mr = randomized(build("reblur", n_blocks=1, width=8))
+    source = save_weights(tmp_path / "run.safetensors", {"deblur": md, "reblur": mr})
+    plain = Deblurrer(source, device="cpu", tta_steps=1)
+    assert plain.tta_config.lr == PAPER_LR == 3e-6  # nothing recorded: the paper's
+    with pytest.raises(WeightsError, match="tta-lr must be positive"):
+        package(str(source), "unet-lite", False, 1e-3, assets=tmp_path, tta_lr=0.0)
+    package(str(source), "unet-lite", False, 1e-3, assets=tmp_path, tta_lr=1e-5)
+    packaged = tmp_path / "unet-lite.safetensors"
+    assert load_weights(packaged).metadata["tta_lr"] == 1e-5
+    assert Deblurrer(packaged, device="cpu", tta_steps=1).tta_config.lr == 1e-5
+    explicit = Deblurrer(packaged, device="cpu", tta=TTAConfig(steps=1, lr=2e-6))
+    assert explicit.tta_config.lr == 2e-6
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from reblur_deploy.io import read_image
 from reblur_deploy.metrics import psnr
 from reblur_deploy.models import build
 from reblur_deploy.tta import (
+    PAPER_LR,
     TestTimeAdapter,
     TTAConfig,
     TTAResult,
@@ -297,7 +298,8 @@ def test_deblurrer_takes_one_config_and_the_steps_shorthand(md, mr):
     config = TTAConfig(steps=2, crop=32, histmatch="fast")
     effective = Deblurrer(modules, device="cpu", tta=config).tta_config
     assert (effective.steps, effective.crop, effective.histmatch) == (2, 32, "fast")
-    assert Deblurrer(modules, device="cpu", tta_steps=4).tta_config == TTAConfig(steps=4)
+    shorthand = Deblurrer(modules, device="cpu", tta_steps=4).tta_config
+    assert shorthand == TTAConfig(steps=4, lr=PAPER_LR)  # the rate: these weights name none
     plain = Deblurrer(modules, device="cpu")
     assert plain.tta_config is None and plain.tta_stats is None
     with pytest.raises(ConfigError, match="not both"):

@@ -6,7 +6,8 @@ Writes ``reblur_deploy/assets/weights/<name>.safetensors`` (``name`` must be one
 ``reblur_deploy.weights.BUNDLED``), keeps the run's provenance, and records how the file was
 packaged. ``--fp16`` stores the tensors in float16 (half the size; they load as float32): the
 command deblurs the bundled sample with both files and refuses to write when the outputs differ
-by more than ``--tolerance``.
+by more than ``--tolerance``. ``--tta-lr`` records the TTA learning rate measured for this
+model (``tta_lr``): ``Deblurrer``, ``reblur-run`` and the element use it when no rate is given.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from reblur_deploy.weights import ASSETS, BUNDLED, load_weights, save_weights
 SAMPLE = ASSETS.parent / "samples" / "gopro_blur_00_crop.png"
 
 
-def package(source: str, name: str, fp16: bool, tolerance: float, assets: Path = ASSETS) -> str:
+def package(
+    source: str,
+    name: str,
+    fp16: bool,
+    tolerance: float,
+    assets: Path = ASSETS,
+    tta_lr: float | None = None,
+) -> str:
     if name not in BUNDLED:
         raise WeightsError(f"{name!r} is not a bundled model name ({', '.join(BUNDLED)})")
     loaded = load_weights(source)
@@ -35,8 +43,14 @@ def package(source: str, name: str, fp16: bool, tolerance: float, assets: Path =
     target = Path(assets) / f"{name}.safetensors"
     storage = torch.float16 if fp16 else None
     packaged = {"source_sha256": loaded.sha256, "storage": "float16" if fp16 else "float32"}
+    if "packaged" in loaded.metadata:  # a bundled file packaged again: keep how it was made
+        packaged["repackaged_from"] = loaded.metadata["packaged"]
     modules = {"deblur": loaded.deblur, "reblur": loaded.reblur}
     metadata = {"provenance": loaded.metadata.get("provenance"), "packaged": packaged}
+    if tta_lr is not None:
+        if not tta_lr > 0:
+            raise WeightsError(f"--tta-lr must be positive, got {tta_lr}")
+        metadata["tta_lr"] = tta_lr
     sample, _ = array_to_tensor(read_image(SAMPLE))
     reference = Deblurrer(loaded, device="cpu")(sample)
     with atomic_path(target) as candidate:  # the final name only once the check has passed
@@ -59,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--assets", type=Path, default=ASSETS, help="write here instead of the package's assets"
     )
+    parser.add_argument("--tta-lr", type=float, help="the TTA learning rate measured for it")
     args = parser.parse_args(argv)
     try:
-        print(package(args.source, args.name, args.fp16, args.tolerance, args.assets))
+        print(package(args.source, args.name, args.fp16, args.tolerance, args.assets, args.tta_lr))
     except ReblurError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -206,7 +206,11 @@ def tta_steps_option(default: int = 0, type=None):
 _TTA_DEFAULTS = TTAConfig()
 # --tta-NAME → TTAConfig(NAME=...): (click type, help). --tta itself is tta_steps_option.
 _TTA_OPTIONS = {
-    "lr": (POSITIVE, "Adam learning rate of the TTA steps."),
+    "lr": (
+        POSITIVE,
+        "Adam learning rate of the TTA steps. [default: the rate the weights recommend "
+        "(docs/MODEL_CARD.md), else the paper's 3e-6]",
+    ),
     "scale": (
         click.IntRange(min=1),
         "MR judges the output shrunk by this factor (1 = full resolution, the paper's).",

@@ -60,7 +60,7 @@ _NUMBERS = {  # name → (type, lowest allowed value, what the rule says)
     "tta-steps": (int, 0, "≥ 0"),
     "tta": (int, 0, "≥ 0"),
     "tta-interval": (int, 1, "≥ 1"),
-    "tta-lr": (float, None, "a positive number"),
+    "tta-lr": (float, 0, "≥ 0 (0: the rate the weights recommend)"),
 }
 
 
@@ -82,7 +82,7 @@ def check_properties(values: dict[str, object]) -> None:
             value = kind(values[name])
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be {rule}, got {values[name]!r}") from None
-        bad = not (math.isfinite(value) and value > 0) if lowest is None else value < lowest
+        bad = not math.isfinite(value) or value < lowest
         if bad:
             raise ConfigError(f"{name} must be {rule}, got {values[name]}")
     if values.get("weights"):

@@ -99,7 +99,9 @@ class ReblurDeblur(GstBase.BaseTransform):
     tta_video = GObject.Property(
         type=bool, default=True, blurb="TTA in the video mode (carry-over, a step a frame on crops)"
     )
-    tta_lr = GObject.Property(type=float, default=3e-6, blurb="Adam learning rate of TTA steps")
+    tta_lr = GObject.Property(
+        type=float, default=0.0, blurb="Adam rate of TTA steps (0: the rate the weights recommend)"
+    )
     tta_interval = GObject.Property(
         type=int, default=1, blurb="Video mode: adapt every N-th frame, carry the weights between"
     )
@@ -165,7 +167,7 @@ class ReblurDeblur(GstBase.BaseTransform):
             steps = steps or self.tta
         if not steps:
             return None
-        tta = TTAConfig(steps=steps, lr=self.tta_lr, interval=self.tta_interval)
+        tta = TTAConfig(steps=steps, lr=self.tta_lr or None, interval=self.tta_interval)
         return tta.for_video() if self.tta_video else tta
 
     def _load(self) -> bool:
