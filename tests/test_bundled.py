@@ -12,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from reblur_deploy import Deblurrer, load_weights
+from reblur_deploy import Deblurrer, blur_score, load_weights
 from reblur_deploy.io import read_image
 from reblur_deploy.metrics import psnr
 from reblur_deploy.pipeline import default_weights
@@ -52,6 +52,21 @@ def test_each_bundled_model_is_trained_by_train_main_and_helps_on_its_held_out_p
     model = Deblurrer(name, device="cpu")
     for blurry, sharp in crops:
         assert psnr(model(blurry), sharp) > psnr(blurry, sharp)
+
+
+def test_the_cpu_default_mr_ranks_blurry_over_deblurred_over_sharp_on_held_out_frames(data_dir):
+    """unet-lite's MR, judging at the default scale 1/2, scores each held-out full GOPRO frame
+    blurrier than its deblurred output, and that output blurrier than the sharp frame: what the
+    blur score, L_Reblur and TTA rely on (docs/TTA.md, "The scale MR judges at")."""
+    model = Deblurrer("unet-lite", device="cpu")
+    names = load_weights("unet-lite").metadata["provenance"]["data"]["val_items"]
+    found = [n for n in names if (data_dir / "gopro" / "blur" / n).is_file()]
+    assert len(found) >= 2
+    for item in found:
+        blurry = read_image(data_dir / "gopro" / "blur" / item)
+        sharp = read_image(data_dir / "gopro" / "sharp" / item.replace("blur", "sharp"))
+        scores = [blur_score(x, model.reblur) for x in (blurry, model(blurry), sharp)]
+        assert scores[0] > scores[1] > scores[2], (item, scores)
 
 
 def test_the_bundled_files_stay_small_and_each_device_has_a_default():
