@@ -35,7 +35,7 @@ from .io.arrays import array_to_tensor, swap_red_blue, tensor_to_array
 from .memory import TilePlanner
 from .padding import pad_to_multiple
 from .tiling import run_tiled, tiled_rows
-from .tta import PAPER_LR, TestTimeAdapter, TTAConfig, TTAStats
+from .tta import TestTimeAdapter, TTAConfig, TTAStats, recommended_lr
 from .weights import ASSETS, LoadedWeights, load_weights
 
 RANGE_TOLERANCE = 1e-3  # tensors this far outside [0, 1] are clamped; further out is an error
@@ -218,7 +218,7 @@ class Deblurrer:
             )
         crop = tta.crop if tta.crop is not None else self.tile  # whole frames would not fit
         amp = tta.amp_dtype or self._step_dtype(crop is not None)
-        lr = tta.lr or self.metadata.get("tta_lr") or PAPER_LR  # the model's own rate if unset
+        lr = tta.lr or recommended_lr(self.metadata)  # unset: the weights' own rate
         config = dataclasses.replace(tta, crop=crop, amp_dtype=amp, lr=lr)
         return TestTimeAdapter(self.deblur, self.reblur, config, self._forward)
 

@@ -97,6 +97,11 @@ MAX_CROPS = 8  # bounds the step's memory on 4K and larger frames
 PAPER_LR = 3e-6  # Algorithm A's Adam rate, chosen for the paper's U-Net
 
 
+def recommended_lr(metadata: dict) -> float:
+    """The TTA rate a weight file's metadata records (``tta_lr``), else the paper's."""
+    return metadata.get("tta_lr") or PAPER_LR
+
+
 @dataclass(frozen=True)
 class TTAConfig:
     """Every TTA option, by the name it has everywhere: ``reblur-run --tta-NAME`` (``--tta``

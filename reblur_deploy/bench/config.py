@@ -21,7 +21,8 @@ class BenchConfig:
     sizes: tuple[tuple[int, int], ...] | None = None  # None: per device (see resolve)
     batches: tuple[int, ...] = (1, 4, 8)
     steps: int = 5
-    tta_lr: float = 3e-6  # TTAConfig.lr of the video and drift sections (the paper's by default)
+    tta_lr: float | None = None  # TTAConfig.lr of the video and drift sections (unset: the
+    # rate the weights record, else the paper's)
     repeats: int = 3
     compile: bool = True  # include the torch.compile variants (slow to compile on a CPU)
     backends: tuple[str, ...] = ("eager", "compile", "onnxruntime", "tensorrt")

@@ -31,7 +31,8 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     from ..io.pairs import paired_data
     from ..metrics import psnr
     from ..pipeline import Deblurrer, default_weights
-    from ..tta import TTAConfig
+    from ..tta import TTAConfig, recommended_lr
+    from ..weights import load_weights
 
     if not config.drift:
         return {"rows": [], "notes": ["not measured: no paired sequence given (--drift)"]}
@@ -72,7 +73,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         "size": f"{w}×{h}",
         "weights": str(weights),
         "steps": config.steps,
-        "lr": config.tta_lr,
+        "lr": config.tta_lr or recommended_lr(load_weights(weights).metadata),
         "rows": rows,
         "lowest_db": min(r["video_minus_per_frame"] for r in rows),
         "run_seconds": time.perf_counter() - start,

@@ -88,7 +88,8 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     blur score (under the weights' MR) and flicker (``eval.flicker`` against the inputs) are
     means over all frames."""
     from ..pipeline import Deblurrer, default_weights
-    from ..tta import TTAConfig
+    from ..tta import TTAConfig, recommended_lr
+    from ..weights import load_weights
 
     if not config.video:
         return {"rows": [], "notes": ["not measured: no clip given (--video)"]}
@@ -134,7 +135,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         "size": f"{w}×{h}",
         "weights": str(weights),
         "steps": config.steps,
-        "lr": config.tta_lr,
+        "lr": config.tta_lr or recommended_lr(load_weights(weights).metadata),
         "rows": rows,
         "by_size": by_size,
         "notes": notes,
