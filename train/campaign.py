@@ -93,11 +93,16 @@ def with_init(options: dict, folder: Path) -> dict:
     return options
 
 
+def options_of(spec: dict, table: str, name: str, folder: Path) -> dict:
+    """The train.main options of ``[table.name]``: ``[common]``, then its own, ``@`` resolved."""
+    return with_init({**spec.get("common", {}), **spec[table][name]}, folder)
+
+
 def run_stages(folder: Path, spec: dict, deadline: float, log, record: dict) -> bool:
     """Trains the stages in order, each to its end, within the budget; True when all are done."""
-    for name, own in spec.get("stages", {}).items():
+    for name in spec.get("stages", {}):
         out = folder / "stages" / name
-        options = with_init({**spec.get("common", {}), **own}, folder)
+        options = options_of(spec, "stages", name, folder)
         left = (deadline - time.time()) / 60
         if iteration(out) < options["iters"] and left >= 1:
             stop = ["--stop-after", f"{left:.1f}"]
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.log or folder / "session.log", "a") as log:
         ready = run_stages(folder, spec, deadline, log, record)
         for rank, name in enumerate(members if ready else []):
-            options = with_init({**spec.get("common", {}), **spec["members"][name]}, folder)
+            options = options_of(spec, "members", name, folder)
             left = (deadline - time.time()) / 60
             if rank == 0:
                 stop = ["--stop-after", f"{max(1.0, left * LEAD_SHARE):.1f}"]

@@ -42,7 +42,9 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     blurry = [read_image(p.source) for p in pairs]
     sharp = [read_image(p.gt) for p in pairs]
     weights = config.weights or default_weights(device)
-    algorithm_a = TTAConfig(steps=config.steps, lr=config.tta_lr)
+    # the rate these runs use and the report names: the given one, else the weights' own
+    lr = config.tta_lr or recommended_lr(load_weights(weights).metadata)
+    algorithm_a = TTAConfig(steps=config.steps, lr=lr)
     start = time.perf_counter()
 
     def scores(tta: TTAConfig | None, order: list[int]) -> list[float]:
@@ -73,7 +75,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         "size": f"{w}×{h}",
         "weights": str(weights),
         "steps": config.steps,
-        "lr": config.tta_lr or recommended_lr(load_weights(weights).metadata),
+        "lr": lr,
         "rows": rows,
         "lowest_db": min(r["video_minus_per_frame"] for r in rows),
         "run_seconds": time.perf_counter() - start,

@@ -97,7 +97,9 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
     if len(frames) < 3:
         raise ConfigError(f"{config.video}: the video section needs at least 3 frames")
     weights = config.weights or default_weights(device)
-    algorithm_a = TTAConfig(steps=config.steps, lr=config.tta_lr)
+    # the rate these runs use and the report names: the given one, else the weights' own
+    lr = config.tta_lr or recommended_lr(load_weights(weights).metadata)
+    algorithm_a = TTAConfig(steps=config.steps, lr=lr)
     settings = [
         ("no TTA", None),
         (f"per frame, {config.steps} steps", algorithm_a),
@@ -135,7 +137,7 @@ def measure(device: torch.device, config: BenchConfig, done: dict) -> dict:
         "size": f"{w}×{h}",
         "weights": str(weights),
         "steps": config.steps,
-        "lr": config.tta_lr or recommended_lr(load_weights(weights).metadata),
+        "lr": lr,
         "rows": rows,
         "by_size": by_size,
         "notes": notes,
