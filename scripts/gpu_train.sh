@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: train unet-reblur for a fixed wall-clock budget, package it
-# and measure it against the bundled unet-reblur on the held-out pairs.
+# One call on a lent GPU machine: train unet-reblur from scratch for a fixed wall-clock budget,
+# with its L1 twin, package both and measure them on the held-out pairs.
 #
 #   python scripts/gpu_data.py                      # here, beside ../shared: the data subset
 #   bash scripts/gpu_train.sh OUT_DIR [MINUTES]     # there (default 8 minutes of training)
 #
-# Stages, from the bundled unet-reblur (its MD and MR): --mode mr (MR's warm start on
-# lengthened synthetic blur) for a quarter of the budget, then joint training (L1 + L_Reblur,
-# MR on L_Blur + L_Sharp) for the rest; bf16, channels-last, torch.compile on a GPU. OUT_DIR
-# receives the runs, unet-reblur.safetensors (float16 storage) and quality_bar.md.
+# The campaign's recipe (docs/TRAINING.md), nothing inherited from a bundled file: MD with L1
+# from scratch (40 % of the budget), MR alone on lengthened synthetic blur (10 %), then joint
+# training (L1 + L_Reblur, MR on L_Blur + L_Sharp; 40 %) and, for the same number of iterations,
+# its twin with L1 alone from the same MD (a fraction of a joint iteration's cost), the quality
+# bar's baseline. bf16, channels-last, torch.compile on a GPU. OUT_DIR receives the runs (base,
+# mr, joint, l1), unet-reblur.safetensors (float16 storage) and quality_bar.md.
 # DEVICE=cpu COMPILE=0 runs the same steps on a CPU; the test does, with a tiny budget, small
 # crops (CROP=32 BATCH=2 VAL_CROP=64) and QUALITY=0 (no quality bar: full frames through the
 # paper's U-Net with TTA take minutes on a CPU).
@@ -36,12 +38,16 @@ common=(--device "$device" --amp bf16 --channels-last "$compile" --crop "${CROP:
         --syn-frames 9,25 --syn-shift 24 --syn-rotation 1 --syn-zoom 0.01 --syn-noise 0.01
         --syn-soften 1.0 --mr-blocks 2 --mr-width 64 --no-progress --tensorboard off
         --log-every 20 --checkpoint-every 200 --val-every 400)
-"$bin/python" -m train.main --mode mr --init unet-reblur --lr 1e-3 --minutes "$(split 0.25)" \
-  "${common[@]}" --out "$out/mr"
-"$bin/python" -m train.main --mode joint --init "$out/mr/last.safetensors" --lr 1e-4 \
-  --minutes "$(split 0.75)" "${common[@]}" --out "$out/joint"
+train() { "$bin/python" -m train.main "${common[@]}" "$@"; }
+train --mode baseline --lr 1e-4 --minutes "$(split 0.4)" --out "$out/base"
+train --mode mr --init "$out/base/last.safetensors" --lr 1e-3 --minutes "$(split 0.1)" --out "$out/mr"
+train --mode joint --init "$out/mr/last.safetensors" --lr 1e-4 --minutes "$(split 0.4)" --out "$out/joint"
+# the twin: as many iterations as the joint run made, so that its schedule is the same
+iters="$("$bin/python" -c 'import sys; from reblur_deploy import load_weights
+print(load_weights(sys.argv[1]).metadata["provenance"]["iterations"])' "$out/joint/last.safetensors")"
+train --mode baseline --init "$out/base/last.safetensors" --lr 1e-4 --iters "$iters" --out "$out/l1"
 "$bin/python" -m train.package "$out/joint/last.safetensors" unet-reblur --fp16 --assets "$out"
 [[ "${QUALITY:-1}" == 1 ]] || exit 0
 "$bin/python" scripts/quality_bar.py --weights "$out/unet-reblur.safetensors" \
-  --baseline unet-reblur --min-gain 1.5 --data "$data/val" --tta 5 --out "$out/quality_bar.md" ||
-  echo "gpu_train: a quality bar failed (see $out/quality_bar.md)" >&2
+  --baseline "$out/l1/last.safetensors" --min-gain 1.5 --data "$data/val" --tta 5 \
+  --out "$out/quality_bar.md" || echo "gpu_train: a quality bar failed (see $out/quality_bar.md)" >&2

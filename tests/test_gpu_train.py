@@ -39,10 +39,14 @@ def test_gpu_train_runs_its_stages_and_packages_unet_reblur(tmp_path, gpu_data):
     result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_train.sh"), str(tmp_path), "0.02"],
                             capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    for stage in ("mr", "joint"):
-        provenance = load_weights(tmp_path / stage / "last.safetensors").metadata["provenance"]
-        assert provenance["config"]["minutes"] == pytest.approx(0.005 if stage == "mr" else 0.015)
-        assert provenance["config"]["channels_last"] and provenance["iterations"] >= 20
+    runs = {stage: load_weights(tmp_path / stage / "last.safetensors").metadata["provenance"]
+            for stage in ("base", "mr", "joint", "l1")}  # fmt: skip
+    for stage, share in (("base", 0.4), ("mr", 0.1), ("joint", 0.4)):
+        assert runs[stage]["config"]["minutes"] == pytest.approx(0.02 * share)
+    assert runs["base"]["config"]["init"] is None  # from scratch: nothing bundled is inherited
+    assert runs["l1"]["config"]["mode"] == "baseline"  # the twin: L1 alone, as many iterations
+    assert runs["l1"]["iterations"] == runs["joint"]["iterations"] >= 20
+    assert all(run["config"]["channels_last"] for run in runs.values())
     packaged = load_weights(tmp_path / "unet-reblur.safetensors")
     assert packaged.metadata["packaged"]["storage"] == "float16"
     assert packaged.metadata["provenance"]["config"]["mode"] == "joint"
