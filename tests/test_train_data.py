@@ -19,6 +19,7 @@ from reblur_deploy.train.data import (
     Item,
     MixSampler,
     TrainSet,
+    ValSet,
     check_items,
     decode,
     epoch_counts,
@@ -120,6 +121,98 @@ def test_synthetic_sources_from_a_folder_and_from_scikit_image(tmp_path, crops):
     assert len(bundled.items) >= 10
     camera = decode(next(item.sharp for item in bundled.items if item.name == "camera"))
     assert camera.shape == (512, 512, 3) and np.array_equal(camera[..., 0], camera[..., 2])
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory, data_dir) -> Path:
+    """Two videos of real consecutive 240-fps GOPRO frames (96×96 crops): 21 frames and 4."""
+    root = tmp_path_factory.mktemp("frames")
+    source = data_dir / "train" / "gopro_240fps_frames" / "GOPR0477_11_00"
+    for video, numbers in (("a", range(1, 22)), ("b", range(40, 44))):
+        for n in numbers:
+            frame = read_image(source / f"{n:06d}.png")[120:216, 260:356]
+            write_image(root / video / f"{n:06d}.png", frame)
+    return root
+
+
+def _window(frames_dir: Path, video: str, names: list[str]) -> list[np.ndarray]:
+    return [read_image(frames_dir / video / name) / np.float32(255) for name in names]
+
+
+def test_frames_sources_blur_a_frame_with_its_real_neighbours(frames_dir):
+    source = load_source(f"frames:{frames_dir}")
+    assert len(source.items) == 25 and all(item.blur is None for item in source.items)
+    videos = {item.name.split("/")[0]: item.sequence for item in source.items}
+    assert [len(videos["a"]), len(videos["b"])] == [21, 4]
+    params = BlurParams(frames=(5, 9))
+    data = TrainSet(source.items, 96, blur=params)
+    lengths = set()
+    for index, seed in ((10, 0), (10, 1), (10, 2), (10, 3), (0, 4), (20, 5), (21, 6), (24, 7)):
+        item = source.items[index]
+        blurry, sharp = data.sample(index, np.random.default_rng(seed))
+        again = data.sample(index, np.random.default_rng(seed))
+        assert np.array_equal(blurry, again[0]) and np.array_equal(sharp, again[1])
+        video = item.name.split("/")[0]
+        names = sorted(p.name for p in (frames_dir / video).iterdir())
+        frames = _window(frames_dir, video, names)
+        middle = next(i for i, f in enumerate(frames) if np.array_equal(f, sharp))
+        # GOPRO's recipe on real frames: k consecutive frames averaged in linear light (k odd,
+        # within the range, as long as the video allows), the sharp one in the middle: the
+        # item's own frame when the window fits around it
+        k = next(k for k in (3, 5, 7, 9)
+                 if middle - k // 2 >= 0 and middle + k // 2 < len(frames)
+                 and np.abs(average_linear(frames[middle - k // 2 : middle + k // 2 + 1])
+                            - blurry).max() <= 0.5 / 255 + 1e-6)  # fmt: skip
+        lengths.add(k)
+        position = names.index(Path(item.sharp).name)
+        if k // 2 <= position < len(frames) - k // 2:
+            assert middle == position
+        assert k in (5, 7, 9) or (video == "b" and k == 3)  # 4 frames hold at most 3
+    assert len(lengths) >= 2
+
+
+def test_frames_sources_lengthen_real_blur_for_mr_and_validate_with_one_fixed_blur(frames_dir):
+    source = load_source(f"frames:{frames_dir}")
+    params = BlurParams(frames=(9, 13))
+    data = TrainSet(source.items[:21], 96, blur=params, reblur=True)
+    frames = _window(frames_dir, "a", sorted(p.name for p in (frames_dir / "a").iterdir()))
+
+    def mean(lo, hi):
+        return average_linear(frames[lo:hi])
+
+    kinds = {"sharp": 0, "lengthened": 0}
+    for seed in range(16):
+        x, y = data.sample(10, np.random.default_rng(seed))
+        if np.array_equal(x, y):
+            assert np.array_equal(x, frames[10])  # no blur: nothing to lengthen
+            kinds["sharp"] += 1
+            continue
+        # the input is a real blurry frame (about half the window), the target the same
+        # frames' motion twice as long, both centred on frame 10
+        k = next(k for k in (9, 11, 13) if np.abs(mean(10 - k // 2, 11 + k // 2) - y).max() < 0.003)
+        m = 2 * max(1, round((k / 2 - 1) / 2)) + 1
+        assert np.abs(mean(10 - m // 2, 11 + m // 2) - x).max() < 0.003
+        kinds["lengthened"] += 1
+    assert kinds["sharp"] >= 1 and kinds["lengthened"] >= 8
+    plan = plan_data([f"frames:{frames_dir}"], [f"frames:{frames_dir}"])
+    assert all(made for _, made in plan.val) and len(plan.val) == 25
+    val = ValSet(plan.val, 64, blur=params)
+    name, blurry, sharp = val[3]
+    assert name == plan.val[3][0].name and not np.array_equal(blurry.numpy(), sharp.numpy())
+    assert np.array_equal(blurry.numpy(), val[3][1].numpy())  # one fixed blur per frame
+
+
+def test_frames_sources_name_a_short_video_and_a_frame_of_another_size(tmp_path, frames_dir):
+    for n in (1, 2):
+        write_image(tmp_path / "short" / f"{n}.png", read_image(frames_dir / "a" / "000001.png"))
+    with pytest.raises(InputError, match="short: a frames: video needs at least 3 frames"):
+        load_source(f"frames:{tmp_path / 'short'}")
+    for n in range(1, 6):
+        frame = read_image(frames_dir / "a" / f"{n:06d}.png")
+        write_image(tmp_path / "odd" / f"{n}.png", frame[:80] if n == 2 else frame)
+    items = load_source(f"frames:{tmp_path / 'odd'}").items
+    with pytest.raises(InputError, match=r"2\.png and .*3\.png, frames of one video, differ"):
+        TrainSet(items, 64, blur=BlurParams(frames=(5, 5))).sample(2, np.random.default_rng(0))
 
 
 def test_shares_mix_sources_in_the_asked_proportions(data_dir):

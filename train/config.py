@@ -68,8 +68,8 @@ class TrainConfig:
     data: list[str] = field(
         default_factory=list,
         metadata=_m(
-            "Training data KIND:PATH[@SHARE], repeatable: gopro:, reds:, paired:, synthetic:DIR "
-            "or synthetic:skimage (see below).",
+            "Training data KIND:PATH[@SHARE], repeatable: gopro:, reds:, paired:, synthetic:DIR, "
+            "synthetic:skimage or frames:DIR (see below).",
             DATA,
             metavar="KIND:PATH",
         ),
@@ -159,7 +159,8 @@ class TrainConfig:
         metadata=_m(
             "joint: MD on L1 + λ·L_Reblur, then MR on L_Blur + L_Sharp, each iteration; "
             "baseline: MD on L1 only (no MR); mr: MR alone (MD frozen, from --init) on "
-            "synthetic blur made longer, |MR(T_α(S)) − T(S)|, from the sharp images of --data.",
+            "blur made longer, |MR(T_α(S)) − T(S)|, from the sharp images of --data (a frames: "
+            "source's from its real consecutive frames).",
             MODEL,
             choices=("joint", "baseline", "mr"),
         ),
@@ -498,6 +499,9 @@ data sources (--data, repeatable; mixed by @SHARE, e.g. synthetic:skimage@0.5):
                     the same name, else 'blur' -> 'sharp' (blur_00.png <-> sharp_00.png)
   synthetic:DIR     sharp images under DIR, blurred along random camera trajectories
   synthetic:skimage the photos that ship with scikit-image
+  frames:DIR        consecutive frames of a 240-fps video (DIR's, or each subfolder's): every
+                    frame's blur is the linear-light mean of k real frames around it (GOPRO's
+                    recipe; k odd, in --syn-frames)
 validation (--val, repeatable): gopro:ROOT (its test split), reds:ROOT (val split),
   paired:ROOT, synthetic:DIR, names:blur_04,461 (held out of --data by name), 0.1 (a fraction)
 

@@ -13,6 +13,10 @@ Sources are given as ``KIND:PATH`` (``--data``, repeatable), optionally with a s
 * ``synthetic:DIR`` every image under DIR is a sharp image; the blurry one is synthesised for
   every sample (``train/synthetic.py``). ``synthetic:skimage`` uses the photos bundled with
   scikit-image (no download).
+* ``frames:DIR``  consecutive frames of a high-frame-rate video (240 fps, as GOPRO's), in name
+  order: DIR's images, or each subfolder's as one video. Every frame is a sharp image whose
+  blurry partner is made for every sample from the real frames around it, GOPRO's recipe: the
+  mean in linear light of k consecutive frames (k odd, from ``--syn-frames``) centred on it.
 
 Shares: without any ``@W`` the sources are concatenated (each item once per epoch). With
 shares, an epoch keeps the total length Σ Nᵢ but draws round(Σ N · Wᵢ / Σ W) items from source i
@@ -43,9 +47,18 @@ from reblur_deploy.errors import ConfigError, InputError, ReblurError
 from reblur_deploy.io import IMAGE_SUFFIXES, read_image
 from reblur_deploy.io.pairs import list_images, match_pairs, paired_data
 
-from .synthetic import BlurParams, synthesize, synthesize_reblur, to_float
+from .synthetic import (
+    BlurParams,
+    blur_pair,
+    reblur_pair,
+    synthesize,
+    synthesize_reblur,
+    to_float,
+    to_linear,
+)
 
-KINDS = ("gopro", "reds", "paired", "synthetic")
+KINDS = ("gopro", "reds", "paired", "synthetic", "frames")
+MADE = ("synthetic", "frames")  # kinds whose blurry images are made for each sample
 SKIMAGE_PREFIX = "skimage:"
 # Photographs bundled with scikit-image (file names in skimage.data.data_dir); all at least
 # 300 px on their short side. Gray ones are used as three equal channels.
@@ -73,12 +86,15 @@ SKIMAGE_PHOTOS = {
 class Item:
     """One training example: a blurry/sharp pair, or a sharp image to blur (``blur`` None).
 
-    ``blur`` and ``sharp`` are file paths, or ``skimage:NAME`` for a scikit-image photo.
+    ``blur`` and ``sharp`` are file paths, or ``skimage:NAME`` for a scikit-image photo. A
+    frame of a ``frames:`` source has its video's frames in order in ``sequence``: its blur is
+    made from its neighbours there.
     """
 
     name: str
     sharp: str
     blur: str | None = None
+    sequence: tuple[str, ...] = ()
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -187,6 +203,21 @@ def synthetic_items(root: str) -> list[Item]:
     return [Item(name, str(path)) for name, path in images.items()]
 
 
+def frames_items(root: str) -> list[Item]:
+    """One item per frame; the frames of a folder (DIR itself, or each folder below it that
+    holds images) are one video, in name order."""
+    videos: dict[str, list[tuple[str, Path]]] = {}
+    for name, path in list_images(root).items():
+        videos.setdefault(str(PurePosixPath(name).parent), []).append((name, path))
+    items = []
+    for folder, frames in videos.items():
+        if len(frames) < 3:
+            raise InputError(f"{Path(root) / folder}: a frames: video needs at least 3 frames")
+        sequence = tuple(str(path) for _, path in frames)
+        items += [Item(name, str(path), sequence=sequence) for name, path in frames]
+    return items
+
+
 def load_source(spec: str, split: str = "train", gopro_blur: str = "blur") -> Source:
     """List a source's items (``split`` is train for --data, the held-out split for --val)."""
     kind, root, share = parse_spec(spec)
@@ -196,6 +227,8 @@ def load_source(spec: str, split: str = "train", gopro_blur: str = "blur") -> So
         items = reds_items(root, "train" if split == "train" else "val")
     elif kind == "paired":
         items = paired_items(root)
+    elif kind == "frames":
+        items = frames_items(root)
     else:
         items = synthetic_items(root)
     if not items:
@@ -208,7 +241,7 @@ class DataPlan:
     """The training sources (hold-outs removed) and the validation items."""
 
     train: list[Source]
-    val: list[tuple[Item, bool]] = field(default_factory=list)  # (item, synthetic)
+    val: list[tuple[Item, bool]] = field(default_factory=list)  # (item, its blur is made)
     val_desc: list[str] = field(default_factory=list)
 
     @property
@@ -242,7 +275,7 @@ def plan_data(
             plan.val_desc.append(spec)
         elif kind in KINDS:
             source = load_source(spec, "val", gopro_blur)
-            plan.val += [(item, source.kind == "synthetic") for item in source.items]
+            plan.val += [(item, source.kind in MADE) for item in source.items]
             plan.val_desc.append(spec)
         else:
             try:
@@ -296,7 +329,7 @@ def _hold_out(plan: DataPlan, chosen: list[tuple[int, Item]]) -> None:
         source = plan.train[i]
         if item in source.items:
             source.items.remove(item)
-            plan.val.append((item, source.kind == "synthetic"))
+            plan.val.append((item, source.kind in MADE))
 
 
 # --------------------------------------------------------------------- decoding, checks
@@ -482,10 +515,8 @@ class TrainSet(Dataset):
         if min(h, w) < c:
             raise InputError(f"{item.sharp} is {w}×{h}, smaller than the {c}×{c} crop")
         top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
-        if self.reblur:
-            return synthesize_reblur(sharp, rng, self.blur, (top, left, c, c))
-        if item.blur is None:
-            return synthesize(sharp, rng, self.blur, (top, left, c, c))
+        if self.reblur or item.blur is None:
+            return made_pair(item, self.store, rng, self.blur, (top, left, c, c), self.reblur)
         blurry = self.store.load(item.blur)
         if blurry.shape != sharp.shape:
             raise InputError(
@@ -502,8 +533,52 @@ class TrainSet(Dataset):
         return to_tensor(blurry), to_tensor(sharp)
 
 
+def made_pair(
+    item: Item,
+    store: ImageStore,
+    rng: np.random.Generator,
+    params: BlurParams,
+    box: tuple[int, int, int, int],
+    reblur: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pair of one sample whose blur is made, not stored: from the item's real neighbouring
+    frames (a ``frames:`` source) or from a synthetic camera shake of its sharp image; with
+    ``reblur``, MR's (T_α(S), T(S)) pair from the same exposure (``reblur_pair``)."""
+    if not item.sequence:
+        make = synthesize_reblur if reblur else synthesize
+        return make(store.load(item.sharp), rng, params, box)
+    frames, sharp, dtype = _real_exposure(item, store, rng, params, box)
+    return (reblur_pair if reblur else blur_pair)(frames, sharp, rng, params.noise, dtype)
+
+
+def _real_exposure(
+    item: Item,
+    store: ImageStore,
+    rng: np.random.Generator,
+    params: BlurParams,
+    box: tuple[int, int, int, int],
+) -> tuple[list[np.ndarray], np.ndarray, np.dtype]:
+    """k consecutive real frames (k odd in ``params.frames``, at most the video's length)
+    cropped to ``box``, in linear light, centred on the item's frame (or as near it as the
+    video's ends allow), and the sharp crop: the middle one."""
+    lo, hi = params.frames
+    n = len(item.sequence)
+    half = int(rng.integers(lo // 2, max(lo // 2, (hi - 1) // 2) + 1))  # k = 2·half + 1
+    half = min(half, (n - 1) // 2)
+    middle = min(max(item.sequence.index(item.sharp), half), n - 1 - half)
+    top, left, h, w = box
+    shape = store.load(item.sharp).shape
+    crops = []
+    for ref in item.sequence[middle - half : middle + half + 1]:
+        image = store.load(ref)
+        if image.shape != shape:
+            raise InputError(f"{ref} and {item.sharp}, frames of one video, differ in size")
+        crops.append(to_float(image[top : top + h, left : left + w]))
+    return [to_linear(crop) for crop in crops], crops[half], image.dtype
+
+
 class ValSet(Dataset):
-    """Whole images (or their centre ``crop``), a fixed synthetic blur for synthetic items."""
+    """Whole images (or their centre ``crop``); for items whose blur is made, one fixed blur."""
 
     def __init__(
         self,
@@ -529,12 +604,12 @@ class ValSet(Dataset):
         return (h - ch) // 2, (w - cw) // 2, ch, cw
 
     def __getitem__(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor]:
-        item, synthetic = self.items[index]
+        item, made = self.items[index]
         sharp = self.store.load(item.sharp)
         box = self._box(*sharp.shape[:2])
-        if synthetic:
+        if made:
             rng = np.random.default_rng([self.seed, 104729, zlib.crc32(item.name.encode())])
-            blurry, sharp_f = synthesize(sharp, rng, self.blur, box)
+            blurry, sharp_f = made_pair(item, self.store, rng, self.blur, box)
         else:
             blurry_u = self.store.load(item.blur)
             if blurry_u.shape != sharp.shape:

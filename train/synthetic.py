@@ -192,6 +192,52 @@ def _finish(blurry: np.ndarray, image_dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(blurry, dtype=np.float32)
 
 
+def blur_pair(
+    frames: list[np.ndarray], sharp: np.ndarray, rng: np.random.Generator, noise: float, dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """(blurry, sharp) from one exposure: its sub-frames in linear light are averaged (GOPRO's
+    recipe), Gaussian noise of σ uniform in [0, ``noise``] is added, and the frame is rounded to
+    8 bits when ``dtype`` (the source's) is uint8."""
+    blurry = to_gamma(sum(frames) / len(frames))
+    if noise > 0:
+        sigma = rng.uniform(0.0, noise)
+        blurry = blurry + rng.normal(0.0, sigma, blurry.shape).astype(np.float32)
+    return _finish(blurry, dtype), np.ascontiguousarray(sharp)
+
+
+def reblur_pair(
+    frames: list[np.ndarray],
+    sharp: np.ndarray,
+    rng: np.random.Generator,
+    noise: float,
+    dtype,
+    sharp_share: float = 0.25,
+    factor: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input, target) from one exposure that teaches a reblurring module what blur is: the
+    input averages the central n / ``factor`` sub-frames (odd, centred on the sharp middle
+    one), the target all n, the same motion ``factor`` times longer. Every blur is lengthened
+    by the same factor, so what MR changes grows with the blur an image has: a blurry frame is
+    changed more than a partly deblurred one; with probability ``sharp_share`` the pair is
+    (S, S): an image with no blur has no motion to lengthen and must stay as it is. The same
+    noise (σ uniform in [0, ``noise``]) goes on input and target, as a sensor adds it after
+    the blur: MR learns to keep noise, which is not blur."""
+    sharp = np.ascontiguousarray(sharp)
+    n = len(frames)
+    if rng.uniform() < sharp_share:
+        x = y = sharp
+    else:
+        middle = n // 2
+        half = max(1, round((n / factor - 1) / 2))  # m = 2·half + 1 sub-frames
+        half = min(half, middle, n - 1 - middle)
+        x = to_gamma(sum(frames[middle - half : middle + half + 1]) / (2 * half + 1))
+        y = to_gamma(sum(frames) / n)
+    if noise > 0:
+        grain = rng.normal(0.0, rng.uniform(0.0, noise), x.shape).astype(np.float32)
+        x, y = x + grain, y + grain
+    return _finish(x, dtype), _finish(y, dtype)
+
+
 def synthesize(
     image: np.ndarray,
     rng: np.random.Generator,
@@ -205,12 +251,7 @@ def synthesize(
     """
     params = params or BlurParams()
     _check_image(image, "synthesize")
-    frames, sharp = _exposure(image, rng, params, box)
-    blurry = to_gamma(sum(frames) / len(frames))
-    if params.noise > 0:
-        sigma = rng.uniform(0.0, params.noise)
-        blurry = blurry + rng.normal(0.0, sigma, blurry.shape).astype(np.float32)
-    return _finish(blurry, image.dtype), np.ascontiguousarray(sharp)
+    return blur_pair(*_exposure(image, rng, params, box), rng, params.noise, image.dtype)
 
 
 def synthesize_reblur(
@@ -221,31 +262,9 @@ def synthesize_reblur(
     sharp_share: float = 0.25,
     factor: float = 2.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An (input, target) pair that teaches a reblurring module what blur is, without any MD.
-
-    One exposure of n sub-frames (as ``synthesize``). The input is its central n / ``factor``
-    sub-frames (odd, centred on the sharp middle frame), the target all n: the same motion,
-    ``factor`` times longer. Every blur is lengthened by the same factor, so what MR changes
-    grows with the blur an image has: a blurry frame is changed more than a partly deblurred
-    one, and with probability ``sharp_share`` the pair is (S, S): an image with no blur has no
-    motion to lengthen and must stay as it is. With ``params.noise``, the same noise (σ uniform
-    in [0, noise]) is added to input and target, as a sensor adds it after the blur: MR learns
-    to keep noise, which is not blur. 8-bit rounded for an 8-bit source.
-    """
+    """``reblur_pair`` of one synthetic exposure of ``image`` (as ``synthesize``): a pair that
+    teaches a reblurring module what blur is, without any MD."""
     params = params or BlurParams()
     _check_image(image, "synthesize_reblur")
     frames, sharp = _exposure(image, rng, params, box)
-    sharp = np.ascontiguousarray(sharp)
-    n = len(frames)
-    if rng.uniform() < sharp_share:
-        x = y = sharp
-    else:
-        middle = n // 2
-        half = max(1, round((n / factor - 1) / 2))  # m = 2·half + 1 sub-frames
-        half = min(half, middle, n - 1 - middle)
-        x = to_gamma(sum(frames[middle - half : middle + half + 1]) / (2 * half + 1))
-        y = to_gamma(sum(frames) / n)
-    if params.noise > 0:
-        noise = rng.normal(0.0, rng.uniform(0.0, params.noise), x.shape).astype(np.float32)
-        x, y = x + noise, y + noise
-    return _finish(x, image.dtype), _finish(y, image.dtype)
+    return reblur_pair(frames, sharp, rng, params.noise, image.dtype, sharp_share, factor)
