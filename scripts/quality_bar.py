@@ -16,7 +16,9 @@ The bars (exit status 1 when one fails), from the paper's claims:
 3. TTA lowers the mean NIQE by at least 0.05 and the blur score on at least 80 % of the pairs,
    at a mean PSNR cost of at most 0.3 dB;
 4. its MR sees blur: re-creates it (``mr_gain`` ≥ 1 dB), ranks blurry > deblurred > sharp on
-   at least 90 % of the pairs with blurry scored at least twice sharp (``train.figures.MR_BARS``).
+   at least 90 % of the pairs with blurry scored at least twice sharp (``train.figures.MR_BARS``);
+5. a sharp frame given as input is left alone: PSNR(MD(S), S) ≥ ``SHARP_KEPT`` dB on every pair,
+   without and with TTA (a deblurring tool must not degrade what has no blur to remove).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATA = [SHARED / "gopro", SHARED / "gopro_more"]
 FIGURE = ("blur_04.png", 120, 640)  # name, top, left: fence posts, strong horizontal blur
 ROWS = ("input", "baseline", "model", "tta")  # the keys of --json's rows
+SHARP_KEPT = 35.0  # dB, bar 5: an RMS change of at most 4.5 levels of 255
 
 
 def held_out(weights: str, folders: list[Path]) -> list:
@@ -84,7 +87,18 @@ def table_lines(names, label, labels, table, figures) -> list[str]:
     ]
 
 
-def judge(table, figures, min_gain: float, steps: int) -> list[tuple[str, bool, str]]:
+def sharp_kept_line(kept: dict[str, np.ndarray], sharp: list[np.ndarray], label: str) -> str:
+    """Bar 5's figures: the sharp frames as input, PSNR against themselves and NIQE."""
+    niqe_s = np.mean([measure(x, None)["niqe"] for x in sharp])
+    runs = ", ".join(f"{name} {v['psnr'].mean():.2f} dB (lowest {v['psnr'].min():.2f}), NIQE "
+                     f"{v['niqe'].mean():.3f}" for name, v in kept.items())  # fmt: skip
+    return (
+        f"Sharp frames as input (nothing to deblur; their NIQE {niqe_s:.3f}), PSNR(MD(S), S) "
+        f"of {label}: {runs}."
+    )
+
+
+def judge(table, figures, kept, min_gain: float, steps: int) -> list[tuple[str, bool, str]]:
     """The bars of issue 27: (name, passed, the numbers)."""
     inputs, base, model, tta = (table[key] for key in ROWS)
     gains = model["psnr"] - inputs["psnr"]
@@ -109,6 +123,9 @@ def judge(table, figures, min_gain: float, steps: int) -> list[tuple[str, bool, 
          all(figures[key] >= bar for key, bar in MR_BARS.items()),
          f"{figures['mr_gain']:+.2f} dB, {100 * figures['mr_ranked']:.0f} %, "
          f"{figures['mr_ratio']:.2f}x"),
+        (f"sharp input left alone: PSNR(MD(S), S) ≥ {SHARP_KEPT:g} dB on every pair, with TTA too",
+         all(v["psnr"].min() >= SHARP_KEPT for v in kept.values()),
+         ", ".join(f"{name}: lowest {v['psnr'].min():.2f} dB" for name, v in kept.items())),
     ]  # fmt: skip
 
 
@@ -127,7 +144,7 @@ def real_photos_line(folder: Path, label: str, model, adapted, steps: int, scale
     )
 
 
-def json_figures(table, figures, bars) -> str:
+def json_figures(table, figures, kept, bars) -> str:
     """--json: a campaign's learning-curve point (train.campaign reads it)."""
     rows = {key: {name: float(values.mean()) for name, values in m.items()}
             for key, m in table.items()}  # fmt: skip
@@ -135,7 +152,10 @@ def json_figures(table, figures, bars) -> str:
                                & (table["tta"]["blur"] < table["model"]["blur"])))  # fmt: skip
     mr = {key: float(value) for key, value in figures.items()}
     bars = {name: bool(ok) for name, ok, _ in bars}
-    return json.dumps({"rows": rows, "mr": mr, "tta_better": tta_better, "bars": bars}, indent=1)
+    sharp_kept = {name: {"psnr": float(v["psnr"].mean()), "psnr_min": float(v["psnr"].min()),
+                         "niqe": float(v["niqe"].mean())} for name, v in kept.items()}  # fmt: skip
+    return json.dumps({"rows": rows, "mr": mr, "tta_better": tta_better,
+                       "sharp_kept": sharp_kept, "bars": bars}, indent=1)  # fmt: skip
 
 
 def write_figure(path: Path, names: list[str], outputs: dict, sharp: list[np.ndarray]) -> None:
@@ -188,8 +208,12 @@ def main() -> int:
     tensors = [[array_to_tensor(x)[0] for x in xs] for xs in (outputs["model"], sharp, blurry)]
     figures = summarize([mr_figures(model.reblur, *t, scale=args.scale)
                          for t in zip(*tensors, strict=True)])  # fmt: skip
-    bars = judge(table, figures, args.min_gain, args.tta)
+    kept = {name: measure_row(images, sharp, model.reblur, args.scale)
+            for name, images in (("plain", model(sharp)),
+                                 (f"TTA {args.tta}", [adapted(x) for x in sharp]))}  # fmt: skip
+    bars = judge(table, figures, kept, args.min_gain, args.tta)
     lines = table_lines(names, label, labels, table, figures)
+    lines += ["", sharp_kept_line(kept, sharp, label)]
     lines += ["", "| bar | result | numbers |", "|---|---|---|"]
     lines += [f"| {name} | {'PASS' if ok else 'FAIL'} | {numbers} |" for name, ok, numbers in bars]
     if args.real:
@@ -199,7 +223,7 @@ def main() -> int:
     if args.out:
         args.out.write_text(text)
     if args.json:
-        args.json.write_text(json_figures(table, figures, bars))
+        args.json.write_text(json_figures(table, figures, kept, bars))
     if args.figure:
         write_figure(args.figure, names, outputs, sharp)
     return 0 if all(ok for _, ok, _ in bars) else 1
