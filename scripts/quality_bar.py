@@ -148,14 +148,15 @@ def json_figures(table, figures, kept, bars) -> str:
     """--json: a campaign's learning-curve point (train.campaign reads it)."""
     rows = {key: {name: float(values.mean()) for name, values in m.items()}
             for key, m in table.items()}  # fmt: skip
-    tta_better = float(np.mean((table["tta"]["niqe"] < table["model"]["niqe"])
-                               & (table["tta"]["blur"] < table["model"]["blur"])))  # fmt: skip
+    sharper = table["tta"]["blur"] < table["model"]["blur"]
+    tta_better = float(np.mean((table["tta"]["niqe"] < table["model"]["niqe"]) & sharper))
     mr = {key: float(value) for key, value in figures.items()}
     bars = {name: bool(ok) for name, ok, _ in bars}
     sharp_kept = {name: {"psnr": float(v["psnr"].mean()), "psnr_min": float(v["psnr"].min()),
                          "niqe": float(v["niqe"].mean())} for name, v in kept.items()}  # fmt: skip
     return json.dumps({"rows": rows, "mr": mr, "tta_better": tta_better,
-                       "sharp_kept": sharp_kept, "bars": bars}, indent=1)  # fmt: skip
+                       "tta_sharper": float(np.mean(sharper)), "sharp_kept": sharp_kept,
+                       "bars": bars}, indent=1)  # fmt: skip
 
 
 def write_figure(path: Path, names: list[str], outputs: dict, sharp: list[np.ndarray]) -> None:

@@ -25,7 +25,7 @@ from reblur_deploy.train.loop import train
 from reblur_deploy.train.package import package
 from reblur_deploy.tta import PAPER_LR
 
-from .conftest import randomized
+from .conftest import REPO, randomized
 from .test_train_data import write_gopro_crops
 
 BIN = Path(sys.executable).parent
@@ -228,6 +228,24 @@ def test_a_packaged_tta_rate_is_the_default_of_tta_and_an_explicit_one_wins(tmp_
     assert Deblurrer(packaged, device="cpu", tta_steps=1).tta_config.lr == 1e-5
     explicit = Deblurrer(packaged, device="cpu", tta=TTAConfig(steps=1, lr=2e-6))
     assert explicit.tta_config.lr == 2e-6
+
+
+def test_a_campaigns_learning_curve_prints_as_the_table_the_docs_copy(tmp_path):
+    """--curve renders the committed unet-lite campaign's curve.jsonl, one row per point."""
+    tool = (sys.executable, "-m", "train.campaign")
+    result = run(REPO / "campaigns" / "unet-lite.toml", "--curve", tool=tool)
+    assert result.returncode == 0, result.stderr
+    points = (REPO / "campaigns" / "unet-lite" / "curve.jsonl").read_text().splitlines()
+    rows = result.stdout.strip().splitlines()[2:]
+    assert len(rows) == len(points) >= 1
+    first = json.loads(points[0])
+    assert rows[0].startswith(f"| {first['iteration']:,} ({first['twin_iteration']:,}) | ")
+    model, twin = (first["rows"][key]["psnr"] for key in ("model", "baseline"))
+    assert f"{model:.2f} / {twin:.2f}" in rows[0]
+    missing = run(tmp_path / "none.toml", "--curve", tool=tool)
+    assert missing.returncode != 0 and "none/curve.jsonl does not exist" in missing.stderr
+    untimed = run(REPO / "campaigns" / "unet-lite.toml", tool=tool)
+    assert untimed.returncode == 2 and "--minutes must be given" in untimed.stderr
 
 
 @pytest.mark.slow

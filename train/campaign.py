@@ -26,6 +26,7 @@ campaign. Member NAME's run folder is ``<FILE without .toml>/NAME``, a stage's
 and one JSON line (iteration, CPU-hours so far, the figures) is appended to
 ``<folder>/curve.jsonl``: the learning curve of docs/TRAINING.md. ``<folder>/ledger.jsonl``
 records every session's training (machine, wall and CPU seconds per member).
+``--curve`` prints the learning curve as the Markdown table docs/TRAINING.md copies.
 """
 
 from __future__ import annotations
@@ -133,17 +134,50 @@ def score(folder: Path, lead: str, twin: str, extra: list[str], log) -> dict:
         return json.loads(out.read_text()) if out.exists() else {}
 
 
+def curve_table(folder: Path) -> str:
+    """The learning curve (``curve.jsonl``) as the Markdown table docs/TRAINING.md copies."""
+    path = folder / "curve.jsonl"
+    if not path.exists():
+        raise SystemExit(f"error: {path} does not exist: no session of this campaign was scored")
+    lines = [
+        "| iterations (twin) | CPU-h | PSNR input / model / twin | NIQE model / twin | "
+        "TTA: NIQE, blur lower | MR: re-creates, B > L > S, B/S | sharp input kept, lowest |",
+        "|---|---:|---|---|---|---|---:|",
+    ]
+    for line in path.read_text().splitlines():
+        point = json.loads(line)
+        rows, mr = point["rows"], point["mr"]
+        sharper = point.get("tta_sharper")
+        kept = point.get("sharp_kept", {}).get("plain", {}).get("psnr_min")
+        lines.append(
+            f"| {point['iteration']:,} ({point['twin_iteration']:,}) | {point['cpu_hours']:.2f} | "
+            f"{rows['input']['psnr']:.2f} / {rows['model']['psnr']:.2f} / "
+            f"{rows['baseline']['psnr']:.2f} | {rows['model']['niqe']:.3f} / "
+            f"{rows['baseline']['niqe']:.3f} | "
+            f"{rows['tta']['niqe'] - rows['model']['niqe']:+.3f}, "
+            f"{'—' if sharper is None else f'{sharper:.0%}'} | {mr['mr_gain']:+.2f} dB, "
+            f"{mr['mr_ranked']:.0%}, {mr['mr_ratio']:.2f} | "
+            f"{'—' if kept is None else f'{kept:.2f} dB'} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("campaign", type=Path, help="the campaign's TOML file")
-    parser.add_argument("--minutes", type=float, required=True, help="this session's budget")
+    parser.add_argument("--minutes", type=float, help="this session's budget (required to train)")
     parser.add_argument("--log", type=Path, help="training output [default: FOLDER/session.log]")
     parser.add_argument("--no-score", action="store_true", help="skip the quality bar")
+    parser.add_argument("--curve", action="store_true",
+                        help="print the learning curve as a Markdown table and stop")  # fmt: skip
     args = parser.parse_args(argv)
-    if not args.minutes > 0:
-        parser.error("--minutes must be positive")
-    spec = tomllib.loads(args.campaign.read_text())
     folder = args.campaign.with_suffix("")
+    if args.curve:
+        print(curve_table(folder))
+        return 0
+    if args.minutes is None or not args.minutes > 0:
+        parser.error("--minutes must be given, and positive, to train (or --curve)")
+    spec = tomllib.loads(args.campaign.read_text())
     folder.mkdir(exist_ok=True)
     members = list(spec["members"])
     deadline = time.time() + args.minutes * 60
@@ -166,11 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             ledger.write(json.dumps(record) + "\n")
         if ready and not args.no_score and len(members) > 1:
             lead, twin = members[:2]
-            figures = score(folder, lead, twin, spec.get("score", {}).get("args", []), log)
+            extra = spec.get("score", {}).get("args", [])
+            figures = score(folder, lead, twin, extra, log)
             point = {"iteration": iteration(folder / lead),
                      "twin_iteration": iteration(folder / twin),
                      "cpu_hours": round(cpu_hours(folder), 3), "date": record["date"],
-                     "cpu": record["cpu"], **figures}  # fmt: skip
+                     "cpu": record["cpu"], "score_args": extra, **figures}  # fmt: skip
             with open(folder / "curve.jsonl", "a") as curve:
                 curve.write(json.dumps(point) + "\n")
     print(json.dumps(record))
