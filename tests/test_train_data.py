@@ -215,6 +215,35 @@ def test_frames_sources_name_a_short_video_and_a_frame_of_another_size(tmp_path,
         TrainSet(items, 64, blur=BlurParams(frames=(5, 5))).sample(2, np.random.default_rng(0))
 
 
+def test_sharp_inputs_and_kept_brightness_change_md_pairs_only_when_asked(data_dir):
+    """--sharp-share gives (S, S) pairs; --keep-mean moves the blurry crop to the sharp crop's
+    mean (REDS blur, averaged in linear light, is brighter than its sharp frames)."""
+    items = load_source(f"paired:{data_dir / 'train' / 'reds027_x4'}").items[:6]
+    plain = TrainSet(items, 96)
+    kept = TrainSet(items, 96, keep_mean=True)
+    half = TrainSet(items, 96, sharp_share=0.5)
+    biases, identical = [], 0
+    for seed in range(24):
+        index = seed % len(items)
+        blurry, sharp = plain.sample(index, np.random.default_rng(seed))
+        default = plain.pair(index, np.random.default_rng(seed))  # off: the stream is unchanged
+        assert np.array_equal(default[0], blurry) and np.array_equal(default[1], sharp)
+        biases.append((blurry.mean() - sharp.mean()) * 255)
+        x, y = kept.pair(index, np.random.default_rng(seed))
+        assert np.array_equal(y, sharp) and not np.array_equal(x, blurry)
+        assert np.abs(x.mean(axis=(0, 1)) - y.mean(axis=(0, 1))).max() * 255 < 0.05
+        inside = (x > 0) & (x < 1)  # one shift per channel, where it was not clipped
+        assert all((x - blurry)[..., c][inside[..., c]].std() < 1e-6 for c in range(3))
+        x, y = half.pair(index, np.random.default_rng(seed))
+        assert np.array_equal(y, sharp)
+        identical += np.array_equal(x, y)
+    assert np.mean(biases) > 1.0  # the bias --keep-mean removes
+    assert 5 <= identical <= 19
+    mr = TrainSet(items, 96, reblur=True, sharp_share=1.0, keep_mean=True)  # MR's pairs: as made
+    x, y = mr.pair(0, np.random.default_rng(0))
+    assert np.array_equal((x, y), mr.sample(0, np.random.default_rng(0)))
+
+
 def test_shares_mix_sources_in_the_asked_proportions(data_dir):
     plan = plan_data([f"paired:{data_dir / 'gopro'}", "synthetic:skimage@3"])
     sizes = [len(s.items) for s in plan.train]

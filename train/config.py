@@ -127,6 +127,23 @@ class TrainConfig:
             DATA,
         ),
     )
+    sharp_share: float = field(
+        default=0.0,
+        metadata=_m(
+            "Share of samples whose input is their sharp image (nothing to deblur: MD learns to "
+            "leave it alone); 0 = off.",
+            DATA,
+        ),
+    )
+    keep_mean: bool = field(
+        default=False,
+        metadata=_m(
+            "Shift each sample's blurry crop to its sharp crop's mean, per channel: MD learns to "
+            "keep its input's brightness (blur averaged in linear light is brighter than the "
+            "sharp frame: REDS and synthetic pairs by 3 levels on average).",
+            DATA,
+        ),
+    )
     cache: str = field(
         default="auto",
         metadata=_m(

@@ -495,6 +495,8 @@ class TrainSet(Dataset):
         blur: BlurParams | None = None,
         seed: int = 0,
         reblur: bool = False,
+        sharp_share: float = 0.0,
+        keep_mean: bool = False,
     ):
         self.items = list(items)
         self.crop = crop
@@ -503,6 +505,8 @@ class TrainSet(Dataset):
         self.blur = blur or BlurParams()
         self.seed = seed
         self.reblur = reblur  # (T_α(S), T(S)) pairs from every sharp image, for --mode mr
+        self.sharp_share = sharp_share  # (S, S) pairs: nothing to deblur
+        self.keep_mean = keep_mean  # the blurry crop shifted to the sharp crop's mean
 
     def __len__(self) -> int:
         return len(self.items)
@@ -526,10 +530,24 @@ class TrainSet(Dataset):
         box = (slice(top, top + c), slice(left, left + c))
         return to_float(blurry[box]), to_float(sharp[box])
 
+    def pair(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``sample``, then ``sharp_share`` and ``keep_mean`` (MD's pairs only). The random
+        draw for ``sharp_share`` is made only when it is on, so that the stream of a run
+        without it stays what it was."""
+        blurry, sharp = self.sample(index, rng)
+        if self.reblur:
+            return blurry, sharp
+        if self.sharp_share > 0 and rng.uniform() < self.sharp_share:
+            return sharp, sharp
+        if self.keep_mean:
+            shift = sharp.mean(axis=(0, 1)) - blurry.mean(axis=(0, 1))
+            blurry = np.clip(blurry + shift, 0.0, 1.0, dtype=np.float32)
+        return blurry, sharp
+
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, epoch, position = key
         rng = np.random.default_rng([self.seed, epoch, position])
-        blurry, sharp = self.augment(rng, *self.sample(index, rng))
+        blurry, sharp = self.augment(rng, *self.pair(index, rng))
         return to_tensor(blurry), to_tensor(sharp)
 
 

@@ -114,8 +114,9 @@ def prepare_data(cfg: TrainConfig, ctx: ddp.Context) -> Data:
     )
     augment = Augment(cfg.flip, cfg.rotate, cfg.channel_shuffle)
     dataset = TrainSet(
-        train_items, cfg.crop, store, augment, blur, cfg.seed, reblur=cfg.mode == "mr"
-    )
+        train_items, cfg.crop, store, augment, blur, cfg.seed, reblur=cfg.mode == "mr",
+        sharp_share=cfg.sharp_share, keep_mean=cfg.keep_mean,
+    )  # fmt: skip
     valset = ValSet(plan.val, cfg.val_crop, store, blur, cfg.seed)
     sizes, shares = [len(s.items) for s in plan.train], [s.share for s in plan.train]
     sampler = MixSampler(sizes, shares, cfg.seed, ctx.rank, ctx.world)
