@@ -90,17 +90,20 @@ def test_the_quality_bar_script_reports_every_row_and_bar(tmp_path, data_dir):
     table = out.read_text()
     assert table == result.stdout.rstrip("\n") + "\n"
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert len(rows) == 2 + 4 + 6  # two headers, four models, six bars
+    assert len(rows) == 2 + 4 + 7  # two headers, four models, seven bars
     assert "| PSNR above the input on every pair | PASS |" in table
     assert "| L1 + L_Reblur (unet-lite), TTA 1 |" in table
     assert read_image(tmp_path / "crops.png").shape == (256, 5 * 256, 3)  # 4 rows + sharp
     figures = json.loads((tmp_path / "bar.json").read_text())  # a campaign's curve point
     assert set(figures["rows"]) == {"input", "baseline", "model", "tta"}
     assert f"{figures['rows']['model']['niqe']:.3f}" in table
-    assert f"{100 * figures['mr']['mr_ranked']:.0f} %" in table and len(figures["bars"]) == 6
+    assert f"{100 * figures['mr']['mr_ranked']:.0f} %" in table and len(figures["bars"]) == 7
     kept = figures["sharp_kept"]  # bar 5: sharp frames as input, without and with TTA
     assert set(kept) == {"plain", "TTA 1"} and 25 < kept["plain"]["psnr_min"] < 60
     assert f"plain {kept['plain']['psnr']:.2f} dB (lowest {kept['plain']['psnr_min']:.2f})" in table
+    mild = figures["mild_gain"]  # bar 6: mild synthetic shakes of the sharp frames
+    assert set(mild) == {"3", "8"} and all(-20 < g["min"] <= g["mean"] < 20 for g in mild.values())
+    assert f"3 px: {mild['3']['mean']:+.2f} dB, worse on " in table
 
 
 @pytest.fixture(scope="module")
