@@ -36,7 +36,8 @@ common=(--device "$device" --amp bf16 --channels-last "$compile" --crop "${CROP:
         --data "paired:$data/train/gopro@0.4" --data "paired:$data/train/reds@0.2"
         --data "synthetic:$data/train/photos@0.4" --val "paired:$data/val"
         --syn-frames 9,25 --syn-shift 24 --syn-rotation 1 --syn-zoom 0.01 --syn-noise 0.01
-        --syn-soften 1.0 --mr-blocks 2 --mr-width 64 --no-progress --tensorboard off
+        --syn-soften 1.0 --sharp-share 0.2 --keep-mean --mr-blocks 2 --mr-width 64
+        --no-progress --tensorboard off
         --log-every 20 --checkpoint-every 200 --val-every 400)
 train() { "$bin/python" -m train.main "${common[@]}" "$@"; }
 train --mode baseline --lr 1e-4 --minutes "$(split 0.4)" --out "$out/base"

@@ -47,6 +47,8 @@ def test_gpu_train_runs_its_stages_and_packages_unet_reblur(tmp_path, gpu_data):
     assert runs["l1"]["config"]["mode"] == "baseline"  # the twin: L1 alone, as many iterations
     assert runs["l1"]["iterations"] == runs["joint"]["iterations"] >= 20
     assert all(run["config"]["channels_last"] for run in runs.values())
+    assert all(run["config"]["keep_mean"] and run["config"]["sharp_share"] == 0.2
+               for run in runs.values())  # the campaign's recipe (docs/TRAINING.md)  # fmt: skip
     packaged = load_weights(tmp_path / "unet-reblur.safetensors")
     assert packaged.metadata["packaged"]["storage"] == "float16"
     assert packaged.metadata["provenance"]["config"]["mode"] == "joint"
