@@ -231,20 +231,20 @@ def test_a_packaged_tta_rate_is_the_default_of_tta_and_an_explicit_one_wins(tmp_
 
 
 def test_a_campaigns_learning_curve_prints_as_the_table_the_docs_copy(tmp_path):
-    """--curve renders the committed unet-lite campaign's curve.jsonl, one row per point."""
+    """--curve renders the committed ×4 study's curve.jsonl, one row per point."""
     tool = (sys.executable, "-m", "train.campaign")
-    result = run(REPO / "campaigns" / "unet-lite.toml", "--curve", tool=tool)
+    result = run(REPO / "campaigns" / "x4.toml", "--curve", tool=tool)
     assert result.returncode == 0, result.stderr
-    points = (REPO / "campaigns" / "unet-lite" / "curve.jsonl").read_text().splitlines()
+    points = (REPO / "campaigns" / "x4" / "curve.jsonl").read_text().splitlines()
     rows = result.stdout.strip().splitlines()[2:]
-    assert len(rows) == len(points) >= 1
+    assert len(rows) == len(points) >= 2
     first = json.loads(points[0])
     assert rows[0].startswith(f"| {first['iteration']:,} ({first['twin_iteration']:,}) | ")
     model, twin = (first["rows"][key]["psnr"] for key in ("model", "baseline"))
     assert f"{model:.2f} / {twin:.2f}" in rows[0]
     missing = run(tmp_path / "none.toml", "--curve", tool=tool)
     assert missing.returncode != 0 and "none/curve.jsonl does not exist" in missing.stderr
-    untimed = run(REPO / "campaigns" / "unet-lite.toml", tool=tool)
+    untimed = run(REPO / "campaigns" / "x4.toml", tool=tool)
     assert untimed.returncode == 2 and "--minutes must be given" in untimed.stderr
 
 
