@@ -133,7 +133,8 @@ def judge(table, figures, kept, mild, min_gain: float, steps: int) -> list[tuple
          f"PSNR cost {cost_vs_l1:+.2f} dB"),
         (f"TTA {steps} lowers NIQE ≥ 0.05, the blur score on ≥ 80 %, at ≤ 0.3 dB cost",
          tta_niqe >= 0.05 and tta_sharper >= 0.8 and tta_cost <= 0.3,
-         f"NIQE −{tta_niqe:.3f}, blur score lower on {100 * tta_sharper:.0f} %, "
+         f"NIQE {-tta_niqe:+.3f}".replace("-", "−") + f", blur score lower on "
+         f"{100 * tta_sharper:.0f} %, "
          f"PSNR cost {tta_cost:+.2f} dB"),
         ("MR sees blur (gain, B > L > S, B/S)",
          all(figures[key] >= bar for key, bar in MR_BARS.items()),
