@@ -520,7 +520,8 @@ class TrainSet(Dataset):
             raise InputError(f"{item.sharp} is {w}×{h}, smaller than the {c}×{c} crop")
         top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
         if self.reblur or item.blur is None:
-            return made_pair(item, self.store, rng, self.blur, (top, left, c, c), self.reblur)
+            box = (top, left, c, c)
+            return made_pair(item, sharp, self.store, rng, self.blur, box, self.reblur)
         blurry = self.store.load(item.blur)
         if blurry.shape != sharp.shape:
             raise InputError(
@@ -553,6 +554,7 @@ class TrainSet(Dataset):
 
 def made_pair(
     item: Item,
+    image: np.ndarray,
     store: ImageStore,
     rng: np.random.Generator,
     params: BlurParams,
@@ -560,39 +562,41 @@ def made_pair(
     reblur: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pair of one sample whose blur is made, not stored: from the item's real neighbouring
-    frames (a ``frames:`` source) or from a synthetic camera shake of its sharp image; with
-    ``reblur``, MR's (T_α(S), T(S)) pair from the same exposure (``reblur_pair``)."""
+    frames (a ``frames:`` source) or from a synthetic camera shake of its sharp image
+    (``image``, already loaded); with ``reblur``, MR's (T_α(S), T(S)) pair from the same
+    exposure (``reblur_pair``)."""
     if not item.sequence:
         make = synthesize_reblur if reblur else synthesize
-        return make(store.load(item.sharp), rng, params, box)
-    frames, sharp, dtype = _real_exposure(item, store, rng, params, box)
-    return (reblur_pair if reblur else blur_pair)(frames, sharp, rng, params.noise, dtype)
+        return make(image, rng, params, box)
+    frames, sharp = _real_exposure(item, image.shape, store, rng, params, box)
+    return (reblur_pair if reblur else blur_pair)(frames, sharp, rng, params.noise, image.dtype)
 
 
 def _real_exposure(
     item: Item,
+    shape: tuple[int, ...],
     store: ImageStore,
     rng: np.random.Generator,
     params: BlurParams,
     box: tuple[int, int, int, int],
-) -> tuple[list[np.ndarray], np.ndarray, np.dtype]:
+) -> tuple[list[np.ndarray], np.ndarray]:
     """k consecutive real frames (k odd in ``params.frames``, at most the video's length)
     cropped to ``box``, in linear light, centred on the item's frame (or as near it as the
-    video's ends allow), and the sharp crop: the middle one."""
+    video's ends allow), and the sharp crop: the middle one. Every frame must have ``shape``,
+    the item's own."""
     lo, hi = params.frames
     n = len(item.sequence)
     half = int(rng.integers(lo // 2, max(lo // 2, (hi - 1) // 2) + 1))  # k = 2·half + 1
     half = min(half, (n - 1) // 2)
     middle = min(max(item.sequence.index(item.sharp), half), n - 1 - half)
     top, left, h, w = box
-    shape = store.load(item.sharp).shape
     crops = []
     for ref in item.sequence[middle - half : middle + half + 1]:
         image = store.load(ref)
         if image.shape != shape:
             raise InputError(f"{ref} and {item.sharp}, frames of one video, differ in size")
         crops.append(to_float(image[top : top + h, left : left + w]))
-    return [to_linear(crop) for crop in crops], crops[half], image.dtype
+    return [to_linear(crop) for crop in crops], crops[half]
 
 
 class ValSet(Dataset):
@@ -627,7 +631,7 @@ class ValSet(Dataset):
         box = self._box(*sharp.shape[:2])
         if made:
             rng = np.random.default_rng([self.seed, 104729, zlib.crc32(item.name.encode())])
-            blurry, sharp_f = made_pair(item, self.store, rng, self.blur, box)
+            blurry, sharp_f = made_pair(item, sharp, self.store, rng, self.blur, box)
         else:
             blurry_u = self.store.load(item.blur)
             if blurry_u.shape != sharp.shape:
