@@ -279,9 +279,17 @@ init = "@base"
 """
     )
     tool = (sys.executable, "-m", "train.campaign")
-    for _ in range(2):
+    for session in range(2):
         result = run(campaign, "--minutes", 5, "--no-score", tool=tool)
         assert result.returncode == 0, result.stderr
+        saved = json.loads((tmp_path / "tiny" / "joint" / "config.json").read_text())
+        assert (saved["channels_last"], saved["batch_size"]) == (session == 1, 2)
+        if session == 0:  # a resumed member takes how it runs (here the layout) from the file,
+            # and what it computes (here the batch size) from its checkpoint
+            text = campaign.read_text().replace("batch_size = 2", "batch_size = 3")
+            campaign.write_text(
+                text.replace("[stages.base]", "channels_last = true\n[stages.base]")
+            )
     folder = tmp_path / "tiny"
     ledger = [json.loads(line) for line in (folder / "ledger.jsonl").read_text().splitlines()]
     assert [sorted(s["members"]) for s in ledger] == [["joint", "l1", "stages/base"], ["joint"]]

@@ -26,7 +26,9 @@ campaign. Member NAME's run folder is ``<FILE without .toml>/NAME``, a stage's
 and one JSON line (iteration, CPU-hours so far, the figures) is appended to
 ``<folder>/curve.jsonl``: the learning curve of docs/TRAINING.md. ``<folder>/ledger.jsonl``
 records every session's training (machine, wall and CPU seconds per member).
-``--curve`` prints the learning curve as the Markdown table docs/TRAINING.md copies.
+``--curve`` prints the learning curve as the Markdown table docs/TRAINING.md copies. A member
+that resumes keeps its checkpoint's configuration but takes the options that do not change what
+is computed (``TrainConfig.HARMLESS``: memory layout, checkpoint interval, ...) from the file.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import tomllib
 from reblur_deploy.device import cpu_name
 
 from . import checkpoint
+from .config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAD_SHARE = 0.8  # of the minutes: the followers cost a fraction of a joint iteration
@@ -52,6 +55,7 @@ LEAD_SHARE = 0.8  # of the minutes: the followers cost a fraction of a joint ite
 # busy core waste it (tests/conftest.py measured 60x on this 2-core machine); waiting threads
 # sleep instead. A value set by the user wins.
 SHARING_ENV = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+HARMLESS = TrainConfig.HARMLESS  # options a resumed member takes from the file, not its checkpoint
 
 
 def iteration(out: Path) -> int:
@@ -63,12 +67,11 @@ def run_member(out: Path, options: dict, stop: list[str], log) -> dict:
     """Start or resume one member; returns its wall and CPU seconds and iterations."""
     start = iteration(out)
     with tempfile.TemporaryDirectory() as tmp:
-        if start:
-            argv = ["--resume", "--out", str(out)]
-        else:
-            config = Path(tmp) / "config.json"
-            config.write_text(json.dumps({**options, "out": str(out)}))
-            argv = ["--config", str(config)]
+        if start:  # the checkpoint's options, but the file's say how (layout, checkpoints, ...)
+            options = {k: v for k, v in options.items() if k.replace("-", "_") in HARMLESS}
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps({**options, "out": str(out)}))
+        argv = ["--config", str(config)] + (["--resume"] if start else [])
         begin = time.time()
         child = subprocess.Popen(
             [sys.executable, "-m", "train.main", *argv, "--no-progress", *stop],
