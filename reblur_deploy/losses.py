@@ -18,14 +18,25 @@ from .io.arrays import array_to_tensor
 # longer; at full resolution such a blurry frame looks smooth, not blurred, to MR, and what a
 # TTA step sharpens raises MR's change. Halved, the blur fits: the bundled MR ranks blurry >
 # deblurred > sharp on 7 of 7 GOPRO frames (2 of 7 at full resolution), and TTA's steps lower
-# the loss they minimise (docs/TTA.md, "The scale MR judges at").
+# the loss they minimise (docs/TTA.md, "The scale MR judges at"). The same motion blurs a
+# frame of a finer camera over more pixels, so larger frames are shrunk more (``blur_scale``):
+# on 1080p and 4K copies of those frames MR ranks 100 % at 1/3 and 1/6, and at 1/2 88 % and
+# 12 % (docs/TTA.md). Never below BLUR_SCALE: a small image may be a crop of a 720p frame.
 BLUR_SCALE = 2
+BLUR_LINES = 360  # the short side MR judges a frame at, about
 
 
-def shrink(image: torch.Tensor, scale: int) -> torch.Tensor:
-    """``image`` (N×C×H×W) shrunk by the integer ``scale`` by area averaging (edge rows and
-    columns that do not fill a block are left out); unchanged at scale 1."""
-    scale = min(scale, *image.shape[-2:])
+def blur_scale(height: int, width: int) -> int:
+    """The scale MR judges an H×W frame at when none is given: its short side shrunk to about
+    ``BLUR_LINES`` (720p: 2, 1080p: 3, 4K: 6), at least ``BLUR_SCALE``."""
+    return max(BLUR_SCALE, round(min(height, width) / BLUR_LINES))
+
+
+def shrink(image: torch.Tensor, scale: int | None = None) -> torch.Tensor:
+    """``image`` (N×C×H×W) shrunk by the integer ``scale`` (None: ``blur_scale`` of its size) by
+    area averaging (edge rows and columns that do not fill a block are left out); unchanged at
+    scale 1."""
+    scale = min(scale or blur_scale(*image.shape[-2:]), *image.shape[-2:])
     return F.avg_pool2d(image, scale) if scale > 1 else image
 
 
@@ -51,10 +62,10 @@ def reblur_loss(mr: nn.Module, deblurred: torch.Tensor, sharp: torch.Tensor) -> 
 
 
 def self_supervised_loss(
-    mr: nn.Module, deblurred: torch.Tensor, per_image: bool = False, scale: int = BLUR_SCALE
+    mr: nn.Module, deblurred: torch.Tensor, per_image: bool = False, scale: int | None = None
 ) -> torch.Tensor:
     """|MR(L) − L*| with L* = L without gradient: the test-time loss (lower = sharper), on L
-    shrunk by ``scale`` (``BLUR_SCALE``; 1 = the paper's full resolution).
+    shrunk by ``scale`` (None: ``blur_scale`` of L's size; 1 = the paper's full resolution).
 
     ``per_image=True`` returns one value per image (N,) instead of the batch mean.
     """
@@ -64,14 +75,14 @@ def self_supervised_loss(
 
 
 def blur_score(
-    image: torch.Tensor | np.ndarray, mr: nn.Module, scale: int = BLUR_SCALE
+    image: torch.Tensor | np.ndarray, mr: nn.Module, scale: int | None = None
 ) -> torch.Tensor | float:
     """A no-reference blurriness figure: the self-supervised reblurring loss per image, MR
-    judging a copy shrunk by ``scale`` (``BLUR_SCALE``).
+    judging a copy shrunk by ``scale`` (None: ``blur_scale`` of the image's size).
 
     ``image`` is an N×3×H×W tensor in [0, 1] (returns N values) or one uint8/uint16 image array
     (returns a float). Lower = sharper, 0 = MR leaves the image unchanged; comparable only
-    between images scored by the same MR at the same scale.
+    between images scored by the same MR at the same scale (by default: images of one size).
     """
     if isinstance(image, np.ndarray):
         return blur_score(array_to_tensor(image)[0], mr, scale).item()

@@ -10,9 +10,10 @@ Algorithm A, for one blurry image B, deblurring module MD and frozen reblurring 
 MD is then restored, so one image never influences the next. The step-1 forward pass is MD(B)
 with the initial weights, so L0 costs nothing extra.
 
-One departure by default, ``scale``: MR judges MD(B) shrunk ×2 by area averaging
-(``losses.BLUR_SCALE``; ``scale=1`` is the paper's full resolution), where the blur of a 720p
-camera frame fits MR's receptive field; see ``losses.BLUR_SCALE`` and docs/TTA.md.
+One departure by default, ``scale``: MR judges MD(B) shrunk by area averaging, ×2 at 720p and
+more for larger frames (``losses.blur_scale``: 1080p ×3, 4K ×6; ``scale=1`` is the paper's full
+resolution), where a camera frame's blur fits MR's receptive field; see ``losses.BLUR_SCALE``
+and docs/TTA.md.
 
 Variants (all off by default, so the defaults are otherwise Algorithm A):
 
@@ -79,7 +80,7 @@ from torch import nn
 from .device import autocast, frozen, memory_format
 from .errors import ConfigError, InputError
 from .histmatch import match_histograms
-from .losses import BLUR_SCALE, self_supervised_loss
+from .losses import blur_scale, self_supervised_loss
 from .padding import pad_to_multiple
 
 SCENE_CUT_BINS = 32
@@ -114,7 +115,7 @@ class TTAConfig:
 
     steps: int = 5
     lr: float | None = None
-    scale: int = BLUR_SCALE
+    scale: int | None = None
     crop: int | None = None
     crops: int = 4
     crop_area: float | None = None
@@ -134,7 +135,7 @@ class TTAConfig:
         if self.histmatch not in ("exact", "fast"):
             raise ConfigError(f"TTA histmatch must be 'exact' or 'fast', got {self.histmatch!r}")
         if self.steps < 0 or (self.lr is not None and not self.lr > 0) or self.crops < 1 \
-                or self.scale < 1:  # fmt: skip
+                or (self.scale is not None and self.scale < 1):  # fmt: skip
             raise ConfigError("TTA needs steps ≥ 0, lr > 0, crops ≥ 1 and scale ≥ 1")
         if self.crop is not None and self.crop < 1:
             raise ConfigError(f"TTA crop size must be ≥ 1, got {self.crop}")
@@ -165,6 +166,10 @@ class TTAConfig:
         match = False if self.match_carried is None else self.match_carried
         return dataclasses.replace(self, carry=carry, crop=crop, crop_area=area,
                                    match_carried=match)  # fmt: skip
+
+    def scale_for(self, height: int, width: int) -> int:
+        """The scale MR judges an H×W frame at: ``scale``, else ``losses.blur_scale``'s."""
+        return self.scale or blur_scale(height, width)
 
     def crop_plan(self, height: int, width: int, crop: int) -> tuple[int, int]:
         """How many crops a step on an H×W frame adapts on, and their side: ``crops`` of
@@ -403,6 +408,7 @@ class TestTimeAdapter:
         reached. In crop mode L0 is a pass of its own, made only for ``match`` (or without
         steps)."""
         losses: list[float] = []
+        scale = self.config.scale_for(*blurry.shape[-2:])  # the frame's, for its crops too
         initial = None  # L0
         if (crop is not None and match) or steps == 0:
             with torch.no_grad():
@@ -412,10 +418,10 @@ class TestTimeAdapter:
             x = blurry if crop is None else self._random_crops(blurry, crop)
             x = x.contiguous(memory_format=self._format)
             if step is not None:
-                output, loss = step.forward_loss(x)
+                output, loss = step.forward_loss(x, scale)
             else:
                 output = self._forward(x)
-                loss = self_supervised_loss(self.mr, output, scale=self.config.scale)
+                loss = self_supervised_loss(self.mr, output, scale=scale)
             if crop is None:
                 latest = output.detach()
                 initial = latest if initial is None else initial  # one tensor: not matched
@@ -498,7 +504,7 @@ class _CompiledStep:
     """
 
     def __init__(self, md: nn.Module, mr: nn.Module, config: TTAConfig):
-        self.md, self.mr, self.amp_dtype, self.scale = md, mr, config.amp_dtype, config.scale
+        self.md, self.mr, self.amp_dtype = md, mr, config.amp_dtype
         self.device = next(self.md.parameters()).device
         self.cuda = self.device.type == "cuda"
         if self.cuda:
@@ -522,19 +528,19 @@ class _CompiledStep:
                 for value in state.values():
                     value.zero_()
 
-    def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, x: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(x.device, self.amp_dtype):
             output = self.md(x).float()
-        return output, self_supervised_loss(self.mr, output, scale=self.scale)
+        return output, self_supervised_loss(self.mr, output, scale=scale)
 
     def _step(self) -> None:
         self.optimizer.step()
 
-    def forward_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_loss(self, x: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cuda:
             torch.compiler.cudagraph_mark_step_begin()
             x = x.contiguous(memory_format=torch.channels_last)
-        output, loss = self._forward_loss(x)
+        output, loss = self._forward_loss(x, scale)
         if self.cuda:  # the next replay overwrites the graph's outputs
             output = output.clone()
         return output, loss

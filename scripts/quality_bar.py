@@ -60,7 +60,7 @@ def held_out(weights: str, folders: list[Path]) -> list:
     return found
 
 
-def measure_row(images: list[np.ndarray], sharp: list[np.ndarray], mr, scale: int
+def measure_row(images: list[np.ndarray], sharp: list[np.ndarray], mr, scale: int | None
                 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-image PSNR, SSIM, NIQE (as reblur-eval measures them) and blur score under ``mr``."""
     values = [measure(x, s) for x, s in zip(images, sharp, strict=True)]
@@ -150,7 +150,9 @@ def judge(table, figures, kept, mild, min_gain: float, steps: int) -> list[tuple
     ]  # fmt: skip
 
 
-def real_photos_line(folder: Path, label: str, model, adapted, steps: int, scale: int) -> str:
+def real_photos_line(
+    folder: Path, label: str, model, adapted, steps: int, scale: int | None
+) -> str:
     """TTA's effect on photos without ground truth: NIQE and blur score before → after."""
     photos = [read_image(path) for path in list_images(folder).values()]
     before, after = [model(x) for x in photos], [adapted(x) for x in photos]
@@ -202,7 +204,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tta", type=int, default=5, help="TTA steps of the last row")
     parser.add_argument("--tta-lr", type=float, default=TTAConfig.lr, help="their learning rate")
     parser.add_argument("--scale", type=int, default=TTAConfig.scale,
-                        help="MR judges images shrunk by this (blur score, TTA)")  # fmt: skip
+                        help="MR judges images shrunk by this (blur score, TTA) [default: "
+                             "losses.blur_scale of the frame, 2 at 720p]")  # fmt: skip
     parser.add_argument("--real", type=Path, help="also TTA on these photos without ground truth")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     parser.add_argument("--json", type=Path, help="also write the figures and bars as JSON here")

@@ -44,11 +44,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", required=True)
     parser.add_argument("--data", type=Path, action="append", help="pair folders")
-    parser.add_argument("--scale", type=int, action="append", help="scales MR judges at")
+    parser.add_argument("--scale", type=int, action="append",
+                        help="scales MR judges at [the frame's: losses.blur_scale]")  # fmt: skip
     parser.add_argument("--lr", type=float, default=None, help="TTA rate [the weights' own]")
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    scales = args.scale or [TTAConfig.scale]
+    scales = args.scale or [None]  # None: the default of the frame's size
     pairs = held_out(args.weights, args.data or DATA)
     deblurrer = Deblurrer(args.weights, device="cpu", backend="torch")  # TTA needs eager
     rows = []
@@ -64,7 +65,7 @@ def main() -> int:
             for name, image in run.items():
                 for s in scales:
                     score = float(blur_score(image, deblurrer.reblur, s)[0])
-                    figures.setdefault(f"{name} blur@{s}", []).append(score)
+                    figures.setdefault(f"{name} blur@{s or 'auto'}", []).append(score)
                 array = tensor_to_array(image[0], layout)
                 figures.setdefault(f"{name} PSNR", []).append(psnr(array, sharp))
                 figures.setdefault(f"{name} NIQE", []).append(niqe(array))
@@ -77,13 +78,13 @@ def main() -> int:
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for tta_scale, f in rows:
         loss = np.mean(f["loss"])
-        keys = [f"blur@{s}" for s in scales] + ["NIQE", "PSNR"]
+        keys = [f"blur@{s or 'auto'}" for s in scales] + ["NIQE", "PSNR"]
         for key in keys:
             l0, ln, lm = (np.array(f[f"{n} {key}"]) for n in ("L0", "LN", "LN matched"))
             sign = 1 if key == "PSNR" else -1  # higher PSNR is better, lower anything else
             fmt = {"PSNR": "{:.2f}", "NIQE": "{:.3f}"}.get(key, "{:.3e}")
             print(
-                f"| {tta_scale} | {loss:.3f} | {key} | {fmt.format(l0.mean())} | "
+                f"| {tta_scale or 'auto'} | {loss:.3f} | {key} | {fmt.format(l0.mean())} | "
                 f"{fmt.format(ln.mean())} | {fmt.format(lm.mean())} | "
                 f"{np.mean(sign * (ln - l0) > 0):.0%} | {np.mean(sign * (lm - l0) > 0):.0%} |"
             )

@@ -55,19 +55,23 @@ def same_weights(module, saved):
     return all(torch.equal(v, saved[k]) for k, v in module.state_dict().items())
 
 
-def test_algorithm_a_lowers_the_self_supervised_loss(frame, md, mr):
+@pytest.mark.parametrize("size", [None, (1080, 1920)], ids=["crop", "1080p"])
+def test_algorithm_a_lowers_the_self_supervised_loss(frame, md, mr, size):
     """Five steps lower |MR(MD(B)) − L*| with the target L* = L0 held, the objective Algorithm A
     descends. (Recomputing L* from the adapted output moves the target too; with a random MR,
     which has not learnt to leave sharp images alone, that loss may go either way.) MR judges
-    the outputs shrunk by the config's scale."""
+    the outputs shrunk by the scale of the frame's size: 2 for a crop, 3 at 1080p."""
+    if size is not None:
+        frame = torch.nn.functional.interpolate(frame, size=size, mode="bilinear")
     config = TTAConfig(steps=5, carry=0)  # carry: the adapter keeps the adapted weights
-    assert config.scale == losses.BLUR_SCALE == 2
+    scale = config.scale_for(*frame.shape[-2:])
+    assert config.scale is None and scale == (2 if size is None else 3)
     with torch.no_grad():
-        initial = losses.shrink(md(frame), config.scale)
+        initial = losses.shrink(md(frame), scale)
         before = losses.l1(mr(initial), initial).item()
     stats = TestTimeAdapter(md, mr, config)(frame).stats
     with torch.no_grad():
-        after = losses.l1(mr(losses.shrink(md(frame), config.scale)), initial).item()
+        after = losses.l1(mr(losses.shrink(md(frame), scale)), initial).item()
     assert stats.steps == [5]
     assert stats.losses[0][0] == pytest.approx(before, rel=1e-5)
     assert after < (1 - 1e-3) * before  # far beyond float32 noise
@@ -262,6 +266,26 @@ def test_blur_score_is_the_per_image_self_supervised_loss(frame, mr):
     with torch.no_grad():
         assert scores[0] == pytest.approx(losses.self_supervised_loss(mr, frame).item(), rel=1e-5)
     assert blur_score(batch, build("reblur")).abs().max() == 0  # an identity MR sees no blur
+
+
+@pytest.mark.slow
+def test_mr_judges_a_larger_frame_shrunk_more_and_then_ranks_its_blur(data_dir):
+    """The same motion blurs a 4K frame over three times the pixels of a 720p one: shrunk ×2
+    (720p's scale) the bundled MR scores a real 4K copy of a GOPRO pair's sharp frame blurrier
+    than its blurry one (on all 7 pairs, docs/TTA.md); shrunk as ``blur_scale`` says (×6), the
+    blurry frame scores several times the sharp one, as the 720p pair does at ×2."""
+    assert [losses.blur_scale(h, w) for h, w in ((270, 480), (720, 1280), (1080, 1920),
+            (1920, 1080), (2160, 3840), (20000, 20000))] == [2, 2, 3, 3, 6, 56]  # fmt: skip
+    assert TTAConfig(scale=1).scale_for(2160, 3840) == 1  # a given scale wins
+    mr = Deblurrer("unet-lite", device="cpu").reblur
+    pair = [read_image(data_dir / "gopro" / kind / "blur_00.png".replace("blur", kind))
+            for kind in ("blur", "sharp")]  # fmt: skip
+    blurry, sharp = (torch.nn.functional.interpolate(as_tensor(x), size=(2160, 3840),
+                     mode="bicubic").clamp(0, 1) for x in pair)  # fmt: skip
+    assert blur_score(blurry, mr, 2) < blur_score(sharp, mr, 2)
+    assert blur_score(blurry, mr) > 4 * blur_score(sharp, mr)
+    native = [blur_score(x, mr) for x in pair]  # 720p: ×2
+    assert native[0] > 4 * native[1]
 
 
 def test_every_tta_field_is_one_option_with_its_name_in_both_commands():

@@ -39,7 +39,7 @@ def mr_figures(
     output: torch.Tensor,
     sharp: torch.Tensor,
     blurry: torch.Tensor,
-    scale: int = losses.BLUR_SCALE,
+    scale: int | None = None,
 ) -> dict[str, float]:
     """One image's MR figures (see ``mr_report``) and its three blur scores (MR judging at
     ``scale``), from 1×3×H×W tensors in [0, 1]: the deblurred ``output`` L, the ``sharp`` S and

@@ -213,7 +213,8 @@ _TTA_OPTIONS = {
     ),
     "scale": (
         click.IntRange(min=1),
-        "MR judges the output shrunk by this factor (1 = full resolution, the paper's).",
+        "MR judges the output shrunk by this factor (1 = full resolution, the paper's). "
+        "[default: the frame's short side over 360, at least 2: 720p 2, 1080p 3, 4K 6]",
     ),
     "crop": (click.IntRange(min=1), "Adapt on random crops of this size, not the whole frame."),
     "crops": (click.IntRange(min=1), "Crops per step with --tta-crop (unless --tta-crop-area)."),
