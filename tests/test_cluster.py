@@ -120,9 +120,7 @@ def test_a_killed_worker_loses_nothing_and_writes_nothing_twice(cluster, inputs,
     images = [p for p in inputs.iterdir() if p.suffix == ".png"]
     for name in ("local", "ray"):
         (tmp_path / name).mkdir()
-    command = [BIN / "reblur-run", *images, "-o", tmp_path / "local/", "--tta", "3"]
-    local = subprocess.run(command, env=ONE_THREAD, capture_output=True, text=True)
-    assert local.returncode == 0, local.stderr
+    run(*images, "-o", tmp_path / "local/", "--tta", "3", env=ONE_THREAD)
     command = [BIN / "reblur-run", *images, "-o", tmp_path / "ray/", "--tta", "3", "--ray", cluster]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ENV)  # fmt: skip
